@@ -1,0 +1,9 @@
+"""The model zoo: one `ResNet` module, its residual units, and the name registry."""
+
+from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
+from resnet_flax.models.registry import (MODEL_DEFAULTS, NAMES, create_model,
+                                         default_image_size, model_fields)
+from resnet_flax.models.resnet import ResNet
+
+__all__ = ['BasicBlock', 'BottleneckBlock', 'MODEL_DEFAULTS', 'NAMES', 'ResNet', 'create_model',
+           'default_image_size', 'model_fields']

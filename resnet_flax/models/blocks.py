@@ -1,0 +1,142 @@
+"""Residual units: basic (two 3x3) and bottleneck (1x1-3x3-1x1), in three versions.
+
+* `v1`   He et al. 2015: post-activation; a bottleneck strides in its first 1x1 conv.
+* `v1.5` as v1, but a bottleneck strides in its 3x3 conv (torchvision, the flax example).
+* `v2`   He et al. 2016, "Identity Mappings": pre-activation (BN-ReLU before each conv), nothing
+         after the addition; a projection shortcut reads the pre-activated input.
+
+Shortcuts follow the 2015 paper: 'A' identity, subsampled by the stride and zero-padded in
+channels where the shape changes (no parameters); 'B' a 1x1 projection only where the shape
+changes; 'C' a projection in every unit. A unit whose shape does not change under 'A' or 'B' has
+no projection. With `residual=False` the unit is the plain network's: no shortcut, no addition.
+
+`zero_init_residual` zeroes the last layer of the residual branch (the last BN scale in v1/v1.5,
+the last conv kernel in v2, where no BN follows it), so the unit starts as ReLU(x) (v1) or as the
+identity (v2).
+
+The units take `conv` and `norm` as injected partials: `conv(features, kernel_size, strides=...,
+feature_group_count=..., name=...)` and `norm(name=..., scale_init=...)`.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_flax.models.layers import symmetric_padding
+
+ModuleDef = Any
+VERSIONS = ('v1', 'v1.5', 'v2')
+SHORTCUTS = ('A', 'B', 'C')
+
+
+def _needs_projection(shortcut: str, shape_changes: bool) -> bool:
+  return shortcut == 'C' or (shortcut == 'B' and shape_changes)
+
+
+def zero_pad_shortcut(x, out_features: int, strides: int):
+  """Option A: parameter-free identity, subsampled and zero-padded (at the end) in channels."""
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  extra = out_features - x.shape[-1]
+  if extra < 0:
+    raise ValueError(f'shortcut A cannot reduce channels ({x.shape[-1]} -> {out_features}); '
+                     'use shortcut B or C.')
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return x
+
+
+class ResidualUnit(nn.Module):
+  """Common frame of a unit: the branch is defined by subclasses via `branch_layers`."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  version: str = 'v1.5'
+  shortcut: str = 'B'
+  residual: bool = True
+  zero_init_residual: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+  act: Callable = nn.relu
+  expansion = 1
+
+  def branch_layers(self):
+    """[(features, kernel_size, strides, groups)] of the residual branch's convs."""
+    raise NotImplementedError
+
+  def _conv(self, spec, index, kernel_init=None):
+    features, k, s, g = spec
+    kwargs = {} if kernel_init is None else {'kernel_init': kernel_init}
+    return self.conv(features, (k, k), strides=(s, s), padding=symmetric_padding(k),
+                     feature_group_count=g, name=f'conv{index}', **kwargs)
+
+  @nn.compact
+  def __call__(self, x):
+    if self.version not in VERSIONS:
+      raise ValueError(f'model.version={self.version!r}; allowed: {", ".join(VERSIONS)}')
+    out_features = self.filters * self.expansion
+    shape_changes = self.strides != 1 or x.shape[-1] != out_features
+    layers = self.branch_layers()
+    last = len(layers)
+    zero = nn.initializers.zeros
+
+    if self.version == 'v2':
+      pre = self.act(self.norm(name='norm1')(x))
+      y = pre
+      for i, spec in enumerate(layers, start=1):
+        if i > 1:
+          y = self.act(self.norm(name=f'norm{i}')(y))
+        y = self._conv(spec, i, zero if (i == last and self.zero_init_residual) else None)(y)
+      if not self.residual:
+        return y
+      if _needs_projection(self.shortcut, shape_changes):
+        sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
+                       padding=symmetric_padding(1), name='shortcut_conv')(pre)
+      elif shape_changes:
+        sc = zero_pad_shortcut(x, out_features, self.strides)
+      else:
+        sc = x
+      return y + sc
+
+    y = x
+    for i, spec in enumerate(layers, start=1):
+      y = self._conv(spec, i)(y)
+      scale_init = zero if (i == last and self.zero_init_residual) else nn.initializers.ones
+      y = self.norm(name=f'norm{i}', scale_init=scale_init)(y)
+      if i < last:
+        y = self.act(y)
+    if self.residual:
+      if _needs_projection(self.shortcut, shape_changes):
+        sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
+                       padding=symmetric_padding(1), name='shortcut_conv')(x)
+        sc = self.norm(name='shortcut_norm')(sc)
+      elif shape_changes:
+        sc = zero_pad_shortcut(x, out_features, self.strides)
+      else:
+        sc = x
+      y = y + sc
+    return self.act(y)
+
+
+class BasicBlock(ResidualUnit):
+  """Two 3x3 convs; the first strides (ResNet-18/34 and the CIFAR ResNets)."""
+  expansion = 1
+
+  def branch_layers(self):
+    if self.groups != 1 or self.width_per_group != 64:
+      raise ValueError('basic blocks support only groups=1 and width_per_group=64 '
+                       '(ResNeXt and Wide ResNet use bottleneck blocks).')
+    return [(self.filters, 3, self.strides, 1), (self.filters, 3, 1, 1)]
+
+
+class BottleneckBlock(ResidualUnit):
+  """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand by 4 (ResNet-50 and deeper)."""
+  expansion = 4
+
+  def branch_layers(self):
+    width = int(self.filters * (self.width_per_group / 64.0)) * self.groups
+    s1, s3 = (self.strides, 1) if self.version == 'v1' else (1, self.strides)
+    return [(width, 1, s1, 1), (width, 3, s3, self.groups),
+            (self.filters * self.expansion, 1, 1, 1)]

@@ -1,0 +1,90 @@
+"""Layers whose numerics the reference implementations pin down exactly.
+
+* `symmetric_padding`: torchvision's conv padding ((k - 1) // 2 on every side), not flax's
+  'SAME', which pads a stride-2 conv on even inputs asymmetrically and changes the numbers.
+* `max_pool`: 3x3 stride-2 max pooling padded with -inf, as torch's `MaxPool2d(3, 2, 1)`.
+* `BatchNorm`: batch normalisation whose statistics are taken over the whole (global) batch, over a
+  named device axis under `pmap`, or over groups of `group_size` examples ("ghost" BatchNorm, the
+  per-GPU statistics of the original paper). Parameter and statistic names match flax's
+  `nn.BatchNorm` (`scale`, `bias`; `mean`, `var`) so checkpoints are interchangeable.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  p = (kernel_size - 1) // 2
+  return ((p, p), (p, p))
+
+
+def max_pool(x, window: int = 3, stride: int = 2):
+  """Max pooling padded with -inf (never wins a max), as torch.nn.MaxPool2d(3, 2, padding=1)."""
+  return nn.max_pool(x, (window, window), strides=(stride, stride),
+                     padding=symmetric_padding(window))
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over the global batch, a pmap axis, or groups of examples.
+
+  Attributes:
+    use_running_average: eval mode (normalise with the running statistics, update nothing).
+    momentum: running statistic decay (flax convention; torch's momentum 0.1 is 0.9 here).
+    epsilon: added to the variance.
+    axis_name: under `pmap`, the device axis to average statistics over.
+    group_size: when set, statistics are computed per group of this many consecutive examples
+      of the batch (ghost BN); the running statistics average the groups' statistics.
+    scale_init: initialiser of the scale (zeros for a zero-initialised residual branch).
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  group_size: Optional[int] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      x32 = x.astype(jnp.float32)
+      if self.group_size:
+        n = x32.shape[0]
+        if n % self.group_size:
+          raise ValueError(f'BatchNorm group_size={self.group_size} does not divide the batch of '
+                           f'{n} examples on this device; choose a divisor of the per-device batch.')
+        grouped = x32.reshape((n // self.group_size, self.group_size) + x32.shape[1:])
+        axes = tuple(range(1, grouped.ndim - 1))
+        mean = grouped.mean(axis=axes, keepdims=True)
+        var = jnp.square(grouped - mean).mean(axis=axes, keepdims=True)
+        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x32.shape)
+        batch_mean = mean.reshape((-1, features)).mean(axis=0)
+        batch_var = var.reshape((-1, features)).mean(axis=0)
+      else:
+        axes = tuple(range(x32.ndim - 1))
+        batch_mean = x32.mean(axis=axes)
+        if self.axis_name is not None:
+          batch_mean = jax.lax.pmean(batch_mean, self.axis_name)
+        batch_var = jnp.square(x32 - batch_mean).mean(axis=axes)
+        if self.axis_name is not None:
+          batch_var = jax.lax.pmean(batch_var, self.axis_name)
+        y = (x32 - batch_mean) * jax.lax.rsqrt(batch_var + self.epsilon)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
+      return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)

@@ -1,0 +1,183 @@
+"""Model names -> model config fields, and config fields -> a `ResNet` module.
+
+A model config is a flat mapping (a `ConfigDict` in the training configs, a plain dict works too)
+with the fields of `MODEL_DEFAULTS`. `NAMES` is only a table of overrides of those defaults: a
+depth sweep sets `depth`, not a name. `create_model` checks every field and raises a `ValueError`
+that names the field and its allowed values.
+"""
+
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+
+from resnet_flax.models.blocks import SHORTCUTS, VERSIONS, BasicBlock, BottleneckBlock
+from resnet_flax.models.resnet import POOLINGS, ResNet
+
+MODEL_DEFAULTS = {
+    'name': '',              # informational; the fields below define the network
+    'family': 'imagenet',    # 'imagenet' (7x7 stem, 4 stages) or 'cifar' (3x3 stem, 3 stages)
+    'depth': 50,
+    'block': 'auto',         # 'auto', 'basic' or 'bottleneck'
+    'stage_sizes': (),       # units per stage; () derives them from depth
+    'version': 'v1.5',       # 'v1', 'v1.5', 'v2'
+    'shortcut': 'B',         # 'A', 'B', 'C'
+    'residual': True,        # False: the plain network of the same depth
+    'width': 0,              # filters of the first stage, doubled per stage; 0 = 64 / 16 (cifar)
+    'groups': 1,             # ResNeXt cardinality
+    'width_per_group': 64,   # ResNeXt / Wide ResNet bottleneck width
+    'num_classes': 1000,
+    'include_top': True,
+    'pooling': 'avg',        # without the top: 'avg', 'max' or 'none' (feature map)
+    'zero_init_residual': False,
+    'dtype': 'float32',      # compute dtype ('bfloat16' for mixed precision)
+    'param_dtype': 'float32',
+    'bn_momentum': 0.9,
+    'bn_epsilon': 1e-5,
+    'bn_group_size': 0,      # 0: statistics over the global batch; k: over groups of k examples
+}
+
+IMAGENET_STAGES = {
+    'basic': {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)},
+    'bottleneck': {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
+                   200: (3, 24, 36, 3)},
+}
+FAMILIES = ('imagenet', 'cifar')
+BLOCKS = ('auto', 'basic', 'bottleneck')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _imagenet(depth, version='v1.5', **kw):
+  return dict(family='imagenet', depth=depth, version=version, **kw)
+
+
+def _cifar(depth, **kw):
+  return dict(family='cifar', depth=depth, num_classes=10, **kw)
+
+
+NAMES: dict[str, dict[str, Any]] = {}
+for _d in (18, 34, 50, 101, 152, 200):
+  NAMES[f'resnet{_d}'] = _imagenet(_d)
+  NAMES[f'resnet{_d}_v1'] = _imagenet(_d, 'v1')
+  NAMES[f'resnet{_d}_v2'] = _imagenet(_d, 'v2')
+for _d in (20, 32, 44, 56, 110, 1202):
+  NAMES[f'resnet{_d}'] = _cifar(_d, version='v1', shortcut='A')
+NAMES.update({
+    'preact_resnet110': _cifar(110, version='v2', block='basic'),
+    'preact_resnet164': _cifar(164, version='v2', block='bottleneck'),
+    'preact_resnet1001': _cifar(1001, version='v2', block='bottleneck'),
+    'plain18': _imagenet(18, 'v1', residual=False),
+    'plain34': _imagenet(34, 'v1', residual=False),
+    'plain20': _cifar(20, version='v1', residual=False),
+    'plain56': _cifar(56, version='v1', residual=False),
+    'resnext50_32x4d': _imagenet(50, groups=32, width_per_group=4),
+    'resnext101_32x8d': _imagenet(101, groups=32, width_per_group=8),
+    'wide_resnet50_2': _imagenet(50, width_per_group=128),
+    'wide_resnet101_2': _imagenet(101, width_per_group=128),
+})
+
+
+def model_fields(name: str) -> dict[str, Any]:
+  """All model config fields of a registered name (defaults + the name's overrides)."""
+  if name not in NAMES:
+    raise ValueError(f'unknown model name {name!r}; known: {", ".join(sorted(NAMES))}')
+  return {**MODEL_DEFAULTS, **NAMES[name], 'name': name}
+
+
+def _choice(cfg, field, allowed):
+  value = cfg[field]
+  if value not in allowed:
+    raise ValueError(f'model.{field}={value!r} is not allowed; allowed: '
+                     f'{", ".join(map(repr, allowed))}')
+  return value
+
+
+def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
+  """(block type, units per stage) from `family`, `depth`, `block` and `stage_sizes`."""
+  family = _choice(cfg, 'family', FAMILIES)
+  block = _choice(cfg, 'block', BLOCKS)
+  depth = cfg['depth']
+  stage_sizes = tuple(cfg['stage_sizes'] or ())
+  num_stages = 4 if family == 'imagenet' else 3
+  if stage_sizes:
+    if len(stage_sizes) != num_stages or min(stage_sizes) < 1:
+      raise ValueError(f'model.stage_sizes={stage_sizes} must list {num_stages} positive unit '
+                       f'counts for the {family} family.')
+    if block == 'auto':
+      block = 'bottleneck' if depth >= 50 and family == 'imagenet' else 'basic'
+    return block, stage_sizes
+  if family == 'imagenet':
+    if block == 'auto':
+      block = 'basic' if depth in IMAGENET_STAGES['basic'] else 'bottleneck'
+    table = IMAGENET_STAGES[block]
+    if depth not in table:
+      raise ValueError(f'model.depth={depth} is not an ImageNet ResNet depth with {block} blocks; '
+                       f'allowed: {", ".join(map(str, table))} (or set model.stage_sizes).')
+    return block, table[depth]
+  per_unit = {'basic': 6, 'bottleneck': 9}
+  if block == 'auto':
+    block = next((b for b in ('basic', 'bottleneck') if depth > 2 and
+                  (depth - 2) % per_unit[b] == 0), None)
+    if block is None:
+      raise ValueError(f'model.depth={depth} is not a CIFAR ResNet depth: allowed are 6n+2 '
+                       '(basic: 20, 32, 44, 56, 110, 1202) or 9n+2 (bottleneck: 164, 1001).')
+  if depth <= 2 or (depth - 2) % per_unit[block]:
+    raise ValueError(f'model.depth={depth} does not fit CIFAR {block} blocks: allowed are '
+                     f'{per_unit[block]}n+2 depths.')
+  n = (depth - 2) // per_unit[block]
+  return block, (n, n, n)
+
+
+def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) -> ResNet:
+  """The `ResNet` module described by a model config (see `MODEL_DEFAULTS`).
+
+  `bn_axis_name` is set by the pmap wrapper so that BatchNorm averages over devices.
+  """
+  unknown = sorted(set(cfg) - set(MODEL_DEFAULTS))
+  if unknown:
+    raise ValueError(f'unknown model field(s) {", ".join(unknown)}; known: '
+                     f'{", ".join(sorted(MODEL_DEFAULTS))}')
+  cfg = {**MODEL_DEFAULTS, **dict(cfg)}
+  block, stage_sizes = resolve_stages(cfg)
+  _choice(cfg, 'version', VERSIONS)
+  _choice(cfg, 'shortcut', SHORTCUTS)
+  _choice(cfg, 'dtype', DTYPES)
+  _choice(cfg, 'param_dtype', DTYPES)
+  pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
+  if pooling not in POOLINGS:
+    raise ValueError(f"model.pooling={cfg['pooling']!r}; allowed: 'avg', 'max', 'none'")
+  if block == 'basic' and (cfg['groups'] != 1 or cfg['width_per_group'] != 64):
+    raise ValueError('model.groups/width_per_group need bottleneck blocks (depth >= 50 or '
+                     "model.block='bottleneck').")
+  for field in ('num_classes', 'groups', 'width_per_group'):
+    if int(cfg[field]) < 1:
+      raise ValueError(f'model.{field}={cfg[field]} must be a positive integer.')
+  if int(cfg['bn_group_size']) < 0:
+    raise ValueError(f"model.bn_group_size={cfg['bn_group_size']} must be 0 (global) or positive.")
+  num_stages = len(stage_sizes)
+  width = int(cfg['width']) or (64 if cfg['family'] == 'imagenet' else 16)
+  return ResNet(
+      stage_sizes=stage_sizes,
+      block_cls=BasicBlock if block == 'basic' else BottleneckBlock,
+      stage_widths=tuple(width * 2 ** i for i in range(num_stages)),
+      stem=cfg['family'],
+      version=cfg['version'],
+      shortcut=cfg['shortcut'],
+      residual=bool(cfg['residual']),
+      groups=int(cfg['groups']),
+      width_per_group=int(cfg['width_per_group']),
+      num_classes=int(cfg['num_classes']),
+      include_top=bool(cfg['include_top']),
+      pooling=pooling,
+      zero_init_residual=bool(cfg['zero_init_residual']),
+      dtype=jnp.dtype(cfg['dtype']),
+      param_dtype=jnp.dtype(cfg['param_dtype']),
+      bn_momentum=float(cfg['bn_momentum']),
+      bn_epsilon=float(cfg['bn_epsilon']),
+      bn_axis_name=bn_axis_name,
+      bn_group_size=int(cfg['bn_group_size']) or None,
+  )
+
+
+def default_image_size(cfg: Mapping[str, Any]) -> int:
+  """224 for the ImageNet family, 32 for the CIFAR family."""
+  return 224 if cfg.get('family', 'imagenet') == 'imagenet' else 32

@@ -1,0 +1,104 @@
+"""The one `ResNet` module: a stem, stages of residual units, an optional head.
+
+Everything that varies between the ImageNet, CIFAR, pre-activation, plain, ResNeXt and Wide
+variants is a field; the unit type (`BasicBlock` / `BottleneckBlock`) and the conv and norm
+layers are injected, so a depth or version sweep never needs a new class.
+
+Stems: 'imagenet' is a 7x7 stride-2 conv then 3x3 stride-2 max pool (BN-ReLU between them in
+v1/v1.5; in v2 the first unit pre-activates, as Keras' ResNetV2 and BiT); 'cifar' is a 3x3
+stride-1 conv (followed by BN-ReLU in v1/v1.5). v2 networks end with BN-ReLU before pooling.
+"""
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
+
+ModuleDef = Any
+POOLINGS = (None, 'avg', 'max')
+
+
+class ResNet(nn.Module):
+  """A residual (or plain) network.
+
+  Call with `train=True` to use batch statistics and update `batch_stats` (pass
+  `mutable=['batch_stats']`), `train=False` to use the running statistics. With
+  `return_features=True` the call returns `(output, features)` where `features` maps 'stem',
+  'stage1'...'stageN' and 'pre_logits' to their activations.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  stage_widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = 'imagenet'
+  version: str = 'v1.5'
+  shortcut: str = 'B'
+  residual: bool = True
+  groups: int = 1
+  width_per_group: int = 64
+  num_classes: int = 1000
+  include_top: bool = True
+  pooling: Optional[str] = None
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: Optional[str] = None
+  bn_group_size: Optional[int] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True, return_features: bool = False):
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
+    norm = functools.partial(
+        BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+        group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
+    pre_act = self.version == 'v2'
+    features = {}
+
+    x = jnp.asarray(x, self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.stage_widths[0], (7, 7), strides=(2, 2), padding=symmetric_padding(7),
+               name='stem_conv')(x)
+      if not pre_act:
+        x = nn.relu(norm(name='stem_norm')(x))
+      x = max_pool(x)
+    elif self.stem == 'cifar':
+      x = conv(self.stage_widths[0], (3, 3), padding=symmetric_padding(3), name='stem_conv')(x)
+      if not pre_act:
+        x = nn.relu(norm(name='stem_norm')(x))
+    else:
+      raise ValueError(f"stem={self.stem!r}; allowed: 'imagenet', 'cifar'")
+    features['stem'] = x
+
+    for i, (num_units, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      for j in range(num_units):
+        x = self.block_cls(
+            filters=width, strides=2 if (i > 0 and j == 0) else 1, conv=conv, norm=norm,
+            version=self.version, shortcut=self.shortcut, residual=self.residual,
+            zero_init_residual=self.zero_init_residual, groups=self.groups,
+            width_per_group=self.width_per_group, name=f'stage{i + 1}_unit{j + 1}')(x)
+      features[f'stage{i + 1}'] = x
+
+    if pre_act:
+      x = nn.relu(norm(name='final_norm')(x))
+
+    if self.include_top:
+      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      features['pre_logits'] = x
+      x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
+                   name='head')(x)
+    elif self.pooling == 'avg':
+      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      features['pre_logits'] = x
+    elif self.pooling == 'max':
+      x = jnp.max(x.astype(jnp.float32), axis=(1, 2))
+      features['pre_logits'] = x
+    elif self.pooling is not None:
+      raise ValueError(f"pooling={self.pooling!r}; allowed: None, 'avg', 'max'")
+    return (x, features) if return_features else x
