@@ -1,0 +1,44 @@
+"""What the command-line scripts share: run directories, cluster start-up, and turning the
+errors a user can fix (config, data, non-finite loss) into one clear line and an exit code.
+"""
+
+import datetime
+import json
+import os
+import sys
+
+from resnet_flax import configuration, distributed
+from resnet_flax.data import DataError
+
+EXIT_USER_ERROR = 2
+
+
+def default_workdir(config_path: str, root: str = 'runs') -> str:
+  name = os.path.splitext(os.path.basename(config_path or 'default'))[0]
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  return os.path.join(root, f'{name}-{stamp}')
+
+
+def report_error(error: Exception) -> int:
+  kind = {configuration.ConfigError: 'config error', DataError: 'data error'}.get(
+      type(error), 'error')
+  print(f'{kind}: {error}', file=sys.stderr)
+  return EXIT_USER_ERROR
+
+
+def train_main(config, workdir: str, config_path: str) -> int:
+  """Entry of scripts/train.py: returns the process exit code."""
+  from resnet_flax import trainer  # after distributed start-up: importing it is cheap anyway
+  try:
+    distributed.maybe_initialize(config.distributed)
+    workdir = workdir or default_workdir(config_path)
+    results = trainer.train_and_evaluate(config, workdir)
+  except (configuration.ConfigError, DataError) as e:
+    return report_error(e)
+  except trainer.NonFiniteLossError as e:
+    print(f'stopped: {e}', file=sys.stderr)
+    return 1
+  shown = {k: results[k] for k in ('eval_top1', 'eval_top5', 'eval_loss', 'steps',
+                                   'train_time_s', 'images_per_sec') if k in results}
+  print(f'results ({os.path.join(workdir, "results.json")}): {json.dumps(shown)}')
+  return 0

@@ -1,0 +1,113 @@
+"""In-memory sources: datasets that fit in host RAM as uint8 arrays (NHWC) with int32 labels.
+
+Sources: `digits` (scikit-learn's bundled 8x8 handwritten digits, the offline default), `npz`
+(Keras layout `x_train`, `y_train`, `x_test`, `y_test`, e.g. MNIST) and `synthetic` (random
+images and labels of any shape, for benchmarks). No TensorFlow is needed.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from resnet_flax.data import splits
+
+DIGITS_TEST_FRACTION = 0.25   # fixed held-out split of the 1,797 digits (seeded permutation)
+DIGITS_SPLIT_SEED = 0
+
+
+class DataError(ValueError):
+  """Missing or malformed data; the message names the file or field and the fix."""
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  images: np.ndarray          # uint8, (N, H, W, C)
+  labels: np.ndarray          # int32, (N,)
+  num_classes: int
+  class_names: Optional[list[str]] = None
+
+  def __post_init__(self):
+    if self.images.ndim != 4 or self.images.dtype != np.uint8:
+      raise DataError(f'images must be uint8 (N, H, W, C); got {self.images.dtype} '
+                      f'{self.images.shape}')
+    if len(self.images) != len(self.labels):
+      raise DataError(f'{len(self.images)} images but {len(self.labels)} labels')
+    if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+      bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
+      raise DataError(f'label {int(self.labels[bad])} of example {bad} is outside '
+                      f'[0, {self.num_classes}); check the data or data.synthetic_num_classes')
+
+  def __len__(self):
+    return len(self.labels)
+
+  def subset(self, index: range) -> 'ArrayDataset':
+    sl = slice(index.start, index.stop)
+    return ArrayDataset(self.images[sl], self.labels[sl], self.num_classes, self.class_names)
+
+
+def _digits(split: str) -> ArrayDataset:
+  from sklearn.datasets import load_digits  # bundled with scikit-learn: nothing is downloaded
+  d = load_digits()
+  images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = d.target.astype(np.int32)
+  order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(labels))
+  n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
+  parts = {'test': order[:n_test], 'train': np.sort(order[n_test:])}
+  if split not in parts:
+    raise DataError(f"digits has splits 'train' and 'test', not {split!r}")
+  idx = np.sort(parts[split])
+  return ArrayDataset(images[idx], labels[idx], 10, [str(i) for i in range(10)])
+
+
+def _npz(path: str, split: str) -> ArrayDataset:
+  if not path:
+    raise DataError('data.source=npz needs data.dir: the path of an .npz file with x_train, '
+                    'y_train, x_test, y_test')
+  if not os.path.isfile(path):
+    raise DataError(f'data.dir={path!r}: no such .npz file')
+  try:
+    with np.load(path) as f:
+      xs, ys = f[f'x_{split}'], f[f'y_{split}']
+      # the class count is taken over every split, so a split missing a class still agrees
+      num_classes = max(int(f[k].max()) + 1 for k in f.files if k.startswith('y_') and f[k].size)
+  except KeyError:
+    raise DataError(f'{path}: has no arrays x_{split}/y_{split} for split {split!r}') from None
+  except (OSError, ValueError) as e:
+    raise DataError(f'{path}: cannot be read as .npz ({e})') from None
+  if xs.ndim == 3:
+    xs = xs[..., None]
+  if xs.dtype != np.uint8:
+    raise DataError(f'{path}: x_{split} is {xs.dtype}; expected uint8 images (0..255)')
+  ys = ys.reshape(-1).astype(np.int64)
+  if len(ys) and ys.min() < 0:
+    raise DataError(f'{path}: y_{split} holds a negative label ({int(ys.min())})')
+  return ArrayDataset(xs, ys.astype(np.int32), num_classes)
+
+
+def _synthetic(data_cfg, split: str, seed: int) -> ArrayDataset:
+  n = data_cfg['synthetic_train_size'] if split == 'train' else data_cfg['synthetic_eval_size']
+  size = data_cfg['image_size'] or 224
+  channels = data_cfg['channels'] or 3
+  num_classes = data_cfg['synthetic_num_classes']
+  rng = np.random.default_rng((seed, 0 if split == 'train' else 1))
+  images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, (n,), dtype=np.int32)
+  return ArrayDataset(images, labels, num_classes)
+
+
+def load(data_cfg, split_spec: str, seed: int = 0) -> ArrayDataset:
+  """The examples of `split_spec` (TFDS slicing syntax) of an in-memory source."""
+  name, _, _ = splits.parse_split(split_spec)
+  source = data_cfg['source']
+  if source == 'digits':
+    full = _digits(name)
+  elif source == 'npz':
+    full = _npz(data_cfg['dir'], name)
+  elif source == 'synthetic':
+    full = _synthetic(data_cfg, name, seed)
+  else:
+    raise DataError(f'data.source={source!r} is not an in-memory source')
+  _, index = splits.select(split_spec, len(full))
+  return full.subset(index)
