@@ -98,10 +98,14 @@ def build_run(config, *, devices=None) -> Run:
         f'config.model.num_classes={config.model.num_classes}: the data has '
         f'{train_ds.num_classes} classes; set --config.model.num_classes={train_ds.num_classes}')
   plan = plan_run(config, len(train_ds))
-  schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
-                                  steps_per_epoch=plan.steps_per_epoch,
-                                  total_steps=plan.total_steps)
-  tx = optim.build_optimizer(config.optimizer, schedule)
+  try:
+    schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
+                                    steps_per_epoch=plan.steps_per_epoch,
+                                    total_steps=plan.total_steps)
+    tx = optim.build_optimizer(config.optimizer, schedule)
+  except ValueError as e:
+    raise configuration.ConfigError(f'config.{e}' if str(e).startswith(
+        ('schedule.', 'optimizer.')) else str(e)) from None
 
   stored_size, stored_channels = train_ds.images.shape[1], train_ds.images.shape[3]
   channels = config.data.channels or stored_channels

@@ -21,7 +21,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: a new o
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  return cli.train_main(_CONFIG.value, _WORKDIR.value, flags.FLAGS['config'].value)
+  return cli.train_main(_CONFIG.value, _WORKDIR.value,
+                        config_flags.get_config_filename(flags.FLAGS['config']))
 
 
 if __name__ == '__main__':

@@ -72,6 +72,11 @@ class BatchNorm(nn.Module):
         y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x32.shape)
         batch_mean = mean.reshape((-1, features)).mean(axis=0)
         batch_var = var.reshape((-1, features)).mean(axis=0)
+        if self.axis_name is not None:
+          # normalisation used the local groups; the running statistics (replicated state)
+          # average every group of every device, as one device holding the whole batch would
+          batch_mean = jax.lax.pmean(batch_mean, self.axis_name)
+          batch_var = jax.lax.pmean(batch_var, self.axis_name)
       else:
         axes = tuple(range(x32.ndim - 1))
         batch_mean = x32.mean(axis=axes)

@@ -107,6 +107,9 @@ def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
     return block, stage_sizes
   if family == 'imagenet':
     if block == 'auto':
+      if not any(depth in t for t in IMAGENET_STAGES.values()):
+        raise ValueError(f'model.depth={depth} is not an ImageNet ResNet depth; allowed: 18, 34 '
+                         '(basic), 50, 101, 152, 200 (bottleneck), or set model.stage_sizes.')
       block = 'basic' if depth in IMAGENET_STAGES['basic'] else 'bottleneck'
     table = IMAGENET_STAGES[block]
     if depth not in table:

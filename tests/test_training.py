@@ -1,0 +1,278 @@
+"""The training system: device-count invariance (jit and pmap), ghost BatchNorm, whole-split
+eval, config validation, a learning test on real data, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_flax import configuration, trainer
+from resnet_flax.configuration import ConfigError, base_config
+from resnet_flax.data import batches
+from resnet_flax.models import model_fields
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST = os.path.join(REPO, '..', 'shared', 'datasets', 'mnist.npz')
+
+
+def tiny_config(**overrides):
+  """ResNet-8 (CIFAR family, width 4) on 8x8 synthetic images: compiles in seconds."""
+  c = base_config()
+  c.model.update(model_fields('resnet20'))
+  c.model.depth = 8
+  c.model.width = 4
+  c.model.num_classes = 10
+  c.data.source = 'synthetic'
+  c.data.image_size = 8
+  c.data.channels = 3
+  c.data.synthetic_num_classes = 10
+  c.data.synthetic_train_size = 64
+  c.data.synthetic_eval_size = 37
+  c.data.random_crop_pad = 2
+  c.data.random_flip = True
+  c.data.mean = (127.0,)
+  c.data.std = (64.0,)
+  c.batch_size = 16
+  c.num_train_steps = 2
+  c.schedule.name = 'constant'
+  c.schedule.base_lr = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-3
+  c.log_tensorboard = False
+  c.progress_bar = False
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return c
+
+
+def run_steps(config, devices, num_steps=2):
+  """Runs `num_steps` train steps; returns (host state, list of host metrics)."""
+  run = trainer.build_run(config, devices=devices)
+  state, metrics = run.state, []
+  for step in range(num_steps):
+    state, m = run.p_train(state, run.par.put_batch(run.train_batches.batch(step)))
+    metrics.append(run.par.host_metrics(m))
+  return run.par.host_state(state), metrics
+
+
+def assert_trees_close(a, b, tol=1e-5):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       rtol=tol, atol=tol), a, b)
+
+
+def assert_trees_differ(a, b):
+  diffs = [float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  assert max(diffs) > 1e-4
+
+
+@pytest.fixture(scope='module')
+def one_device_reference():
+  return run_steps(tiny_config(), jax.devices()[:1])
+
+
+@pytest.mark.parametrize('mode', ['jit', 'pmap'])
+def test_eight_devices_match_one_device(mode, one_device_reference):
+  assert len(jax.devices()) == 8
+  ref_state, ref_metrics = one_device_reference
+  state, metrics = run_steps(tiny_config(parallelism=mode), jax.devices())
+  for m, r in zip(metrics, ref_metrics):
+    np.testing.assert_allclose(m['loss_sum'], r['loss_sum'], rtol=1e-5)
+    np.testing.assert_allclose(m['grad_norm_sq'], r['grad_norm_sq'], rtol=1e-5)
+    assert m['count'] == r['count'] == 16
+  assert_trees_close(state.params, ref_state.params)
+  assert_trees_close(state.batch_stats, ref_state.batch_stats)
+  assert_trees_close(state.opt_state, ref_state.opt_state)   # momentum = running gradients
+  assert int(state.step) == 2
+
+
+def test_first_step_gradients_match_across_device_counts(one_device_reference):
+  """With plain SGD (no momentum) the parameter change of one step is -lr * gradient."""
+  cfg = dict(**{'optimizer.momentum': 0.0, 'optimizer.weight_decay': 0.0})
+  run1 = trainer.build_run(tiny_config(**cfg), devices=jax.devices()[:1])
+  p0 = run1.par.host_state(run1.state).params
+  s1, _ = run1.p_train(run1.state, run1.par.put_batch(run1.train_batches.batch(0)))
+  g1 = jax.tree.map(lambda a, b: (a - b) / 0.1, p0, run1.par.host_state(s1).params)
+  for mode in ('jit', 'pmap'):
+    run8 = trainer.build_run(tiny_config(parallelism=mode, **cfg), devices=jax.devices())
+    s8, _ = run8.p_train(run8.state, run8.par.put_batch(run8.train_batches.batch(0)))
+    g8 = jax.tree.map(lambda a, b: (a - b) / 0.1, p0, run8.par.host_state(s8).params)
+    assert_trees_close(g8, g1, tol=2e-4)   # differences of params / lr: 1e-5 relative on params
+    assert max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1)) > 1e-3
+
+
+def test_bn_group_size_gives_per_group_statistics(one_device_reference):
+  """Ghost BN with groups of 2 (= the per-device batch on 8 devices) is the same on 1 device,
+  on 8 devices under jit, and under pmap where each device holds one group; it differs from
+  statistics over the whole batch."""
+  ghost_1, _ = run_steps(tiny_config(**{'model.bn_group_size': 2}), jax.devices()[:1], 1)
+  ghost_jit, _ = run_steps(tiny_config(**{'model.bn_group_size': 2}), jax.devices(), 1)
+  ghost_pmap, _ = run_steps(tiny_config(**{'model.bn_group_size': 2, 'parallelism': 'pmap'}),
+                            jax.devices(), 1)
+  assert_trees_close(ghost_jit.batch_stats, ghost_1.batch_stats)
+  assert_trees_close(ghost_pmap.batch_stats, ghost_1.batch_stats)
+  assert_trees_close(ghost_pmap.params, ghost_1.params)
+  global_bn, _ = run_steps(tiny_config(), jax.devices()[:1], 1)
+  assert_trees_differ(ghost_1.batch_stats, global_bn.batch_stats)
+
+
+def test_stem_running_mean_equals_mean_of_group_means():
+  """The running mean of the first BN after one step is momentum-averaged from the mean of the
+  per-group means, which for equal groups equals the batch mean: ghost and global BN agree on
+  the *mean* statistic of the first layer but not on the variance."""
+  ghost, _ = run_steps(tiny_config(**{'model.bn_group_size': 4}), jax.devices()[:1], 1)
+  full, _ = run_steps(tiny_config(), jax.devices()[:1], 1)
+  np.testing.assert_allclose(ghost.batch_stats['stem_norm']['mean'],
+                             full.batch_stats['stem_norm']['mean'], rtol=1e-5, atol=1e-6)
+  assert np.all(ghost.batch_stats['stem_norm']['var'] < full.batch_stats['stem_norm']['var'])
+
+
+@pytest.mark.parametrize('mode,num_devices,eval_batch', [
+    ('jit', 8, 16), ('pmap', 8, 16), ('jit', 1, 5), ('jit', 8, 8)])
+def test_eval_counts_every_example_once(mode, num_devices, eval_batch):
+  """37 eval examples never divide the batch: padded and masked, the metrics equal a direct
+  computation over all 37 examples."""
+  config = tiny_config(parallelism=mode, eval_batch_size=eval_batch)
+  run = trainer.build_run(config, devices=jax.devices()[:num_devices])
+  metrics = trainer.evaluate(run.state, run.p_eval, run.par, run.eval_ds, eval_batch)
+  host = run.par.host_state(run.state)
+  images = (run.eval_ds.images.astype(np.float32) - 127.0) / 64.0
+  logits = run.model.apply({'params': host.params, 'batch_stats': host.batch_stats},
+                           jnp.asarray(images), train=False)
+  labels = run.eval_ds.labels
+  top1 = np.mean(np.argmax(logits, -1) == labels)
+  top5 = np.mean([l in np.argsort(-row)[:5] for row, l in zip(np.asarray(logits), labels)])
+  loss = np.mean(-jax.nn.log_softmax(logits)[np.arange(37), labels])
+  assert len(run.eval_ds) == 37
+  assert metrics['eval_top1'] == pytest.approx(top1, abs=1e-6)
+  assert metrics['eval_top5'] == pytest.approx(top5, abs=1e-6)
+  assert metrics['eval_loss'] == pytest.approx(float(loss), rel=1e-4)
+
+
+def test_eval_batches_cover_split_once_across_processes():
+  ds = trainer.data.arrays.ArrayDataset(
+      np.zeros((37, 2, 2, 1), np.uint8), np.arange(37, dtype=np.int32) % 10, 10)
+  seen = []
+  for process in range(2):
+    for b in batches.eval_batches(ds, 8, process, 2):
+      seen.extend(b['label'][b['mask'] > 0].tolist())
+  assert sorted(seen) == sorted(ds.labels.tolist())
+  assert batches.num_eval_batches(37, 8) == 5
+
+
+def test_train_batches_are_a_function_of_seed_and_step():
+  ds = trainer.data.arrays.ArrayDataset(
+      np.zeros((50, 2, 2, 1), np.uint8), np.arange(50, dtype=np.int32) % 10, 10)
+  a, b = batches.TrainBatches(ds, 8, seed=1), batches.TrainBatches(ds, 8, seed=1)
+  np.testing.assert_array_equal(a.indices(13), b.indices(13))   # no replay of steps 0..12
+  assert not np.array_equal(a.indices(0), batches.TrainBatches(ds, 8, seed=2).indices(0))
+  epoch = np.concatenate([a.indices(k) for k in range(a.steps_per_epoch)])
+  assert len(set(epoch.tolist())) == len(epoch) == 48    # no example twice within an epoch
+  shares = [batches.TrainBatches(ds, 8, 1, p, 2).indices(5) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(shares), a.indices(5))
+
+
+@pytest.mark.parametrize('overrides,field', [
+    ({'model.depth': 19, 'model.family': 'imagenet'}, 'model.depth'),
+    ({'model.depth': 21}, 'model.depth'),
+    ({'model.version': 'v3'}, 'model.version'),
+    ({'batch_size': 12}, 'batch_size'),
+    ({'eval_every_steps': 0}, 'eval_every_steps'),
+    ({'eval_batch_size': 12}, 'eval_batch_size'),
+    ({'parallelism': 'fsdp'}, 'parallelism'),
+    ({'data.source': 'ftp'}, 'data.source'),
+    ({'model.bn_group_size': 3}, 'model.bn_group_size'),
+    ({'label_smoothing': 1.5}, 'label_smoothing'),
+    ({'num_epochs': 0.0, 'num_train_steps': -1}, 'num_epochs'),
+])
+def test_config_errors_name_the_field(overrides, field):
+  with pytest.raises(ConfigError) as e:
+    configuration.validate(tiny_config(**overrides), device_count=8)
+  message = str(e.value)
+  assert field in message and '\n' not in message
+
+
+def test_unknown_field_in_a_config_file_is_rejected():
+  c = tiny_config()
+  c.unlock()
+  c.learning_rate = 0.1
+  with pytest.raises(ConfigError, match='learning_rate is not a known field'):
+    configuration.validate(c)
+
+
+@pytest.mark.parametrize('overrides,field', [
+    ({'optimizer.name': 'adam'}, 'optimizer.name'),
+    ({'schedule.name': 'poly'}, 'schedule.name'),
+    ({'model.num_classes': 7}, 'model.num_classes'),
+])
+def test_build_errors_are_config_errors(overrides, field):
+  with pytest.raises(ConfigError, match=field.replace('.', r'\.')):
+    trainer.build_run(tiny_config(**overrides), devices=jax.devices()[:1])
+
+
+@pytest.mark.slow
+def test_learns_mnist(tmp_path):
+  """ResNet-8 on 6,000 MNIST digits for 240 steps: far above chance, falling loss."""
+  c = tiny_config(**{'model.width': 8, 'data.source': 'npz', 'data.dir': MNIST,
+                     'data.image_size': 0, 'data.channels': 0, 'data.random_crop_pad': 0,
+                     'data.random_flip': False, 'data.train_split': 'train[:6000]',
+                     'data.eval_split': 'test[:2000]', 'data.mean': (33.0,),
+                     'data.std': (79.0,), 'batch_size': 64, 'num_train_steps': 240,
+                     'schedule.name': 'cosine', 'eval_every_steps': 240,
+                     'log_every_steps': 40})
+  results = trainer.train_and_evaluate(c, str(tmp_path))
+  assert results['eval_top1'] > 0.9
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  train_losses = [l['train_loss'] for l in lines if 'train_loss' in l]
+  assert train_losses[-1] < 0.5 * train_losses[0]
+  assert results['steps'] == 240
+
+
+def _run_script(args, env_extra=None, timeout=300):
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'train.py')] + args,
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def test_script_rejects_bad_config_with_one_line():
+  p = _run_script(['--config.model.depth=19', '--config.model.family=imagenet'])
+  assert p.returncode == 2
+  lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+  assert lines[-1].startswith('config error: model.depth=19')
+  assert '18, 34' in lines[-1]
+
+
+def test_script_rejects_indivisible_batch_on_eight_devices():
+  p = _run_script(['--config.batch_size=12'],
+                  {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert p.returncode == 2
+  assert 'config.batch_size=12' in p.stderr and 'divisible by the 8 devices' in p.stderr
+
+
+@pytest.mark.slow
+def test_script_trains_digits_and_writes_run_files(tmp_path):
+  p = _run_script(['--workdir', str(tmp_path), '--config.num_epochs=4',
+                   '--config.log_every_steps=10'])
+  assert p.returncode == 0, p.stderr[-2000:]
+  results = json.load(open(tmp_path / 'results.json'))
+  assert {'eval_top1', 'eval_top5', 'eval_loss', 'steps', 'train_time_s',
+          'images_per_sec'} <= set(results)
+  assert results['steps'] == 4 * (1348 // 64)
+  assert results['eval_top1'] > 0.8
+  config = json.load(open(tmp_path / 'config.json'))
+  assert config['num_epochs'] == 4
+  events = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert all('step' in e and 'epoch' in e for e in events)
+  assert {'train_loss', 'train_top1', 'lr', 'images_per_sec'} <= set(events[0])
+  assert any('eval_top5' in e for e in events)
+  assert os.listdir(tmp_path / 'tensorboard')
