@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.decay_factor = 0.1
   c.schedule.end_lr_factor = 0.0
 
+  c.dtype = 'float32'             # compute precision: bfloat16 = mixed precision (f32 params,
+                                  # optimizer state, BatchNorm statistics, loss)
   c.label_smoothing = 0.0
   c.ema_decay = 0.0               # 0: no EMA; else eval uses the EMA of params and batch_stats
   c.seed = 0
@@ -124,6 +126,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     registry.create_model(config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _check_choice(config, 'dtype', registry.DTYPES)
+  if config.model.dtype not in ('float32', config.dtype):
+    _fail('model.dtype', config.model.dtype,
+          f'training takes its precision from config.dtype; set --config.dtype='
+          f'{config.model.dtype} and leave model.dtype at float32')
+  if config.model.param_dtype != 'float32':
+    _fail('model.param_dtype', config.model.param_dtype,
+          'training keeps float32 parameters (mixed precision is config.dtype=bfloat16)')
   _check_choice(config, 'data.source', SOURCES)
   _check_choice(config, 'parallelism', PARALLELISM)
   _check_choice(config, 'nan_policy', NAN_POLICIES)

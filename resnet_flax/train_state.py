@@ -38,5 +38,6 @@ def create_train_state(model, tx: optax.GradientTransformation, *, seed: int, im
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params), rng=train_key,
-      ema_params=params if use_ema else None,
-      ema_batch_stats=batch_stats if use_ema else None)
+      # copies: the step donates the state, and one buffer may not be donated twice
+      ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+      ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if use_ema else None)

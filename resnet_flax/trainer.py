@@ -112,7 +112,7 @@ def build_run(config, *, devices=None) -> Run:
   image_size = config.data.image_size or stored_size
   preprocess = augment.make_preprocess(config.data, stored_size=stored_size,
                                        stored_channels=stored_channels, channels=channels)
-  model = create_model(config.model, bn_axis_name=par.axis_name)
+  model = create_model({**config.model, 'dtype': config.dtype}, bn_axis_name=par.axis_name)
   state = create_train_state(model, tx, seed=config.seed,
                              image_shape=(image_size, image_size, channels),
                              use_ema=config.ema_decay > 0)

@@ -276,3 +276,33 @@ def test_script_trains_digits_and_writes_run_files(tmp_path):
   assert {'train_loss', 'train_top1', 'lr', 'images_per_sec'} <= set(events[0])
   assert any('eval_top5' in e for e in events)
   assert os.listdir(tmp_path / 'tensorboard')
+
+
+def test_bfloat16_mixed_precision_keeps_float32_state():
+  f32, m32 = run_steps(tiny_config(), jax.devices()[:1], 1)
+  bf16, m16 = run_steps(tiny_config(dtype='bfloat16'), jax.devices()[:1], 1)
+  for tree in (bf16.params, bf16.batch_stats, bf16.opt_state):
+    floats = {x.dtype for x in jax.tree.leaves(tree) if not np.issubdtype(x.dtype, np.integer)}
+    assert floats == {np.dtype('float32')}
+  assert np.isfinite(m16[0]['loss_sum'])
+  assert m16[0]['loss_sum'] != m32[0]['loss_sum']            # bf16 compute really happened
+  np.testing.assert_allclose(m16[0]['loss_sum'], m32[0]['loss_sum'], rtol=5e-2)
+  with pytest.raises(ConfigError, match='config.dtype'):
+    configuration.validate(tiny_config(**{'model.dtype': 'bfloat16'}))
+
+
+def test_ema_of_params_is_used_for_eval():
+  """ema_k = d * ema_{k-1} + (1 - d) * params_k from ema_0 = params_0; eval reads the EMA."""
+  decay = 0.5
+  run = trainer.build_run(tiny_config(ema_decay=decay), devices=jax.devices()[:1])
+  state = run.state
+  history = [run.par.host_state(state).params]
+  for step in range(2):
+    state, _ = run.p_train(state, run.par.put_batch(run.train_batches.batch(step)))
+    history.append(run.par.host_state(state).params)
+  expected = jax.tree.map(lambda p0, p1, p2: decay * (decay * p0 + (1 - decay) * p1)
+                          + (1 - decay) * p2, *history)
+  host = run.par.host_state(state)
+  assert_trees_close(host.ema_params, expected, tol=1e-6)
+  assert_trees_differ(host.ema_params, host.params)
+  assert host.eval_variables()['params'] is host.ema_params
