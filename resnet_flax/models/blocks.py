@@ -76,6 +76,8 @@ class ResidualUnit(nn.Module):
   def __call__(self, x):
     if self.version not in VERSIONS:
       raise ValueError(f'model.version={self.version!r}; allowed: {", ".join(VERSIONS)}')
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'model.shortcut={self.shortcut!r}; allowed: {", ".join(SHORTCUTS)}')
     out_features = self.filters * self.expansion
     shape_changes = self.strides != 1 or x.shape[-1] != out_features
     layers = self.branch_layers()

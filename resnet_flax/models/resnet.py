@@ -27,7 +27,8 @@ class ResNet(nn.Module):
   Call with `train=True` to use batch statistics and update `batch_stats` (pass
   `mutable=['batch_stats']`), `train=False` to use the running statistics. With
   `return_features=True` the call returns `(output, features)` where `features` maps 'stem',
-  'stage1'...'stageN' and 'pre_logits' to their activations.
+  'stage1'...'stageN' and (when the network pools: with the top, or pooling 'avg'/'max')
+  'pre_logits' to their activations.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
