@@ -3,9 +3,11 @@ errors a user can fix (config, data, non-finite loss) into one clear line and an
 """
 
 import datetime
+import difflib
 import json
 import os
 import sys
+from typing import Optional
 
 from resnet_flax import configuration, distributed
 from resnet_flax.data import DataError
@@ -17,6 +19,30 @@ def default_workdir(config_path: str, root: str = 'runs') -> str:
   name = os.path.splitext(os.path.basename(config_path or 'default'))[0]
   stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
   return os.path.join(root, f'{name}-{stamp}')
+
+
+def unknown_override(argv) -> Optional[str]:
+  """The error line for the first `--config.FIELD=...` naming no field of the config schema.
+
+  Every config file starts from `configuration.base_config()`, so its fields are the schema.
+  Checked before the flags are defined, where ml_collections would raise a raw KeyError.
+  """
+  schema = configuration.base_config()
+  for arg in argv[1:]:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    node, done = schema, []
+    for part in path:
+      if not hasattr(node, 'keys') or part not in node:
+        known = sorted(node.keys()) if hasattr(node, 'keys') else []
+        close = difflib.get_close_matches(part, known, n=1)
+        hint = f'; did you mean {".".join(done + close)}?' if close else ''
+        where = 'config.' + '.'.join(done) if done else 'config'
+        return (f'config error: --config.{".".join(path)}: {where} has no field {part!r}{hint} '
+                f'(known: {", ".join(known)})')
+      node, done = node[part], done + [part]
+  return None
 
 
 def report_error(error: Exception) -> int:

@@ -306,3 +306,38 @@ def test_ema_of_params_is_used_for_eval():
   assert_trees_close(host.ema_params, expected, tol=1e-6)
   assert_trees_differ(host.ema_params, host.params)
   assert host.eval_variables()['params'] is host.ema_params
+
+
+def test_script_rejects_unknown_override_with_a_suggestion():
+  p = _run_script(['--config.model.dept=56'])
+  assert p.returncode == 2
+  assert p.stderr.strip().splitlines()[-1].startswith(
+      "config error: --config.model.dept: config.model has no field 'dept'; did you mean "
+      'model.depth?')
+
+
+_NO_TF = r'''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
+      raise ImportError(f'{name} is not installed here')
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, 'tests')
+from test_training import tiny_config
+from resnet_flax import trainer
+results = trainer.train_and_evaluate(tiny_config(log_tensorboard=True), sys.argv[1])
+assert not any(m.split('.')[0] in ('tensorflow', 'tensorflow_datasets') for m in sys.modules)
+print('eval_top1', results['eval_top1'])
+'''
+
+
+def test_training_runs_without_tensorflow(tmp_path):
+  """The GPU machines have no TensorFlow: the training path must neither need nor import it."""
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env['PYTHONPATH'] = REPO
+  p = subprocess.run([sys.executable, '-c', _NO_TF, str(tmp_path)], capture_output=True,
+                     text=True, timeout=300, cwd=REPO, env=env)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert 'eval_top1' in p.stdout
+  assert json.load(open(tmp_path / 'results.json'))['steps'] == 2
