@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_train_size = 1024
   c.data.synthetic_eval_size = 256
   c.data.synthetic_num_classes = 1000
+  c.data.on_bad_image = 'error'   # folder source: error | skip (unreadable images are skipped
+                                  # and counted; an empty class folder keeps its label)
 
   c.batch_size = 128              # global, over all devices and processes
   c.eval_batch_size = 0           # 0: batch_size
@@ -135,6 +137,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     _fail('model.param_dtype', config.model.param_dtype,
           'training keeps float32 parameters (mixed precision is config.dtype=bfloat16)')
   _check_choice(config, 'data.source', SOURCES)
+  _check_choice(config, 'data.on_bad_image', ('error', 'skip'))
   _check_choice(config, 'parallelism', PARALLELISM)
   _check_choice(config, 'nan_policy', NAN_POLICIES)
   for field in ('batch_size', 'log_every_steps'):

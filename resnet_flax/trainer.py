@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from resnet_flax import configuration, data, optim, parallel
-from resnet_flax.data import augment, batches
+from resnet_flax.data import augment
 from resnet_flax.metrics_log import MetricsLog, Throughput
 from resnet_flax.models import create_model
 from resnet_flax.steps import make_eval_step, make_train_step
@@ -63,12 +63,12 @@ def _add(acc: Optional[dict], metrics: dict) -> dict:
 def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
   """Top-1, top-5 and loss over the whole eval split (padded and masked, nothing dropped)."""
   total = None
-  for host_batch in batches.eval_batches(eval_ds, eval_batch_size, jax.process_index(),
+  for host_batch in eval_ds.eval_batches(eval_batch_size, jax.process_index(),
                                          jax.process_count()):
     total = _add(total, p_eval(state, par.put_batch(host_batch)))
   sums = par.host_metrics(total)
-  if int(round(float(sums['count']))) != len(eval_ds):
-    raise AssertionError(f'eval counted {sums["count"]} examples of {len(eval_ds)}')
+  if int(round(float(sums['count']))) != eval_ds.num_examples:
+    raise AssertionError(f'eval counted {sums["count"]} examples of {eval_ds.num_examples}')
   return _mean_metrics(sums, 'eval')
 
 
@@ -82,7 +82,7 @@ class Run:
   state: Any
   p_train: Any
   p_eval: Any
-  train_batches: batches.TrainBatches
+  train_batches: Any                  # .batch(step) -> this process's host batch
   eval_ds: Any
   plan: RunPlan
   num_params: int
@@ -97,7 +97,7 @@ def build_run(config, *, devices=None) -> Run:
     raise configuration.ConfigError(
         f'config.model.num_classes={config.model.num_classes}: the data has '
         f'{train_ds.num_classes} classes; set --config.model.num_classes={train_ds.num_classes}')
-  plan = plan_run(config, len(train_ds))
+  plan = plan_run(config, train_ds.num_examples)
   try:
     schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
                                     steps_per_epoch=plan.steps_per_epoch,
@@ -107,11 +107,12 @@ def build_run(config, *, devices=None) -> Run:
     raise configuration.ConfigError(f'config.{e}' if str(e).startswith(
         ('schedule.', 'optimizer.')) else str(e)) from None
 
-  stored_size, stored_channels = train_ds.images.shape[1], train_ds.images.shape[3]
+  stored_size, _, stored_channels = train_ds.image_shape
   channels = config.data.channels or stored_channels
   image_size = config.data.image_size or stored_size
   preprocess = augment.make_preprocess(config.data, stored_size=stored_size,
-                                       stored_channels=stored_channels, channels=channels)
+                                       stored_channels=stored_channels, channels=channels,
+                                       augment_on_device=not train_ds.augmented_on_host)
   model = create_model({**config.model, 'dtype': config.dtype}, bn_axis_name=par.axis_name)
   state = create_train_state(model, tx, seed=config.seed,
                              image_shape=(image_size, image_size, channels),
@@ -130,8 +131,8 @@ def build_run(config, *, devices=None) -> Run:
       nan_policy=config.nan_policy, axis_name=par.axis_name)
   eval_step = make_eval_step(model, preprocess, num_classes=num_classes,
                              axis_name=par.axis_name)
-  train_batches = batches.TrainBatches(train_ds, config.batch_size, config.seed,
-                                       jax.process_index(), jax.process_count())
+  train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
+                                         jax.process_count())
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
              par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params)
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from resnet_flax.data import splits
+from resnet_flax.data import batches, splits
 
 DIGITS_TEST_FRACTION = 0.25   # fixed held-out split of the 1,797 digits (seeded permutation)
 DIGITS_SPLIT_SEED = 0
@@ -23,10 +23,19 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class ArrayDataset:
+  """A split held in host memory; augmented on the accelerator (`augment.py`).
+
+  Every source, in memory or streamed, offers the interface the trainer uses: `num_examples`,
+  `num_classes`, `class_names`, `image_shape` (of the images it emits), `augmented_on_host`,
+  `train_batches(global_batch_size, seed, process_index, process_count)` (an object with
+  `batch(step)` and `steps_per_epoch`) and `eval_batches(global_batch_size, process_index,
+  process_count)` (padded batches with `mask`).
+  """
   images: np.ndarray          # uint8, (N, H, W, C)
   labels: np.ndarray          # int32, (N,)
   num_classes: int
   class_names: Optional[list[str]] = None
+  augmented_on_host = False   # augmentation runs in JAX, inside the train step
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -41,6 +50,22 @@ class ArrayDataset:
 
   def __len__(self):
     return len(self.labels)
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.labels)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def train_batches(self, global_batch_size: int, seed: int, process_index: int = 0,
+                    process_count: int = 1) -> batches.TrainBatches:
+    return batches.TrainBatches(self, global_batch_size, seed, process_index, process_count)
+
+  def eval_batches(self, global_batch_size: int, process_index: int = 0,
+                   process_count: int = 1):
+    return batches.eval_batches(self, global_batch_size, process_index, process_count)
 
   def subset(self, index: range) -> 'ArrayDataset':
     sl = slice(index.start, index.stop)

@@ -24,11 +24,15 @@ def _random_flip(image, key):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
-def make_preprocess(data_cfg, *, stored_size: int, stored_channels: int,
-                    channels: int) -> Callable:
-  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,channels)."""
-  pad = int(data_cfg['random_crop_pad'])
-  flip = bool(data_cfg['random_flip'])
+def make_preprocess(data_cfg, *, stored_size: int, stored_channels: int, channels: int,
+                    augment_on_device: bool = True) -> Callable:
+  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,channels).
+
+  `augment_on_device=False` (a source that augments on the host, e.g. tf.data) leaves only the
+  deterministic part: resize, channel repeat, normalisation.
+  """
+  pad = int(data_cfg['random_crop_pad']) if augment_on_device else 0
+  flip = bool(data_cfg['random_flip']) and augment_on_device
   size = int(data_cfg['image_size']) or stored_size
   mean = jnp.asarray(data_cfg['mean'], jnp.float32)
   std = jnp.asarray(data_cfg['std'], jnp.float32)

@@ -1,0 +1,401 @@
+"""The `folder` source: listing, labels, slicing, decoding, every bad-data error, the trainer on a
+folder tree, and the real CIFAR-10 and Imagenette folders (slow)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_flax import configuration, data, trainer
+from resnet_flax.configuration import ConfigError, base_config
+from resnet_flax.data import DataError, folder
+from resnet_flax.models import model_fields
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASETS = os.path.join(REPO, '..', 'shared', 'datasets')
+CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
+                   'ship', 'truck']
+
+
+def _color(label: int, index: int) -> tuple[int, int, int]:
+  return (40 * label + 10, 20 * index + 5, 200)
+
+
+def _save(path, size=(8, 8), color=(10, 20, 30), mode='RGB'):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = Image.new('RGB', size, color)
+  if mode != 'RGB':
+    image = image.convert(mode)
+  image.save(path)
+  return path
+
+
+def make_tree(root, classes=('cat', 'dog', 'eel'), per_class=3, split='train', size=(8, 8)):
+  """ROOT/split/<class>/NN.png (lossless, colour = _color(label, index)); returns root."""
+  for label, name in enumerate(sorted(classes)):
+    for i in range(per_class):
+      _save(os.path.join(root, split, name, f'{i:02d}.png'), size, _color(label, i))
+  return str(root)
+
+
+# --- listing, labels, order, slicing --------------------------------------------------------
+
+def test_labels_class_names_and_order(tmp_path):
+  root = tmp_path / 'data'
+  # created out of order, mixed extensions and cases, a grey image and files to ignore
+  _save(root / 'train' / 'zebra' / 'b.PNG', color=(1, 2, 3))
+  _save(root / 'train' / 'zebra' / 'a.jpg', color=(128, 128, 128))
+  _save(root / 'train' / 'ant' / 'c.JPEG', color=(250, 0, 0))
+  _save(root / 'train' / 'ant' / 'a.png', color=(90, 90, 90), mode='L')
+  _save(root / 'train' / 'moth' / 'x.jpeg', color=(0, 250, 0))
+  (root / 'train' / 'ant' / 'notes.txt').write_text('not an image')
+  (root / 'train' / 'zebra' / '.DS_Store').write_bytes(b'\0\1\2')
+  (root / 'train' / 'README.md').write_text('a file beside the class folders is ignored')
+
+  paths, labels, names = folder.list_folder(str(root), 'train')
+  assert names == ['ant', 'moth', 'zebra']
+  assert [os.path.relpath(p, root / 'train') for p in paths] == [
+      'ant/a.png', 'ant/c.JPEG', 'moth/x.jpeg', 'zebra/a.jpg', 'zebra/b.PNG']
+  assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 1, 2, 2]
+
+  ds = folder.load_folder(str(root), 'train')
+  assert ds.images.dtype == np.uint8 and ds.images.shape == (5, 8, 8, 3)
+  assert ds.labels.tolist() == [0, 0, 1, 2, 2]
+  assert ds.num_classes == 3 and ds.class_names == ['ant', 'moth', 'zebra']
+  np.testing.assert_array_equal(ds.images[0], np.full((8, 8, 3), 90, np.uint8))   # grey -> RGB
+  np.testing.assert_array_equal(ds.images[4], np.broadcast_to([1, 2, 3], (8, 8, 3)))  # PNG
+  assert np.abs(ds.images[1].astype(int) - [250, 0, 0]).max() <= 8                 # JPEG
+
+
+def test_order_is_deterministic_and_slices_follow_it(tmp_path):
+  root = make_tree(tmp_path / 'a', per_class=4)
+  paths, labels, _ = folder.list_folder(root, 'train')
+  assert folder.list_folder(root, 'train')[0] == paths
+  full = folder.load_folder(root, 'train')
+  np.testing.assert_array_equal(folder.load_folder(root, 'train').images, full.images)
+  # each image is where its (class, name) puts it
+  for k, (label, i) in enumerate((l, i) for l in range(3) for i in range(4)):
+    np.testing.assert_array_equal(full.images[k, 0, 0], _color(label, i))
+
+  half = folder.load_folder(root, 'train[:50%]')
+  assert len(half) == 6 and half.labels.tolist() == [0] * 4 + [1] * 2
+  assert half.num_classes == 3 and half.class_names == ['cat', 'dog', 'eel']  # all classes
+  np.testing.assert_array_equal(half.images, full.images[:6])
+  assert folder.list_folder(root, 'train[:50%]')[0] == paths[:6]
+
+  tail = folder.load_folder(root, 'train[2:]')
+  assert len(tail) == 10 and tail.labels.tolist() == labels[2:].tolist()
+  np.testing.assert_array_equal(tail.images, full.images[2:])
+  assert folder.list_folder(root, 'train[-3:]')[0] == paths[-3:]
+
+
+@pytest.mark.parametrize('spec', ['train[5:2]', 'train[abc]', 'train[:0%]', 'tr ain'])
+def test_bad_split_spec_is_a_data_error_naming_root_and_split(tmp_path, spec):
+  root = make_tree(tmp_path / 'a')
+  with pytest.raises(DataError) as e:
+    folder.list_folder(root, spec)
+  assert root in str(e.value) and spec in str(e.value)
+
+
+# --- bad data ------------------------------------------------------------------------------
+
+def test_missing_root(tmp_path):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(DataError, match='no such folder') as e:
+    folder.load_folder(missing, 'train')
+  assert missing in str(e.value)
+
+
+def test_missing_split_lists_the_existing_ones(tmp_path):
+  root = make_tree(tmp_path / 'a', split='train')
+  make_tree(tmp_path / 'a', split='val')
+  with pytest.raises(DataError) as e:
+    folder.list_folder(root, 'test')
+  message = str(e.value)
+  assert os.path.join(root, 'test') in message and 'train, val' in message
+
+
+def test_split_without_class_folders(tmp_path):
+  split = tmp_path / 'a' / 'train'
+  _save(split / 'loose.png')             # images directly in the split folder: no classes
+  with pytest.raises(DataError, match='no class sub-folders') as e:
+    folder.list_folder(str(tmp_path / 'a'), 'train')
+  assert str(split) in str(e.value)
+
+
+def test_empty_class_folder_errors_or_is_kept_with_skip(tmp_path, capsys):
+  root = make_tree(tmp_path / 'a', classes=('cat', 'eel'))
+  empty = tmp_path / 'a' / 'train' / 'dog'
+  empty.mkdir()
+  (empty / 'notes.txt').write_text('no images here')
+  with pytest.raises(DataError, match='on_bad_image=skip') as e:
+    folder.load_folder(root, 'train')
+  assert str(empty) in str(e.value)
+
+  ds = folder.load_folder(root, 'train', on_bad='skip')
+  assert ds.class_names == ['cat', 'dog', 'eel'] and ds.num_classes == 3
+  assert ds.labels.tolist() == [0, 0, 0, 2, 2, 2]          # eel keeps label 2
+  assert str(empty) in capsys.readouterr().err
+
+
+def test_all_classes_empty_errors_even_with_skip(tmp_path):
+  (tmp_path / 'a' / 'train' / 'cat').mkdir(parents=True)
+  with pytest.raises(DataError) as e:
+    folder.load_folder(str(tmp_path / 'a'), 'train', on_bad='skip')
+  assert str(tmp_path / 'a' / 'train' / 'cat') in str(e.value)
+
+
+def _corrupt_tree(tmp_path):
+  root = make_tree(tmp_path / 'a')
+  train = tmp_path / 'a' / 'train'
+  bad = [train / 'cat' / '00b.jpg', train / 'eel' / 'zz.png']
+  bad[0].write_bytes(b'this is not a jpeg')                  # a non-image with an image name
+  good = (train / 'dog' / '00.png').read_bytes()
+  bad[1].write_bytes(good[:len(good) // 2])                  # a truncated PNG
+  return root, [str(p) for p in bad]
+
+
+def test_corrupt_file_errors_naming_it(tmp_path):
+  root, bad = _corrupt_tree(tmp_path)
+  with pytest.raises(DataError, match='on_bad_image=skip') as e:
+    folder.load_folder(root, 'train')
+  assert bad[0] in str(e.value)
+  assert len(folder.list_folder(root, 'train')[0]) == 11     # listing does not decode
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, capsys):
+  root, bad = _corrupt_tree(tmp_path)
+  ds = folder.load_folder(root, 'train', on_bad='skip')
+  assert len(ds) == 9 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  err = capsys.readouterr().err
+  assert 'skipped 2 unreadable files' in err and bad[0] in err
+  assert err.count('\n') == 1                                # one summary line
+
+
+def test_first_corrupt_file_is_reported_from_the_thread_pool(tmp_path, monkeypatch):
+  """With many small chunks decoded in parallel, the error still names the first bad file."""
+  monkeypatch.setattr(folder, 'SERIAL_BELOW', 1)
+  monkeypatch.setattr(folder, 'MAX_CHUNK', 2)
+  monkeypatch.setattr(folder, '_num_workers', lambda: 3)
+  root = make_tree(tmp_path / 'a', per_class=8)
+  train = tmp_path / 'a' / 'train'
+  (train / 'dog' / '03.png').write_bytes(b'garbage')
+  (train / 'eel' / '05.png').write_bytes(b'garbage')
+  with pytest.raises(DataError) as e:
+    folder.load_folder(root, 'train')
+  assert str(train / 'dog' / '03.png') in str(e.value)
+  ds = folder.load_folder(root, 'train', on_bad='skip')
+  assert len(ds) == 22
+  np.testing.assert_array_equal(ds.images[:8, 0, 0], [_color(0, i) for i in range(8)])
+
+
+def test_different_sizes_error_or_resize(tmp_path):
+  root = make_tree(tmp_path / 'a')
+  odd = _save(tmp_path / 'a' / 'train' / 'dog' / '01b.png', size=(12, 10))
+  with pytest.raises(DataError, match='data.image_size') as e:
+    folder.load_folder(root, 'train')
+  assert str(odd) in str(e.value) and '12x10' in str(e.value)
+
+  ds = folder.load_folder(root, 'train', image_size=6)
+  assert ds.images.shape == (10, 6, 6, 3) and ds.images.dtype == np.uint8
+  np.testing.assert_array_equal(ds.images[0], np.broadcast_to(_color(0, 0), (6, 6, 3)))
+  # one size that is not the stored one is kept as stored
+  assert folder.load_folder(make_tree(tmp_path / 'b'), 'train').images.shape[1:] == (8, 8, 3)
+
+
+def test_image_modes_become_rgb(tmp_path):
+  train = tmp_path / 'a' / 'train' / 'x'
+  train.mkdir(parents=True)
+  Image.new('RGBA', (8, 8), (10, 200, 30, 100)).save(train / 'rgba.png')
+  palette = Image.new('RGB', (8, 8), (5, 6, 7)).convert('P', palette=Image.Palette.ADAPTIVE)
+  palette.save(train / 'p.png')
+  Image.new('CMYK', (8, 8), (0, 0, 0, 0)).save(train / 'cmyk.jpg')
+  Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(train / 'grey16.png')
+  Image.new('1', (8, 8), 1).save(train / 'bw.png')
+  Image.new('LA', (8, 8), (77, 255)).save(train / 'la.png')
+  ds = folder.load_folder(str(tmp_path / 'a'), 'train')
+  names = [os.path.basename(p) for p in folder.list_folder(str(tmp_path / 'a'), 'train')[0]]
+  got = {n: ds.images[i, 0, 0].tolist() for i, n in enumerate(names)}
+  assert got['rgba.png'] == [10, 200, 30]
+  assert got['p.png'] == [5, 6, 7]
+  assert min(got['cmyk.jpg']) >= 245                        # CMYK 0,0,0,0 is white
+  assert got['grey16.png'] == [255, 255, 255]
+  assert got['bw.png'] == [255, 255, 255]
+  assert got['la.png'] == [77, 77, 77]
+  assert folder.load_folder(str(tmp_path / 'a'), 'train', image_size=4).images.shape == (
+      6, 4, 4, 3)
+
+
+def test_folder_module_needs_no_tensorflow(tmp_path):
+  root = make_tree(tmp_path / 'a')
+  code = ('import sys; sys.modules["tensorflow"] = None\n'   # any TF import would fail
+          'from resnet_flax.data import folder\n'
+          f'ds = folder.load_folder({root!r}, "train")\n'
+          'assert ds.images.shape == (9, 8, 8, 3)\n'
+          'assert not any(m.split(".")[0] == "tensorflow" and sys.modules[m] is not None\n'
+          '               for m in sys.modules)\n')
+  p = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 0, p.stderr[-2000:]
+
+
+# --- data.load_datasets and the config --------------------------------------------------------
+
+def _data_cfg(**overrides):
+  c = base_config().data
+  c.source = 'folder'
+  c.update(overrides)
+  return c
+
+
+def test_load_datasets_reads_both_splits(tmp_path):
+  root = make_tree(tmp_path / 'a', per_class=4)
+  make_tree(tmp_path / 'a', per_class=2, split='test')
+  train, test = data.load_datasets(_data_cfg(dir=root))
+  assert (len(train), len(test)) == (12, 6)
+  assert train.class_names == test.class_names == ['cat', 'dog', 'eel']
+
+
+def test_load_datasets_rejects_different_class_lists(tmp_path):
+  root = make_tree(tmp_path / 'a', classes=('cat', 'dog', 'eel'))
+  make_tree(tmp_path / 'a', classes=('cat', 'dog', 'fox'), split='test')
+  with pytest.raises(DataError) as e:
+    data.load_datasets(_data_cfg(dir=root))
+  message = str(e.value)
+  assert root in message and "only in 'train': eel" in message
+  assert "only in 'test': fox" in message
+
+
+@pytest.mark.parametrize('where', ['', 'missing'])
+def test_folder_source_without_a_dir_names_data_dir(tmp_path, where):
+  path = str(tmp_path / where) if where else ''
+  with pytest.raises(DataError, match='data.dir') as e:
+    data.load_datasets(_data_cfg(dir=path))
+  if where:
+    assert path in str(e.value)
+  else:
+    assert 'data.source=folder needs data.dir' in str(e.value)
+
+
+def test_on_bad_image_passes_through_and_is_validated(tmp_path):
+  root, bad = _corrupt_tree(tmp_path)
+  make_tree(tmp_path / 'a', split='test')
+  with pytest.raises(DataError):
+    data.load_datasets(_data_cfg(dir=root))
+  train, _ = data.load_datasets(_data_cfg(dir=root, on_bad_image='skip'))
+  assert len(train) == 9
+  c = base_config()
+  assert c.data.on_bad_image == 'error'
+  c.data.on_bad_image = 'ignore'
+  with pytest.raises(ConfigError, match='data.on_bad_image'):
+    configuration.validate(c)
+
+
+def _tiny_config(root, **overrides):
+  """ResNet-8 (width 4) on a folder tree of 16x16 images in 4 classes."""
+  c = base_config()
+  c.model.update(model_fields('resnet20'))
+  c.model.depth = 8
+  c.model.width = 4
+  c.model.num_classes = 4
+  c.data.source = 'folder'
+  c.data.dir = root
+  c.data.image_size = 0
+  c.data.channels = 0
+  c.data.random_crop_pad = 2
+  c.data.random_flip = True
+  c.data.mean = (127.0,)
+  c.data.std = (64.0,)
+  c.batch_size = 16
+  c.num_train_steps = 2
+  c.schedule.name = 'constant'
+  c.log_tensorboard = False
+  c.progress_bar = False
+  c.update(overrides)
+  return c
+
+
+def test_trainer_runs_on_a_folder_tree(tmp_path):
+  classes = ('a', 'b', 'c', 'd')
+  root = make_tree(tmp_path / 'data', classes=classes, per_class=8, size=(16, 16))
+  make_tree(tmp_path / 'data', classes=classes, per_class=3, split='test', size=(16, 16))
+  workdir = tmp_path / 'run'
+  results = trainer.train_and_evaluate(_tiny_config(root), str(workdir))
+  saved = json.load(open(workdir / 'results.json'))
+  assert saved['steps'] == results['steps'] == 2
+  assert np.isfinite(saved['eval_loss']) and 0.0 <= saved['eval_top1'] <= 1.0
+
+
+# --- the real folders (slow) ----------------------------------------------------------------
+
+def _unpacked(name: str) -> str:
+  """`name`.tar.gz from the shared datasets, unpacked once into the cache folder."""
+  cache = os.environ.get('RESNET_FLAX_DATA_CACHE', os.path.expanduser('~/.cache/resnet_flax'))
+  target = os.path.join(cache, name)
+  if os.path.isdir(target):
+    return target
+  archive = os.path.join(DATASETS, name + '.tar.gz')
+  if not os.path.isfile(archive):
+    pytest.skip(f'{archive} is not there')
+  os.makedirs(cache, exist_ok=True)
+  scratch = tempfile.mkdtemp(prefix=f'.{name}-unpacking-', dir=cache)
+  try:
+    with tarfile.open(archive) as tar:
+      if hasattr(tarfile, 'data_filter'):
+        tar.extractall(scratch, filter='data')
+      else:  # Python without extraction filters
+        tar.extractall(scratch)
+    try:
+      os.rename(os.path.join(scratch, name), target)   # atomic: readers see all or nothing
+    except OSError:
+      if not os.path.isdir(target):                    # not just a lost race with a worker
+        raise
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return target
+
+
+@pytest.mark.slow
+def test_cifar10_folder(capsys):
+  root = _unpacked('cifar10-jpeg')
+  counts = {}
+  for split, per_class in (('train', 5000), ('test', 1000)):
+    paths, labels, names = folder.list_folder(root, split)
+    assert names == CIFAR10_CLASSES
+    assert len(paths) == 10 * per_class and np.bincount(labels).tolist() == [per_class] * 10
+    counts[split] = len(paths)
+  assert counts == {'train': 50_000, 'test': 10_000}
+
+  start = time.perf_counter()
+  train = folder.load_folder(root, 'train')
+  test = folder.load_folder(root, 'test')
+  seconds = time.perf_counter() - start
+  with capsys.disabled():
+    print(f'\ncifar10-jpeg: decoded 60,000 images in {seconds:.1f} s '
+          f'({60_000 / seconds:,.0f} images/s, {folder._num_workers()} threads)')
+  for ds, n in ((train, 50_000), (test, 10_000)):
+    assert ds.images.shape == (n, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert ds.class_names == CIFAR10_CLASSES
+  assert 100 < train.images.mean() < 140 and train.images.std() > 40
+  np.testing.assert_array_equal(folder.load_folder(root, 'train[:2000]').images,
+                                train.images[:2000])
+
+
+@pytest.mark.slow
+def test_imagenette_folder():
+  root = _unpacked('imagenette-128')
+  train = folder.list_folder(root, 'train')
+  val = folder.list_folder(root, 'val')
+  assert (len(train[0]), len(val[0])) == (9469, 3925)
+  assert train[2] == val[2] and len(val[2]) == 10 and val[2][0] == 'n01440764'
+  ds = folder.load_folder(root, 'val[:64]')
+  assert ds.images.shape == (64, 128, 128, 3) and ds.images.dtype == np.uint8
+  assert ds.num_classes == 10 and set(ds.labels.tolist()) == {0}
