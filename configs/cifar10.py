@@ -17,8 +17,7 @@ def get_config():
   config.data.name = 'cifar10'
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
-  config.data.random_crop_pad = 4
-  config.data.random_flip = True
+  config.data.preprocess = 'cifar'   # pad 4, random 32x32 crop, horizontal flip
   config.data.mean = (125.3, 123.0, 113.9)
   config.data.std = (63.0, 62.1, 66.7)
   config.batch_size = 128

@@ -17,8 +17,9 @@ def get_config():
   config.data.name = 'imagenet2012'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+  config.data.backend = 'tfdata'
+  config.data.preprocess = 'imagenet'  # random-resized crop + flip; eval resize 256, crop 224
   config.data.image_size = 224
-  config.data.random_flip = True
   config.data.mean = (123.675, 116.28, 103.53)
   config.data.std = (58.395, 57.12, 57.375)
   config.batch_size = 256

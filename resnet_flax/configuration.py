@@ -14,6 +14,8 @@ import ml_collections
 from resnet_flax.models import registry
 
 SOURCES = ('digits', 'npz', 'synthetic', 'folder', 'tfds')
+BACKENDS = ('auto', 'memory', 'tfdata')
+PREPROCESS = ('none', 'cifar', 'mnist', 'imagenet')
 PARALLELISM = ('jit', 'pmap')
 NAN_POLICIES = ('stop', 'skip_step')
 
@@ -33,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dir = ''                 # npz file, image-folder root, or TFDS data_dir
   c.data.train_split = 'train'    # TFDS slicing syntax: 'train', 'train[:45000]', 'train[:10%]'
   c.data.eval_split = 'test'
+  c.data.backend = 'auto'         # memory (JAX augmentation) | tfdata | auto (tfds: tfdata)
+  c.data.preprocess = 'none'      # none | cifar | mnist | imagenet (tf.data back end)
   c.data.image_size = 0           # 0: the source's own size
   c.data.channels = 0             # 0: the source's own channel count
   c.data.random_crop_pad = 0      # pad by this many pixels and random-crop back (4: CIFAR)
@@ -137,6 +141,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     _fail('model.param_dtype', config.model.param_dtype,
           'training keeps float32 parameters (mixed precision is config.dtype=bfloat16)')
   _check_choice(config, 'data.source', SOURCES)
+  _check_choice(config, 'data.backend', BACKENDS)
+  _check_choice(config, 'data.preprocess', PREPROCESS)
   _check_choice(config, 'data.on_bad_image', ('error', 'skip'))
   _check_choice(config, 'parallelism', PARALLELISM)
   _check_choice(config, 'nan_policy', NAN_POLICIES)

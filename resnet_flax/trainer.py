@@ -107,15 +107,14 @@ def build_run(config, *, devices=None) -> Run:
     raise configuration.ConfigError(f'config.{e}' if str(e).startswith(
         ('schedule.', 'optimizer.')) else str(e)) from None
 
-  stored_size, _, stored_channels = train_ds.image_shape
-  channels = config.data.channels or stored_channels
-  image_size = config.data.image_size or stored_size
-  preprocess = augment.make_preprocess(config.data, stored_size=stored_size,
-                                       stored_channels=stored_channels, channels=channels,
-                                       augment_on_device=not train_ds.augmented_on_host)
+  try:
+    preprocess = augment.make_preprocess(config.data, stored_shape=train_ds.image_shape,
+                                         augment_on_device=not train_ds.augmented_on_host)
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from None
   model = create_model({**config.model, 'dtype': config.dtype}, bn_axis_name=par.axis_name)
   state = create_train_state(model, tx, seed=config.seed,
-                             image_shape=(image_size, image_size, channels),
+                             image_shape=augment.output_shape(config.data, train_ds.image_shape),
                              use_ema=config.ema_decay > 0)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   state = par.put_state(state)
@@ -160,10 +159,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_start = time.perf_counter()
   compile_s = None
   step = first_step = 0
+  data_wait = total_wait = 0.0   # host time spent producing batches (the step waits on it)
   try:
     while step < plan.total_steps:
-      host_batch = run.train_batches.batch(step)
-      state, metrics = run.p_train(state, par.put_batch(host_batch))
+      wait_start = time.perf_counter()
+      device_batch = par.put_batch(run.train_batches.batch(step))
+      data_wait += time.perf_counter() - wait_start
+      state, metrics = run.p_train(state, device_batch)
       window = _add(window, {k: v for k, v in metrics.items() if k != 'finite'})
       finite_flags.append(metrics['finite'])
       step += 1
@@ -171,6 +173,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - train_start
         throughput.begin()
+        data_wait = 0.0
       else:
         throughput.add(config.batch_size)
 
@@ -183,9 +186,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           raise NonFiniteLossError(
               f'non-finite loss or gradients at step {bad}; stopping (nan_policy=stop). Lower '
               'schedule.base_lr, add warmup or optimizer.grad_clip_norm, or check the data.')
+        window_s = time.perf_counter() - throughput.start if throughput.start else None
         ips = throughput.end() if throughput.start is not None and throughput.images else None
+        wait_fraction = data_wait / window_s if window_s and throughput.images else None
+        total_wait += data_wait if throughput.images else 0.0
         train = _mean_metrics(sums, 'train')
         record = {**train, 'lr': float(run.schedule(step - 1)), 'images_per_sec': ips,
+                  'data_wait_fraction': wait_fraction,
                   'grad_norm': math.sqrt(float(sums['grad_norm_sq']) / len(flags))}
         log.write(step, step / plan.steps_per_epoch, record)
         log.progress(step, {'loss': train['train_loss'], 'lr': record['lr'],
@@ -196,6 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           log.write(step, step / plan.steps_per_epoch, eval_metrics)
           log.info(f'step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
         throughput.begin()
+        data_wait = 0.0
   finally:
     log.close()
 
@@ -203,6 +211,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = {**eval_metrics, 'steps': step, 'train_time_s': round(train_time, 2),
              'compile_time_s': round(compile_s or 0.0, 2),
              'images_per_sec': throughput.mean, 'num_params': run.num_params,
+             'data_wait_fraction': (total_wait / throughput.total_time
+                                    if throughput.total_time else None),
              'num_devices': par.num_devices, 'model': config.model.name}
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:

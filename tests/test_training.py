@@ -341,3 +341,27 @@ def test_training_runs_without_tensorflow(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert 'eval_top1' in p.stdout
   assert json.load(open(tmp_path / 'results.json'))['steps'] == 2
+
+
+@pytest.mark.parametrize('preset,stored,expected', [
+    ('mnist', (28, 28, 1), (32, 32, 3)), ('cifar', (32, 32, 3), (32, 32, 3)),
+    ('none', (8, 8, 1), (8, 8, 1))])
+def test_preprocess_presets_output_shape(preset, stored, expected):
+  from resnet_flax.data import augment
+  c = base_config()
+  c.data.preprocess = preset
+  fn = augment.make_preprocess(c.data, stored_shape=stored)
+  images = np.full((2,) + stored, 255, np.uint8)
+  out = fn(jnp.asarray(images), jax.random.PRNGKey(0), jnp.arange(2), True)
+  assert augment.output_shape(c.data, stored) == expected == out.shape[1:]
+  if preset == 'mnist':   # the 2-pixel border is zero-padding (0 on the 0..255 scale)
+    np.testing.assert_allclose(out[:, :2], 0.0)
+    np.testing.assert_allclose(out[:, 2:30, 2:30], 1.0)
+  if preset == 'cifar':   # pad-4 random crops: some images shifted, so zeros appear
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+def test_imagenet_preset_needs_the_tfdata_backend():
+  c = tiny_config(**{'data.preprocess': 'imagenet', 'data.backend': 'memory'})
+  with pytest.raises(ConfigError, match="data.backend='tfdata'"):
+    trainer.build_run(c, devices=jax.devices()[:1])

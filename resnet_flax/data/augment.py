@@ -1,6 +1,6 @@
 """Preprocessing and augmentation of uint8 image batches, in JAX (runs inside the jitted step).
 
-Train: optional zero-pad-and-random-crop and horizontal flip, keyed per example by
+Train: zero-pad-and-random-crop and horizontal flip (preset 'cifar' or the explicit fields), keyed per example by
 fold_in(step key, position in the global batch), so the augmentation of an example is the same
 on any number of devices. Then resize (when `data.image_size` differs from the stored size),
 channel repeat (grey to RGB when the model wants more channels), and normalisation with
@@ -24,20 +24,48 @@ def _random_flip(image, key):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
-def make_preprocess(data_cfg, *, stored_size: int, stored_channels: int, channels: int,
-                    augment_on_device: bool = True) -> Callable:
-  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,channels).
+PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
+MNIST_SIZE = 32   # the common transfer-learning recipe pads MNIST's 28x28 to 32x32
 
+
+def output_shape(data_cfg, stored_shape) -> tuple[int, int, int]:
+  """(S, S, C) of the images the model sees, from the stored shape and the data config."""
+  stored_size, _, stored_channels = stored_shape
+  preset = data_cfg['preprocess']
+  size = int(data_cfg['image_size']) or (max(stored_size, MNIST_SIZE) if preset == 'mnist'
+                                          else stored_size)
+  channels = int(data_cfg['channels']) or (3 if preset == 'mnist' else stored_channels)
+  return size, size, channels
+
+
+def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -> Callable:
+  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,C).
+
+  Presets (`data.preprocess`): 'none' (only `random_crop_pad` / `random_flip`), 'cifar' (pad 4
+  or `random_crop_pad`, random crop, flip), 'mnist' (zero-pad to 32x32, grey -> 3 channels).
+  'imagenet' (random-resized crops of JPEGs) belongs to the tf.data back end.
   `augment_on_device=False` (a source that augments on the host, e.g. tf.data) leaves only the
   deterministic part: resize, channel repeat, normalisation.
   """
-  pad = int(data_cfg['random_crop_pad']) if augment_on_device else 0
-  flip = bool(data_cfg['random_flip']) and augment_on_device
-  size = int(data_cfg['image_size']) or stored_size
+  preset = data_cfg['preprocess']
+  if preset not in PRESETS:
+    raise ValueError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
+  if preset == 'imagenet' and augment_on_device:
+    raise ValueError("data.preprocess='imagenet' (random-resized crops) runs in the tf.data "
+                     "back end: set data.backend='tfdata'")
+  stored_size, _, stored_channels = stored_shape
+  size, _, channels = output_shape(data_cfg, stored_shape)
+  pad = int(data_cfg['random_crop_pad']) or (4 if preset == 'cifar' else 0)
+  flip = bool(data_cfg['random_flip']) or preset == 'cifar'
+  if not augment_on_device:
+    pad, flip = 0, False
+  border = (MNIST_SIZE - stored_size) // 2 if (preset == 'mnist' and stored_size < MNIST_SIZE
+                                               and augment_on_device) else 0
   mean = jnp.asarray(data_cfg['mean'], jnp.float32)
   std = jnp.asarray(data_cfg['std'], jnp.float32)
   if channels % stored_channels:
-    raise ValueError(f'cannot turn {stored_channels}-channel images into {channels} channels')
+    raise ValueError(f'data.channels={channels}: cannot turn {stored_channels}-channel images '
+                     f'into {channels} channels')
   repeat = channels // stored_channels
 
   def augment_one(image, key):
@@ -53,8 +81,10 @@ def make_preprocess(data_cfg, *, stored_size: int, stored_channels: int, channel
     if train and (pad or flip):
       keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
       x = jax.vmap(augment_one)(x, keys)
+    if border:
+      x = jnp.pad(x, ((0, 0), (border, border), (border, border), (0, 0)))
     x = x.astype(jnp.float32)
-    if size != stored_size:
+    if x.shape[1] != size:
       x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'bilinear')
     if repeat > 1:
       x = jnp.tile(x, (1, 1, 1, repeat))

@@ -1,0 +1,198 @@
+"""Host-side preprocessing presets of the tf.data back end: encoded image bytes -> uint8 image.
+
+Each preset turns one encoded image (JPEG, PNG, GIF or BMP bytes) into a uint8 (S, S, 3) image
+at the final size; normalisation happens on the device (`augment.py`, which leaves these
+images alone apart from the mean/std). Grey, palette and RGBA images become 3-channel RGB in
+the decoder (`channels=3`: grey is repeated, alpha dropped; 16-bit PNGs are scaled to 8 bits).
+
+Presets (train / eval):
+
+* `imagenet`: Inception-style random-resized crop -- a box of 8%-100% of the image area with
+  aspect ratio 3/4-4/3 (10 attempts; if none fits, the eval center crop instead), decoded and
+  cropped in one op for JPEGs (`decode_and_crop_jpeg`, which decodes only the rows it needs),
+  resized to S x S (bilinear, antialiased), random horizontal flip. Eval: the center crop that
+  "resize the shorter side to S / 0.875, then center-crop S x S" keeps, taken from the
+  original image and resized to S x S in one step (the same pixels up to interpolation).
+* `cifar`: zero-pad by 4 pixels and random-crop back to the stored size, random flip. Eval:
+  unchanged. (With an image size that differs from the stored one, both resize first.)
+* `mnist`: zero-pad (or center-crop) to S x S (32 for 28x28 digits), grey repeated to RGB; the
+  same in train and eval.
+* `none`: decode only. Images of another size than S x S are resized when an image size is
+  given; without one all images must share one size (checked per image).
+
+Randomness is stateless: every random op takes a seed derived from one per-example key
+(`tf.random.experimental.stateless_split`), so an example's augmentation is a function of its
+key alone -- the same on every run, thread count and resume point.
+"""
+
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+PRESETS = ('imagenet', 'cifar', 'mnist', 'none')
+AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
+ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+MAX_ATTEMPTS = 10
+CENTER_CROP_FRACTION = 0.875      # eval: shorter side resized to S / 0.875, center crop S
+CIFAR_PAD = 4
+DEFAULT_SIZE = {'imagenet': 224, 'mnist': 32}
+
+# dataset names (TFDS) whose preset `auto` picks
+_AUTO = (('imagenet', ('imagenet', 'imagenette', 'imagewang')),
+         ('cifar', ('cifar10', 'cifar100', 'cifar10_1', 'cifar10_corrupted', 'cinic10')),
+         ('mnist', ('mnist', 'fashion_mnist', 'kmnist', 'emnist')))
+
+
+def auto_preset(name: str) -> str:
+  """The preset for a TFDS dataset name ('imagenet2012' -> 'imagenet'), else 'none'."""
+  base = (name or '').split('/')[0].split(':')[0].lower()
+  for preset, prefixes in _AUTO:
+    if any(base == p or base.startswith(p) for p in prefixes):
+      return preset
+  return 'none'
+
+
+def output_size(preset: str, image_size: int, stored_size: Optional[int]) -> int:
+  """The side S of the emitted images."""
+  if image_size:
+    return int(image_size)
+  if preset in DEFAULT_SIZE:
+    return DEFAULT_SIZE[preset]
+  if not stored_size:
+    raise ValueError(f'preset {preset!r} needs the stored image size or an image size')
+  return int(stored_size)
+
+
+def decode(data) -> tf.Tensor:
+  """uint8 (H, W, 3) of JPEG / PNG / GIF (first frame) / BMP bytes."""
+  image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _to_uint8(image) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def _resize(image, size: int) -> tf.Tensor:
+  """uint8 (size, size, 3), bilinear with antialiasing (the identity at the same size)."""
+  def resize():
+    return _to_uint8(tf.image.resize(image, [size, size], method='bilinear', antialias=True))
+  shape = tf.shape(image)
+  same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+  out = tf.cond(same, lambda: tf.identity(image), resize)
+  out.set_shape([size, size, 3])
+  return out
+
+
+def _decode_window(data, window_fn: Callable) -> tf.Tensor:
+  """Decodes the window (y, x, h, w) = window_fn(height, width) of an encoded image.
+
+  JPEGs decode only that window (`decode_and_crop_jpeg`); other formats decode and crop.
+  """
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(data, output_type=tf.int32)
+    y, x, h, w = window_fn(shape[0], shape[1])
+    return tf.io.decode_and_crop_jpeg(data, tf.stack([y, x, h, w]), channels=3)
+
+  def other():
+    image = decode(data)
+    shape = tf.shape(image)
+    y, x, h, w = window_fn(shape[0], shape[1])
+    return image[y:y + h, x:x + w, :]
+
+  image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _center_window(size: int):
+  """The window that 'shorter side -> round(size / 0.875), center crop size' keeps."""
+  resized = max(size, int(round(size / CENTER_CROP_FRACTION)))
+
+  def window(height, width):
+    shorter = tf.minimum(height, width)
+    side = tf.cast(tf.round(tf.cast(shorter, tf.float32) * (size / resized)), tf.int32)
+    side = tf.clip_by_value(side, 1, shorter)
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+  return window
+
+
+def _random_window(seed, size: int):
+  """Inception random-resized-crop window, or the center window when no attempt fits."""
+  center = _center_window(size)
+
+  def window(height, width):
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.stack([height, width, 3]), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=ASPECT_RANGE, area_range=AREA_RANGE,
+        max_attempts=MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+    # the op returns the whole image when no attempt fits: use the center crop then
+    whole = tf.logical_and(tf.equal(extent[0], height), tf.equal(extent[1], width))
+    cy, cx, ch, cw = center(height, width)
+    pick = lambda a, b: tf.where(whole, a, b)  # noqa: E731
+    return pick(cy, begin[0]), pick(cx, begin[1]), pick(ch, extent[0]), pick(cw, extent[1])
+  return window
+
+
+def _flip(image, seed) -> tf.Tensor:
+  return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def _pad_crop(image, seed, pad: int) -> tf.Tensor:
+  """Zero-pad by `pad` and crop a random window of the original size."""
+  shape = tf.shape(image)
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  offset = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=2 * pad + 1,
+                                       dtype=tf.int32)
+  return tf.slice(padded, tf.stack([offset[0], offset[1], 0]), shape)
+
+
+def make(preset: str, *, size: int, train: bool, strict_size: bool = False) -> Callable:
+  """fn(encoded bytes, key (2,) int64) -> uint8 (size, size, 3).
+
+  `strict_size` (the `none` preset without an image size): images must already be
+  size x size; another size fails the pipeline (an InvalidArgumentError naming both sizes)
+  instead of being resized.
+  """
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
+
+  def finish(image):
+    image.set_shape([size, size, 3])
+    return image
+
+  if preset == 'imagenet':
+    def imagenet(data, key):
+      crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+      if train:
+        image = _decode_window(data, _random_window(crop_key, size))
+        return finish(_flip(_resize(image, size), flip_key))
+      return finish(_resize(_decode_window(data, _center_window(size)), size))
+    return imagenet
+
+  if preset == 'cifar':
+    def cifar(data, key):
+      crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+      image = _resize(decode(data), size)
+      if train:
+        image = _flip(_pad_crop(image, crop_key, CIFAR_PAD), flip_key)
+      return finish(image)
+    return cifar
+
+  if preset == 'mnist':
+    def mnist(data, key):
+      del key
+      return finish(tf.image.resize_with_crop_or_pad(decode(data), size, size))
+    return mnist
+
+  def none(data, key):
+    del key
+    image = decode(data)
+    if strict_size:
+      tf.debugging.assert_equal(
+          tf.shape(image)[:2], tf.constant([size, size]),
+          message=f'an image is not {size}x{size} like the first one; set an image size')
+      return tf.ensure_shape(image, [size, size, 3])
+    return finish(_resize(image, size))
+  return none
