@@ -18,6 +18,8 @@ BACKENDS = ('auto', 'memory', 'tfdata')
 PREPROCESS = ('none', 'cifar', 'mnist', 'imagenet')
 PARALLELISM = ('jit', 'pmap')
 NAN_POLICIES = ('stop', 'skip_step')
+BEST_METRICS = ('eval_top1', 'eval_top5', 'eval_loss')
+ON_EXISTING_RUN = ('resume', 'restart', 'error')
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_train_size = 1024
   c.data.synthetic_eval_size = 256
   c.data.synthetic_num_classes = 1000
+  c.data.image_key = ''           # tfds: the image feature ('': the first Image feature)
+  c.data.label_key = ''           # tfds: the label feature ('': the first ClassLabel feature)
+  c.data.shuffle_buffer = 10_000  # tf.data: shuffle buffer in records (tfds, and cache=True)
+  c.data.cache = False            # tf.data: keep this process's encoded records in host RAM
+  c.data.threadpool_size = 0      # tf.data: private thread pool size (0: TF's shared pool)
   c.data.on_bad_image = 'error'   # folder source: error | skip (unreadable images are skipped
                                   # and counted; an empty class folder keeps its label)
 
@@ -94,6 +101,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = -1         # -1: once per epoch (and always at the end)
   c.log_tensorboard = True        # when a TensorBoard writer is importable
   c.progress_bar = True           # only drawn on a terminal
+
+  # checkpoints (orbax) and resuming, see docs/TRAINING.md
+  c.checkpoint_every_steps = -1   # -1: once per epoch; always at the end and on SIGTERM
+  c.checkpoint_dir = ''           # '': WORKDIR/checkpoints
+  c.keep_checkpoints = 3          # the latest N, plus the best by best_metric
+  c.best_metric = 'eval_top1'     # eval_top1 | eval_top5 | eval_loss
+  c.best_mode = 'max'             # max | min
+  c.on_existing_run = 'resume'    # resume | restart (delete its checkpoints) | error
+  c.init_from = ''                # fine-tune: a run workdir or a checkpoint path (params and
+  c.init_from_step = -1           # batch_stats only); -1: its latest checkpoint
+  c.debug_nan_at_step = -1        # test knob: the loss of this step (1-based) is NaN; -1: off
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ''  # HOST:PORT; '' = single process or auto-detect
@@ -146,6 +164,18 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   _check_choice(config, 'data.on_bad_image', ('error', 'skip'))
   _check_choice(config, 'parallelism', PARALLELISM)
   _check_choice(config, 'nan_policy', NAN_POLICIES)
+  _check_choice(config, 'best_metric', BEST_METRICS)
+  _check_choice(config, 'best_mode', ('max', 'min'))
+  _check_choice(config, 'on_existing_run', ON_EXISTING_RUN)
+  if config.checkpoint_every_steps == 0 or config.checkpoint_every_steps < -1:
+    _fail('checkpoint_every_steps', config.checkpoint_every_steps,
+          'must be a positive number of steps, or -1 for once per epoch')
+  if config.keep_checkpoints < 1:
+    _fail('keep_checkpoints', config.keep_checkpoints, 'must be at least 1')
+  if config.debug_nan_at_step == 0 or config.debug_nan_at_step < -1:
+    _fail('debug_nan_at_step', config.debug_nan_at_step, 'must be -1 (off) or a step >= 1')
+  if config.init_from_step < -1:
+    _fail('init_from_step', config.init_from_step, 'must be -1 (latest) or a saved step')
   for field in ('batch_size', 'log_every_steps'):
     if int(config[field]) <= 0:
       _fail(field, config[field], 'must be a positive integer')
@@ -173,6 +203,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     _fail('label_smoothing', config.label_smoothing, 'must be in [0, 1)')
   if not 0.0 <= config.ema_decay < 1.0:
     _fail('ema_decay', config.ema_decay, 'must be in [0, 1) (0 disables the EMA)')
+  for field in ('shuffle_buffer', 'threadpool_size'):
+    if config.data[field] < 0:
+      _fail(f'data.{field}', config.data[field], 'must be >= 0')
   if config.data.random_crop_pad < 0:
     _fail('data.random_crop_pad', config.data.random_crop_pad, 'must be >= 0')
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:

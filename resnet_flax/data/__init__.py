@@ -1,9 +1,11 @@
 """Input pipelines: config.data -> a source -> host-local batches for this process.
 
-`load_datasets(data_cfg, seed)` returns the (train, eval) datasets of the configured source.
+`load_datasets(data_cfg, seed)` returns the (train, eval) sources of the configured data.
 In-memory sources (`digits`, `npz`, `synthetic`, and `folder`: an image-folder tree decoded
-with Pillow, `folder.py`) return `ArrayDataset`s, batched by
-`batches.TrainBatches` / `batches.eval_batches` and augmented in JAX (`augment.py`).
+with Pillow, `folder.py`) return `ArrayDataset`s, batched by `batches.TrainBatches` /
+`batches.eval_batches` and augmented in JAX (`augment.py`). The tf.data back end (`tfdata.py`,
+`tf_preprocess.py`; `tfds`, or `folder` with `data.backend=tfdata`) returns sources with the
+same interface that augment on the host; only it imports TensorFlow.
 """
 
 import os
@@ -16,13 +18,22 @@ IN_MEMORY_SOURCES = ('digits', 'npz', 'synthetic')
 
 def load_datasets(data_cfg, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
   source = data_cfg['source']
+  backend = data_cfg['backend']
+  if source == 'tfds' and backend == 'memory':
+    raise DataError("data.source=tfds is read by tf.data: set data.backend='auto' or 'tfdata'")
+  if backend == 'tfdata' and source not in ('tfds', 'folder'):
+    raise DataError(f"data.backend=tfdata reads the 'tfds' and 'folder' sources, not {source!r}; "
+                    "use data.backend='auto' or 'memory'")
+  if source == 'tfds' or backend == 'tfdata':
+    from resnet_flax.data import tfdata   # imports TensorFlow, only for these back ends
+    return tfdata.load_datasets(data_cfg, seed)
   if source in IN_MEMORY_SOURCES:
     return (arrays.load(data_cfg, data_cfg['train_split'], seed),
             arrays.load(data_cfg, data_cfg['eval_split'], seed))
   if source == 'folder':
     return _load_folder(data_cfg)
-  raise DataError(f'data.source={source!r} is not available yet; '
-                  f'available: {", ".join(IN_MEMORY_SOURCES + ("folder",))}')
+  raise DataError(f'data.source={source!r} is unknown; available: '
+                  f'{", ".join(IN_MEMORY_SOURCES + ("folder", "tfds"))}')
 
 
 def _load_folder(data_cfg) -> tuple[ArrayDataset, ArrayDataset]:

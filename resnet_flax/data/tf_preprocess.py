@@ -5,29 +5,36 @@ at the final size; normalisation happens on the device (`augment.py`, which leav
 images alone apart from the mean/std). Grey, palette and RGBA images become 3-channel RGB in
 the decoder (`channels=3`: grey is repeated, alpha dropped; 16-bit PNGs are scaled to 8 bits).
 
-Presets (train / eval):
+Presets (train / eval), as `data.preprocess`:
 
 * `imagenet`: Inception-style random-resized crop -- a box of 8%-100% of the image area with
   aspect ratio 3/4-4/3 (10 attempts; if none fits, the eval center crop instead), decoded and
   cropped in one op for JPEGs (`decode_and_crop_jpeg`, which decodes only the rows it needs),
-  resized to S x S (bilinear, antialiased), random horizontal flip. Eval: the center crop that
-  "resize the shorter side to S / 0.875, then center-crop S x S" keeps, taken from the
-  original image and resized to S x S in one step (the same pixels up to interpolation).
-* `cifar`: zero-pad by 4 pixels and random-crop back to the stored size, random flip. Eval:
-  unchanged. (With an image size that differs from the stored one, both resize first.)
-* `mnist`: zero-pad (or center-crop) to S x S (32 for 28x28 digits), grey repeated to RGB; the
-  same in train and eval.
-* `none`: decode only. Images of another size than S x S are resized when an image size is
-  given; without one all images must share one size (checked per image).
+  resized to S x S (bilinear, antialiased when shrinking; S = image_size, default 224),
+  random horizontal flip. Eval: the center crop that "resize the shorter side to S / 0.875,
+  then center-crop S x S" keeps, taken from the original image and resized to S x S in one
+  step (the same pixels up to interpolation).
+* `cifar`: zero-pad by 4 (or `random_crop_pad`) pixels and random-crop back to the stored size,
+  random flip. Eval: unchanged.
+* `mnist`: zero border up to 32x32 (28x28 digits: 2 pixels), grey repeated to RGB; the same in
+  train and eval.
+* `none`: decode only (plus `random_crop_pad` / `random_flip` when set).
+
+As on the device (`augment.py`), the random pad-crop and flip act at the stored size; then the
+image is resized to S x S when S (`image_size`) differs. Without an image size, the `none`
+preset requires every image to have the size of the first one (checked per image).
 
 Randomness is stateless: every random op takes a seed derived from one per-example key
 (`tf.random.experimental.stateless_split`), so an example's augmentation is a function of its
 key alone -- the same on every run, thread count and resume point.
 """
 
+import os
 from typing import Callable, Optional
 
-import tensorflow as tf
+# TensorFlow's C++ INFO lines (buffer sizes, thread pools) are noise in training logs
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+import tensorflow as tf  # noqa: E402
 
 PRESETS = ('imagenet', 'cifar', 'mnist', 'none')
 AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
@@ -35,7 +42,8 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_ATTEMPTS = 10
 CENTER_CROP_FRACTION = 0.875      # eval: shorter side resized to S / 0.875, center crop S
 CIFAR_PAD = 4
-DEFAULT_SIZE = {'imagenet': 224, 'mnist': 32}
+IMAGENET_SIZE = 224
+MNIST_SIZE = 32                    # MNIST's 28x28 padded to 32x32
 
 # dataset names (TFDS) whose preset `auto` picks
 _AUTO = (('imagenet', ('imagenet', 'imagenette', 'imagewang')),
@@ -53,14 +61,14 @@ def auto_preset(name: str) -> str:
 
 
 def output_size(preset: str, image_size: int, stored_size: Optional[int]) -> int:
-  """The side S of the emitted images."""
+  """The side S of the emitted images (as `augment.output_shape` computes it)."""
   if image_size:
     return int(image_size)
-  if preset in DEFAULT_SIZE:
-    return DEFAULT_SIZE[preset]
+  if preset == 'imagenet':
+    return IMAGENET_SIZE
   if not stored_size:
     raise ValueError(f'preset {preset!r} needs the stored image size or an image size')
-  return int(stored_size)
+  return max(int(stored_size), MNIST_SIZE) if preset == 'mnist' else int(stored_size)
 
 
 def decode(data) -> tf.Tensor:
@@ -75,12 +83,19 @@ def _to_uint8(image) -> tf.Tensor:
 
 
 def _resize(image, size: int) -> tf.Tensor:
-  """uint8 (size, size, 3), bilinear with antialiasing (the identity at the same size)."""
-  def resize():
-    return _to_uint8(tf.image.resize(image, [size, size], method='bilinear', antialias=True))
+  """uint8 (size, size, 3), bilinear; antialiased when shrinking (the identity at the same size).
+
+  Enlarging skips the antialiasing kernel: its result is the same (within one level) and it
+  costs about twice as much.
+  """
+  def resize(antialias):
+    return lambda: _to_uint8(tf.image.resize(image, [size, size], method='bilinear',
+                                             antialias=antialias))
   shape = tf.shape(image)
   same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
-  out = tf.cond(same, lambda: tf.identity(image), resize)
+  shrink = tf.logical_or(shape[0] > size, shape[1] > size)
+  out = tf.cond(same, lambda: tf.identity(image),
+                lambda: tf.cond(shrink, resize(True), resize(False)))
   out.set_shape([size, size, 3])
   return out
 
@@ -148,15 +163,20 @@ def _pad_crop(image, seed, pad: int) -> tf.Tensor:
   return tf.slice(padded, tf.stack([offset[0], offset[1], 0]), shape)
 
 
-def make(preset: str, *, size: int, train: bool, strict_size: bool = False) -> Callable:
+def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
+         random_crop_pad: int = 0, random_flip: bool = False) -> Callable:
   """fn(encoded bytes, key (2,) int64) -> uint8 (size, size, 3).
 
-  `strict_size` (the `none` preset without an image size): images must already be
-  size x size; another size fails the pipeline (an InvalidArgumentError naming both sizes)
-  instead of being resized.
+  `random_crop_pad` / `random_flip` (the config fields) add a pad-and-crop / flip to the
+  `none` and `mnist` presets in training and change the pad of `cifar` (0: 4), as the device
+  side does for the in-memory back end. `strict_size` (the `none` preset without an image
+  size): images must already be size x size; another size fails the pipeline (an
+  InvalidArgumentError) instead of being resized.
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
+  pad = int(random_crop_pad) or (CIFAR_PAD if preset == 'cifar' else 0)
+  flip = bool(random_flip) or preset in ('cifar', 'imagenet')
 
   def finish(image):
     image.set_shape([size, size, 3])
@@ -164,35 +184,30 @@ def make(preset: str, *, size: int, train: bool, strict_size: bool = False) -> C
 
   if preset == 'imagenet':
     def imagenet(data, key):
-      crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
       if train:
-        image = _decode_window(data, _random_window(crop_key, size))
-        return finish(_flip(_resize(image, size), flip_key))
+        crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        image = _resize(_decode_window(data, _random_window(crop_key, size)), size)
+        return finish(_flip(image, flip_key) if flip else image)
       return finish(_resize(_decode_window(data, _center_window(size)), size))
     return imagenet
 
-  if preset == 'cifar':
-    def cifar(data, key):
-      crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-      image = _resize(decode(data), size)
-      if train:
-        image = _flip(_pad_crop(image, crop_key, CIFAR_PAD), flip_key)
-      return finish(image)
-    return cifar
-
-  if preset == 'mnist':
-    def mnist(data, key):
-      del key
-      return finish(tf.image.resize_with_crop_or_pad(decode(data), size, size))
-    return mnist
-
-  def none(data, key):
-    del key
+  def other(data, key):
     image = decode(data)
     if strict_size:
       tf.debugging.assert_equal(
           tf.shape(image)[:2], tf.constant([size, size]),
           message=f'an image is not {size}x{size} like the first one; set an image size')
+    if train and (pad or flip):       # at the stored size, like the device-side augmentation
+      crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+      if pad:
+        image = _pad_crop(image, crop_key, pad)
+      if flip:
+        image = _flip(image, flip_key)
+    if preset == 'mnist':             # zero border up to MNIST_SIZE (28x28 -> 32x32)
+      shape = tf.shape(image)
+      target = tf.maximum(tf.maximum(shape[0], shape[1]), MNIST_SIZE)
+      image = tf.image.resize_with_crop_or_pad(image, target, target)
+    if strict_size:
       return tf.ensure_shape(image, [size, size, 3])
     return finish(_resize(image, size))
-  return none
+  return other
