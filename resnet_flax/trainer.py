@@ -4,19 +4,28 @@
 number it uses comes from the config (durations, intervals, batch sizes) or from the pieces
 (schedule, steps). It returns the final results, which process 0 also writes to
 `workdir/results.json` next to `config.json` and `metrics.jsonl`.
+
+Checkpoints (`checkpointing.py`): the loop saves at `checkpoint_every_steps`, at the end and on
+SIGTERM, only after the finite flags of every step up to the saved one were checked. A workdir
+holding checkpoints is resumed from the latest readable one, exactly: the state, the data
+position, the open train-metric window and the last eval metrics are restored, so the resumed
+run logs, evaluates and ends as the uninterrupted one would.
 """
 
 import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from resnet_flax import configuration, data, optim, parallel
+from resnet_flax import checkpointing, configuration, data, optim, parallel
 from resnet_flax.data import augment
 from resnet_flax.metrics_log import MetricsLog, Throughput
 from resnet_flax.models import create_model
@@ -28,6 +37,14 @@ class NonFiniteLossError(RuntimeError):
   """The loss or the gradients stopped being finite."""
 
 
+class Preempted(SystemExit):
+  """SIGTERM: the run saved a checkpoint at the current step and stops; exit code 0."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
 @dataclasses.dataclass
 class RunPlan:
   """The durations of a run, in steps, derived from the config and the data size."""
@@ -35,6 +52,7 @@ class RunPlan:
   total_steps: int
   eval_every: int
   log_every: int
+  checkpoint_every: int = 0
 
 
 def plan_run(config, num_train_examples: int) -> RunPlan:
@@ -44,7 +62,10 @@ def plan_run(config, num_train_examples: int) -> RunPlan:
   else:
     total = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
   eval_every = steps_per_epoch if config.eval_every_steps == -1 else int(config.eval_every_steps)
-  return RunPlan(steps_per_epoch, total, max(1, eval_every), int(config.log_every_steps))
+  ckpt_every = (steps_per_epoch if config.checkpoint_every_steps == -1
+                else int(config.checkpoint_every_steps))
+  return RunPlan(steps_per_epoch, total, max(1, eval_every), int(config.log_every_steps),
+                 max(1, ckpt_every))
 
 
 def _mean_metrics(sums: dict, prefix: str) -> dict:
@@ -86,6 +107,27 @@ class Run:
   eval_ds: Any
   plan: RunPlan
   num_params: int
+  tx: Any = None
+
+
+def _inject_nan(train_step, at_step: int, nan_policy: str):
+  """Test knob (`debug_nan_at_step`): step `at_step` (1-based) behaves as if its loss and
+  gradients were NaN: its metrics say so, and its update is NaN ('stop') or dropped
+  ('skip_step'), as `steps.make_train_step` does for a real non-finite loss."""
+
+  def step(state, batch):
+    new_state, metrics = train_step(state, batch)
+    bad = state.step == at_step - 1
+    metrics = dict(metrics, loss_sum=jnp.where(bad, jnp.nan, metrics['loss_sum']),
+                   finite=jnp.where(bad, 0.0, metrics['finite']))
+    if nan_policy == 'skip_step':
+      bad_state = state.replace(step=state.step + 1)
+    else:
+      bad_state = new_state.replace(params=jax.tree.map(lambda p: p * jnp.nan,
+                                                        new_state.params))
+    return jax.tree.map(lambda n, b: jnp.where(bad, b, n), new_state, bad_state), metrics
+
+  return step
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -128,46 +170,179 @@ def build_run(config, *, devices=None) -> Run:
       model, tx, preprocess, num_classes=num_classes, label_smoothing=config.label_smoothing,
       weight_decay=config.optimizer.weight_decay, l2_mask=l2_mask, ema_decay=config.ema_decay,
       nan_policy=config.nan_policy, axis_name=par.axis_name)
+  if config.debug_nan_at_step > 0:
+    train_step = _inject_nan(train_step, int(config.debug_nan_at_step), config.nan_policy)
   eval_step = make_eval_step(model, preprocess, num_classes=num_classes,
                              axis_name=par.axis_name)
   train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
                                          jax.process_count())
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
-             par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params)
+             par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains as the config says, evaluating on the whole eval split; returns the results."""
+def init_from_checkpoint(run: Run, path: str, step: int = -1):
+  """Fine-tuning: `run.state` with the params and batch_stats of a saved run whose names and
+  shapes match (the rest keeps its fresh initialisation); a fresh optimizer state and EMA.
+  Returns (state on the devices, checkpointing.InitReport)."""
+  host = jax.device_get(run.par.host_state(run.state))
+  params, stats, report = checkpointing.load_pretrained(path, step, host.params,
+                                                        host.batch_stats)
+  host = host.replace(
+      params=params, batch_stats=stats, opt_state=jax.device_get(run.tx.init(params)),
+      ema_params=jax.tree.map(np.copy, params) if host.ema_params is not None else None,
+      ema_batch_stats=jax.tree.map(np.copy, stats) if host.ema_params is not None else None)
+  return run.par.put_state(host), report
+
+
+def _host_copy(par, state):
+  """A private host copy of the state (the next step donates the device buffers)."""
+  return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(par.host_state(state)))
+
+
+def _truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops the events after `last_step` from metrics.jsonl (a resumed run writes them again)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if int(json.loads(line)['step']) <= last_step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+      except (ValueError, KeyError, TypeError):
+        continue   # a line cut short when the process died
+  with open(path, 'w') as f:
+    f.writelines(kept)
+
+
+def _resume_or_start(config, workdir: str, run: Run, ckpts, say):
+  """(device state, start step, meta of the restored checkpoint or {}, messages)."""
+  messages = []
+  existing = ckpts.steps()
+  if existing and config.on_existing_run == 'error':
+    raise configuration.ConfigError(
+        f'{ckpts.directory} already holds checkpoints (steps {", ".join(map(str, existing))}) '
+        f'and config.on_existing_run=error; use another --workdir, or '
+        f'--config.on_existing_run=resume or restart')
+  if existing and config.on_existing_run == 'restart':
+    ckpts.delete_all()
+    messages.append(f'on_existing_run=restart: deleted the checkpoints in {ckpts.directory} '
+                    f'(steps {", ".join(map(str, existing))}); starting from step 0')
+  elif existing:
+    def check(saved_config):
+      diffs = checkpointing.incompatible_fields(saved_config, config)
+      if diffs:
+        raise configuration.ConfigError(
+            f'{workdir} holds a run with an incompatible config: {"; ".join(diffs)}; resume '
+            f'with the same values, or pass --config.on_existing_run=restart to delete its '
+            f'checkpoints, or use another --workdir (to fine-tune from it: '
+            f'--config.init_from={workdir})')
+    template = jax.device_get(run.par.host_state(run.state))
+    restored = ckpts.restore_latest(template, check)
+    if restored is None:
+      raise checkpointing.CheckpointError(
+          f'{ckpts.directory}: none of the checkpoints (steps '
+          f'{", ".join(map(str, existing))}) can be read; pass '
+          f'--config.on_existing_run=restart to start over')
+    step, host, meta, saved_config = restored
+    changed = checkpointing.changed_fields(saved_config, config)
+    note = (f'; changed since: {", ".join(changed[:8])}{" ..." if len(changed) > 8 else ""}'
+            if changed else '')
+    messages.append(f'resuming from checkpoint {step} in {ckpts.directory} (step {step} of '
+                    f'{run.plan.total_steps}){note}')
+    return run.par.put_state(host), step, meta, messages
+  state, meta = run.state, {}
+  if config.init_from:
+    state, report = init_from_checkpoint(run, config.init_from, config.init_from_step)
+    messages.extend(report.lines())
+    meta = {'init_from': report.to_dict()}
+  return state, 0, meta, messages
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
+  """Trains as the config says, evaluating on the whole eval split; returns the results.
+
+  Resumes from the checkpoints in the workdir if there are any (see `config.on_existing_run`).
+  Raises `Preempted` (a SystemExit with code 0) after saving a checkpoint on SIGTERM.
+  """
   is_main = jax.process_index() == 0
-  run = build_run(config)
+  run = build_run(config, devices=devices)
   plan, par = run.plan, run.par
   eval_batch_size = config.eval_batch_size or config.batch_size
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-  log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
-                   progress_bar=config.progress_bar, total_steps=plan.total_steps)
-  log.info(f'{config.model.name or "model"}: {run.num_params:,} parameters; '
-           f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
-           f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
-
-  state = run.state
-  throughput = Throughput()
-  window, finite_flags = None, []
-  eval_metrics: dict = {}
-  train_start = time.perf_counter()
-  compile_s = None
-  step = first_step = 0
-  data_wait = total_wait = 0.0   # host time spent producing batches (the step waits on it)
+  say = print if is_main else (lambda *args, **kwargs: None)
+  ckpts = checkpointing.open_run_checkpoints(config, workdir, log=say)
+  log = None
+  failed = True
+  previous_handler = None
+  stop = {'signal': None}
   try:
+    state, first_step, meta, messages = _resume_or_start(config, workdir, run, ckpts, say)
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json(indent=2))
+      _truncate_metrics(workdir, first_step)
+      if os.path.isfile(os.path.join(workdir, 'results.json')):
+        os.remove(os.path.join(workdir, 'results.json'))
+    log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
+                     progress_bar=config.progress_bar, total_steps=plan.total_steps)
+    log.info(f'{config.model.name or "model"}: {run.num_params:,} parameters; '
+             f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
+             f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
+    for message in messages:
+      log.info(message)
+
+    if threading.current_thread() is threading.main_thread():
+      def on_sigterm(signum, frame):
+        stop['signal'] = signum
+      previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    init_report = meta.get('init_from')
+    eval_metrics: dict = dict(meta.get('eval_metrics') or {})
+    # the train-metric window left open by the checkpoint (sums since the last log event)
+    window = ({k: np.float32(v) for k, v in meta['window'].items()}
+              if meta.get('window') else None)
+    window_steps = int(meta.get('window_steps', 0))
+    pending_flags: list = []     # finite flags of steps not checked yet
+    throughput = Throughput()
+    train_start = time.perf_counter()
+    compile_s = None
+    step = first_step
+    data_wait = total_wait = 0.0   # host time spent producing batches (the step waits on it)
+
+    def check_finite():
+      """Raises NonFiniteLossError (nan_policy=stop) if a pending step was not finite."""
+      if not pending_flags:
+        return
+      flags = [float(par.host_metrics(f)) for f in pending_flags]
+      if min(flags) < 1.0 and config.nan_policy == 'stop':
+        bad = step - len(flags) + flags.index(min(flags)) + 1
+        raise NonFiniteLossError(
+            f'non-finite loss or gradients at step {bad}; stopping (nan_policy=stop). Lower '
+            'schedule.base_lr, add warmup or optimizer.grad_clip_norm, or check the data.'
+            + (f' Checkpoints up to step {ckpts.latest_step()} are kept in {ckpts.directory}.'
+               if ckpts.latest_step() is not None else ''))
+      pending_flags.clear()
+
+    def save(state, at_eval: bool):
+      check_finite()   # never save a state whose steps were not all checked
+      window_host = ({k: float(v) for k, v in par.host_metrics(window).items()}
+                     if window is not None else None)
+      ckpts.save(step, _host_copy(par, state), config=config,
+                 metrics=eval_metrics if at_eval else None,
+                 meta={'window': window_host, 'window_steps': window_steps,
+                       'eval_metrics': eval_metrics, 'init_from': init_report,
+                       'total_steps': plan.total_steps})
+
     while step < plan.total_steps:
       wait_start = time.perf_counter()
       device_batch = par.put_batch(run.train_batches.batch(step))
       data_wait += time.perf_counter() - wait_start
       state, metrics = run.p_train(state, device_batch)
       window = _add(window, {k: v for k, v in metrics.items() if k != 'finite'})
-      finite_flags.append(metrics['finite'])
+      pending_flags.append(metrics['finite'])
+      window_steps += 1
       step += 1
       if step == first_step + 1:
         jax.block_until_ready(metrics)
@@ -179,13 +354,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       at_eval = step % plan.eval_every == 0 or step == plan.total_steps
       if step % plan.log_every == 0 or at_eval:
+        check_finite()
         sums = par.host_metrics(window)
-        flags = [float(par.host_metrics(f)) for f in finite_flags]
-        if min(flags) < 1.0 and config.nan_policy == 'stop':
-          bad = step - len(flags) + flags.index(min(flags)) + 1
-          raise NonFiniteLossError(
-              f'non-finite loss or gradients at step {bad}; stopping (nan_policy=stop). Lower '
-              'schedule.base_lr, add warmup or optimizer.grad_clip_norm, or check the data.')
         window_s = time.perf_counter() - throughput.start if throughput.start else None
         ips = throughput.end() if throughput.start is not None and throughput.images else None
         wait_fraction = data_wait / window_s if window_s and throughput.images else None
@@ -193,19 +363,43 @@ def train_and_evaluate(config, workdir: str) -> dict:
         train = _mean_metrics(sums, 'train')
         record = {**train, 'lr': float(run.schedule(step - 1)), 'images_per_sec': ips,
                   'data_wait_fraction': wait_fraction,
-                  'grad_norm': math.sqrt(float(sums['grad_norm_sq']) / len(flags))}
+                  'grad_norm': math.sqrt(float(sums['grad_norm_sq']) / window_steps)}
         log.write(step, step / plan.steps_per_epoch, record)
         log.progress(step, {'loss': train['train_loss'], 'lr': record['lr'],
                             'img/s': round(ips) if ips else None})
-        window, finite_flags = None, []
+        window, window_steps = None, 0
         if at_eval:
           eval_metrics = evaluate(state, run.p_eval, par, run.eval_ds, eval_batch_size)
           log.write(step, step / plan.steps_per_epoch, eval_metrics)
           log.info(f'step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
         throughput.begin()
         data_wait = 0.0
+      preempted = stop['signal'] is not None and step < plan.total_steps
+      if step % plan.checkpoint_every == 0 or step == plan.total_steps or preempted:
+        save(state, at_eval)
+      if preempted:
+        ckpts.wait()
+        log.info(f'SIGTERM: saved checkpoint {step} in {ckpts.directory}; stopping at step '
+                 f'{step} of {plan.total_steps}. Run the same command to resume.')
+        failed = False
+        raise Preempted(step)
+
+    if first_step >= plan.total_steps:
+      log.info(f'the run was already complete at step {first_step}')
+      if not eval_metrics:
+        eval_metrics = evaluate(state, run.p_eval, par, run.eval_ds, eval_batch_size)
+    ckpts.wait()
+    failed = False
   finally:
-    log.close()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+    if log is not None:
+      log.close()
+    try:
+      ckpts.close()
+    except checkpointing.CheckpointError:
+      if not failed:
+        raise
 
   train_time = time.perf_counter() - train_start
   results = {**eval_metrics, 'steps': step, 'train_time_s': round(train_time, 2),
@@ -214,7 +408,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
              'data_wait_fraction': (total_wait / throughput.total_time
                                     if throughput.total_time else None),
              'num_devices': par.num_devices, 'model': config.model.name}
+  if init_report:
+    results['init_from'] = init_report
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def evaluate_checkpoint(config, workdir: str, step: int = -1, *, devices=None):
+  """Evaluates a saved model of the run in `workdir` on `config`'s eval split (no training).
+  Returns (step, metrics)."""
+  run = build_run(config, devices=devices)
+  template = jax.device_get(run.par.host_state(run.state))
+  chosen, host, _, _ = checkpointing.load_checkpoint(
+      checkpointing.checkpoint_dir(config, workdir), step, template)
+  state = run.par.put_state(host)
+  metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
+                     config.eval_batch_size or config.batch_size)
+  return chosen, metrics
