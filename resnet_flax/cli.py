@@ -64,6 +64,8 @@ def train_main(config, workdir: str, config_path: str) -> int:
   except trainer.NonFiniteLossError as e:
     print(f'stopped: {e}', file=sys.stderr)
     return 1
+  if distributed.process_index() != 0:
+    return 0   # process 0 reports the results
   shown = {k: results[k] for k in ('eval_top1', 'eval_top5', 'eval_loss', 'steps',
                                    'train_time_s', 'images_per_sec') if k in results}
   print(f'results ({os.path.join(workdir, "results.json")}): {json.dumps(shown)}')

@@ -118,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
   c.distributed.auto = False      # jax.distributed.initialize() auto-detection (SLURM, TPU...)
+  c.distributed.heartbeat_timeout_s = 30       # a process silent this long counts as lost:
+  c.distributed.initialization_timeout_s = 300  # the others abort (see docs/MULTIHOST.md)
   return c
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_flax import checkpointing, configuration, data, optim, parallel
+from resnet_flax import checkpointing, configuration, data, distributed, optim, parallel
 from resnet_flax.data import augment
 from resnet_flax.metrics_log import MetricsLog, Throughput
 from resnet_flax.models import create_model
@@ -374,7 +374,14 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
           log.info(f'step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
         throughput.begin()
         data_wait = 0.0
-      preempted = stop['signal'] is not None and step < plan.total_steps
+      if jax.process_count() == 1:
+        preempted = stop['signal'] is not None and step < plan.total_steps
+      else:
+        # a SIGTERM may reach only some processes: they agree (a collective) at log
+        # boundaries, so that all of them save the same checkpoint and stop together
+        if step % plan.log_every == 0 or at_eval:
+          stop['agreed'] = distributed.any_process(stop['signal'] is not None)
+        preempted = bool(stop.get('agreed')) and step < plan.total_steps
       if step % plan.checkpoint_every == 0 or step == plan.total_steps or preempted:
         save(state, at_eval)
       if preempted:
