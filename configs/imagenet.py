@@ -3,7 +3,7 @@
 lr 0.1 x batch/256 (linear scaling), SGD momentum 0.9, weight decay 1e-4, 5-epoch linear
 warmup, then cosine decay (`--config.schedule.name=step` gives the paper's /10 at epochs 30,
 60, 80). Label smoothing is off by default (0.1 is the common modern choice). Batch size and
-precision are overrides: `--config.batch_size=1024 --config.model.dtype=bfloat16`.
+precision are overrides: `--config.batch_size=1024 --config.dtype=bfloat16`.
 """
 
 from resnet_flax.configuration import base_config

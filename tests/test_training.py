@@ -365,3 +365,30 @@ def test_imagenet_preset_needs_the_tfdata_backend():
   c = tiny_config(**{'data.preprocess': 'imagenet', 'data.backend': 'memory'})
   with pytest.raises(ConfigError, match="data.backend='tfdata'"):
     trainer.build_run(c, devices=jax.devices()[:1])
+
+
+def test_benchmark_reports_throughput_and_macs():
+  from resnet_flax import benchmarking, model_stats
+  from resnet_flax.models import create_model
+  config = tiny_config(**{'data.source': 'npz'})  # the benchmark must replace the source
+  result = benchmarking.benchmark(config, steps=2, warmup=1, peak_flops=1e12,
+                                  devices=jax.devices()[:2])
+  assert config.data.source == 'npz'  # the caller's config is not modified
+  for key in ('model', 'image_size', 'batch_size', 'num_devices', 'device_kind', 'jax_version',
+              'backend', 'dtype', 'parallelism', 'compile_s', 'train_step_ms_median',
+              'train_step_ms_p10', 'train_step_ms_p90', 'train_images_per_sec',
+              'train_images_per_sec_per_device', 'infer_compile_s', 'infer_step_ms_median',
+              'infer_images_per_sec', 'peak_memory_bytes', 'macs_per_image',
+              'train_tflops_achieved', 'mfu'):
+    assert key in result, key
+  assert (result['image_size'], result['batch_size'], result['num_devices']) == (8, 16, 2)
+  assert result['train_step_ms_p10'] <= result['train_step_ms_median'] <= \
+      result['train_step_ms_p90']
+  assert result['train_images_per_sec'] > 0 and result['infer_images_per_sec'] > 0
+  assert result['train_images_per_sec_per_device'] == pytest.approx(
+      result['train_images_per_sec'] / 2, rel=1e-3)
+  macs = model_stats.count_macs(create_model(config.model), image_size=8, channels=3)
+  assert result['macs_per_image'] == macs > 0
+  assert result['train_tflops_achieved'] == pytest.approx(
+      6 * macs * result['train_images_per_sec'] / 1e12, rel=1e-3)
+  assert result['mfu'] == pytest.approx(result['train_tflops_achieved'] / (1.0 * 2), rel=1e-6)
