@@ -299,28 +299,11 @@ def test_on_bad_image_passes_through_and_is_validated(tmp_path):
     configuration.validate(c)
 
 
-def _tiny_config(root, **overrides):
-  """ResNet-8 (width 4) on a folder tree of 16x16 images in 4 classes."""
-  c = base_config()
-  c.model.update(model_fields('resnet20'))
-  c.model.depth = 8
-  c.model.width = 4
-  c.model.num_classes = 4
-  c.data.source = 'folder'
-  c.data.dir = root
-  c.data.image_size = 0
-  c.data.channels = 0
-  c.data.random_crop_pad = 2
-  c.data.random_flip = True
-  c.data.mean = (127.0,)
-  c.data.std = (64.0,)
-  c.batch_size = 16
-  c.num_train_steps = 2
-  c.schedule.name = 'constant'
-  c.log_tensorboard = False
-  c.progress_bar = False
-  c.update(overrides)
-  return c
+def _tiny_config(root):
+  """The training tests' ResNet-8 (width 4) on a folder tree of 16x16 images in 4 classes."""
+  from test_training import tiny_config
+  return tiny_config(**{'model.num_classes': 4, 'data.source': 'folder', 'data.dir': str(root),
+                        'data.image_size': 0, 'data.channels': 0})
 
 
 def test_trainer_runs_on_a_folder_tree(tmp_path):
