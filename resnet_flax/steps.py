@@ -28,8 +28,12 @@ def _finite(tree) -> jax.Array:
 def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callable, *,
                     num_classes: int, label_smoothing: float, weight_decay: float,
                     l2_mask, ema_decay: float, nan_policy: str = 'stop',
-                    axis_name: Optional[str] = None) -> Callable:
-  """Builds the train step. `l2_mask` (a pytree of bools, or None) turns on the L2 loss term."""
+                    axis_name: Optional[str] = None, debug_nan_at_step: int = -1) -> Callable:
+  """Builds the train step. `l2_mask` (a pytree of bools, or None) turns on the L2 loss term.
+
+  `debug_nan_at_step=k` (> 0, a test knob) makes the loss of step k (counted from 1) NaN, so
+  the real non-finite handling below is what the tests exercise.
+  """
 
   def train_step(state: TrainState, batch):
     step_key = jax.random.fold_in(state.rng, state.step)
@@ -40,6 +44,8 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
       logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                      images, train=True, mutable=['batch_stats'])
       per_example = losses.cross_entropy(logits, labels, num_classes, label_smoothing)
+      if debug_nan_at_step > 0:
+        per_example = jnp.where(state.step == debug_nan_at_step - 1, jnp.nan, per_example)
       loss = per_example.mean()
       total = loss
       if l2_mask is not None and weight_decay:

@@ -22,7 +22,6 @@ import time
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_flax import checkpointing, configuration, data, distributed, optim, parallel
@@ -110,26 +109,6 @@ class Run:
   tx: Any = None
 
 
-def _inject_nan(train_step, at_step: int, nan_policy: str):
-  """Test knob (`debug_nan_at_step`): step `at_step` (1-based) behaves as if its loss and
-  gradients were NaN: its metrics say so, and its update is NaN ('stop') or dropped
-  ('skip_step'), as `steps.make_train_step` does for a real non-finite loss."""
-
-  def step(state, batch):
-    new_state, metrics = train_step(state, batch)
-    bad = state.step == at_step - 1
-    metrics = dict(metrics, loss_sum=jnp.where(bad, jnp.nan, metrics['loss_sum']),
-                   finite=jnp.where(bad, 0.0, metrics['finite']))
-    if nan_policy == 'skip_step':
-      bad_state = state.replace(step=state.step + 1)
-    else:
-      bad_state = new_state.replace(params=jax.tree.map(lambda p: p * jnp.nan,
-                                                        new_state.params))
-    return jax.tree.map(lambda n, b: jnp.where(bad, b, n), new_state, bad_state), metrics
-
-  return step
-
-
 def build_run(config, *, devices=None) -> Run:
   """Validates the config, loads the data and builds model, optimizer, state and steps."""
   par = parallel.create(config.parallelism, devices)
@@ -169,9 +148,8 @@ def build_run(config, *, devices=None) -> Run:
   train_step = make_train_step(
       model, tx, preprocess, num_classes=num_classes, label_smoothing=config.label_smoothing,
       weight_decay=config.optimizer.weight_decay, l2_mask=l2_mask, ema_decay=config.ema_decay,
-      nan_policy=config.nan_policy, axis_name=par.axis_name)
-  if config.debug_nan_at_step > 0:
-    train_step = _inject_nan(train_step, int(config.debug_nan_at_step), config.nan_policy)
+      nan_policy=config.nan_policy, axis_name=par.axis_name,
+      debug_nan_at_step=int(config.debug_nan_at_step))
   eval_step = make_eval_step(model, preprocess, num_classes=num_classes,
                              axis_name=par.axis_name)
   train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
@@ -315,7 +293,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
       """Raises NonFiniteLossError (nan_policy=stop) if a pending step was not finite."""
       if not pending_flags:
         return
-      flags = [float(par.host_metrics(f)) for f in pending_flags]
+      # one transfer for the whole window; under pmap each flag holds one copy per device
+      flags = [float(np.min(f)) for f in jax.device_get(pending_flags)]
       if min(flags) < 1.0 and config.nan_policy == 'stop':
         bad = step - len(flags) + flags.index(min(flags)) + 1
         raise NonFiniteLossError(
