@@ -45,6 +45,22 @@ def unknown_override(argv) -> Optional[str]:
   return None
 
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              'configs', 'default.py')
+
+
+def define_config_flag(argv):
+  """The scripts' `--config FILE` flag (default configs/default.py) with `--config.FIELD=V`
+  overrides. An override naming no field exits first with one line (see `unknown_override`)."""
+  from ml_collections import config_flags
+  error = unknown_override(argv)
+  if error:
+    print(error, file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  return config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Training config file.',
+                                         lock_config=True)
+
+
 def report_error(error: Exception) -> int:
   kind = {configuration.ConfigError: 'config error', DataError: 'data error'}.get(
       type(error), 'error')

@@ -14,14 +14,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from resnet_flax import cli, configuration  # noqa: E402
 
-_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        'configs', 'default.py')
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT, 'Training config file.',
-                                          lock_config=True)
+_CONFIG = cli.define_config_flag(sys.argv)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (train and inference each).')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after the compiling first call.')
 _PEAK_TFLOPS = flags.DEFINE_float(

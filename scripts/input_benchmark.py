@@ -24,12 +24,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        'configs', 'default.py')
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT, 'Training config file.',
-                                          lock_config=True)
+from resnet_flax import cli  # noqa: E402
+
+_CONFIG = cli.define_config_flag(sys.argv)
 _BATCHES = flags.DEFINE_integer('batches', 50, 'Timed batches.')
 _WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed batches after the first one.')
 _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'Which pipeline to measure.')

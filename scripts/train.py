@@ -11,14 +11,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from resnet_flax import cli  # noqa: E402
 
-if __name__ == '__main__' and cli.unknown_override(sys.argv):
-  print(cli.unknown_override(sys.argv), file=sys.stderr)
-  sys.exit(cli.EXIT_USER_ERROR)
-
-_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        'configs', 'default.py')
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT, 'Training config file.',
-                                          lock_config=True)
+_CONFIG = cli.define_config_flag(sys.argv)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: a new one under runs/).')
 
 
