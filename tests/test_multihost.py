@@ -60,6 +60,16 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def _wait_until_training_logs(procs, workdir, tmp_path, timeout=120.0):
+  """Waits for the first metrics line; every process must still be alive meanwhile."""
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + timeout
+  while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), open(tmp_path / 'p0.log').read()[-3000:]
+    time.sleep(0.05)
+  assert metrics.exists(), 'training did not start'
+
+
 def test_two_processes_train_as_one_process_with_the_same_global_batch(runs):
   _, one, two = runs
   r1 = json.load(open(one / 'results.json'))
@@ -150,12 +160,7 @@ def test_a_lost_process_stops_the_other_within_a_bounded_time(runs, tmp_path, vi
                   tmp_path / f'p{i}.log', env=env) for i in range(2)]
   survivor = procs[1 - victim]
   try:
-    metrics = workdir / 'metrics.jsonl'
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
-      assert all(p.poll() is None for p in procs), open(tmp_path / 'p0.log').read()[-3000:]
-      time.sleep(0.05)
-    assert metrics.exists(), 'training did not start'
+    _wait_until_training_logs(procs, workdir, tmp_path)
     _kill_group(procs[victim])
     killed = time.time()
     try:
@@ -214,11 +219,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_checkpoint(runs, tmp_path)
                              f'--config.distributed.process_id={i}'),
                   tmp_path / f'p{i}.log', env=env) for i in range(2)]
   try:
-    metrics = workdir / 'metrics.jsonl'
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
-      assert all(p.poll() is None for p in procs), open(tmp_path / 'p0.log').read()[-3000:]
-      time.sleep(0.05)
+    _wait_until_training_logs(procs, workdir, tmp_path)
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=60) for p in procs]
   finally:
