@@ -63,16 +63,16 @@ def test_labels_class_names_and_order(tmp_path):
   paths, labels, names = folder.list_folder(str(root), 'train')
   assert names == ['ant', 'moth', 'zebra']
   assert [os.path.relpath(p, root / 'train') for p in paths] == [
-      'ant/a.png', 'ant/c.JPEG', 'moth/x.jpeg', 'zebra/a.jpg', 'zebra/b.PNG']
-  assert labels.dtype == np.int32 and labels.tolist() == [0, 0, 1, 2, 2]
+      'ant/a.png', 'moth/x.jpeg', 'zebra/a.jpg', 'ant/c.JPEG', 'zebra/b.PNG']   # interleaved
+  assert labels.dtype == np.int32 and labels.tolist() == [0, 1, 2, 0, 2]
 
   ds = folder.load_folder(str(root), 'train')
   assert ds.images.dtype == np.uint8 and ds.images.shape == (5, 8, 8, 3)
-  assert ds.labels.tolist() == [0, 0, 1, 2, 2]
+  assert ds.labels.tolist() == [0, 1, 2, 0, 2]
   assert ds.num_classes == 3 and ds.class_names == ['ant', 'moth', 'zebra']
   np.testing.assert_array_equal(ds.images[0], np.full((8, 8, 3), 90, np.uint8))   # grey -> RGB
   np.testing.assert_array_equal(ds.images[4], np.broadcast_to([1, 2, 3], (8, 8, 3)))  # PNG
-  assert np.abs(ds.images[1].astype(int) - [250, 0, 0]).max() <= 8                 # JPEG
+  assert np.abs(ds.images[3].astype(int) - [250, 0, 0]).max() <= 8                 # JPEG
 
 
 def test_order_is_deterministic_and_slices_follow_it(tmp_path):
@@ -81,12 +81,12 @@ def test_order_is_deterministic_and_slices_follow_it(tmp_path):
   assert folder.list_folder(root, 'train')[0] == paths
   full = folder.load_folder(root, 'train')
   np.testing.assert_array_equal(folder.load_folder(root, 'train').images, full.images)
-  # each image is where its (class, name) puts it
-  for k, (label, i) in enumerate((l, i) for l in range(3) for i in range(4)):
+  # each image is where its (rank in class, class) puts it: classes interleaved
+  for k, (i, label) in enumerate((i, l) for i in range(4) for l in range(3)):
     np.testing.assert_array_equal(full.images[k, 0, 0], _color(label, i))
 
-  half = folder.load_folder(root, 'train[:50%]')
-  assert len(half) == 6 and half.labels.tolist() == [0] * 4 + [1] * 2
+  half = folder.load_folder(root, 'train[:50%]')   # class-balanced: 2 of each class
+  assert len(half) == 6 and half.labels.tolist() == [0, 1, 2] * 2
   assert half.num_classes == 3 and half.class_names == ['cat', 'dog', 'eel']  # all classes
   np.testing.assert_array_equal(half.images, full.images[:6])
   assert folder.list_folder(root, 'train[:50%]')[0] == paths[:6]
@@ -142,7 +142,7 @@ def test_empty_class_folder_errors_or_is_kept_with_skip(tmp_path, capsys):
 
   ds = folder.load_folder(root, 'train', on_bad='skip')
   assert ds.class_names == ['cat', 'dog', 'eel'] and ds.num_classes == 3
-  assert ds.labels.tolist() == [0, 0, 0, 2, 2, 2]          # eel keeps label 2
+  assert ds.labels.tolist() == [0, 2, 0, 2, 0, 2]          # eel keeps label 2
   assert str(empty) in capsys.readouterr().err
 
 
@@ -174,7 +174,7 @@ def test_corrupt_file_errors_naming_it(tmp_path):
 def test_corrupt_files_are_skipped_and_counted(tmp_path, capsys):
   root, bad = _corrupt_tree(tmp_path)
   ds = folder.load_folder(root, 'train', on_bad='skip')
-  assert len(ds) == 9 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  assert len(ds) == 9 and sorted(ds.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
   err = capsys.readouterr().err
   assert 'skipped 2 unreadable files' in err and bad[0] in err
   assert err.count('\n') == 1                                # one summary line
@@ -194,7 +194,7 @@ def test_first_corrupt_file_is_reported_from_the_thread_pool(tmp_path, monkeypat
   assert str(train / 'dog' / '03.png') in str(e.value)
   ds = folder.load_folder(root, 'train', on_bad='skip')
   assert len(ds) == 22
-  np.testing.assert_array_equal(ds.images[:8, 0, 0], [_color(0, i) for i in range(8)])
+  np.testing.assert_array_equal(ds.images[:8, 0, 0], [_color(k % 3, k // 3) for k in range(8)])
 
 
 def test_different_sizes_error_or_resize(tmp_path):
@@ -370,6 +370,9 @@ def test_cifar10_folder(capsys):
   assert 100 < train.images.mean() < 140 and train.images.std() > 40
   np.testing.assert_array_equal(folder.load_folder(root, 'train[:2000]').images,
                                 train.images[:2000])
+  # the paper's 45k/5k split keeps the class balance (class-interleaved file order)
+  labels = folder.list_folder(root, 'train[:45000]')[1]
+  assert np.bincount(labels).tolist() == [4500] * 10
 
 
 @pytest.mark.slow
@@ -381,4 +384,4 @@ def test_imagenette_folder():
   assert train[2] == val[2] and len(val[2]) == 10 and val[2][0] == 'n01440764'
   ds = folder.load_folder(root, 'val[:64]')
   assert ds.images.shape == (64, 128, 128, 3) and ds.images.dtype == np.uint8
-  assert ds.num_classes == 10 and set(ds.labels.tolist()) == {0}
+  assert ds.num_classes == 10 and ds.labels.tolist() == (list(range(10)) * 7)[:64]

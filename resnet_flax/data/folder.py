@@ -10,9 +10,11 @@ that list. Files with other extensions (`.txt`, `.DS_Store`, ...) are ignored, a
 entries (names starting with '.', e.g. `.ipynb_checkpoints` folders or macOS `._x.jpg` files).
 
 `split_spec` uses the TFDS slicing syntax ('train', 'train[:10%]', 'val[2:]') applied to the
-split's file list sorted by (class, file name), so a slice is deterministic. As in TFDS, a
-leading slice such as 'train[:10%]' therefore holds only the first classes; the label numbering
-(and `num_classes`) always comes from all class folders of the split.
+split's file list in a fixed class-interleaved order: the first file (by name) of every class in
+class order, then the second of every class, and so on. A slice is therefore deterministic and
+keeps the class balance: 'train[:45000]' of CIFAR-10 holds 4,500 images of each class (sorted
+by class instead, it would hold nine classes). The label numbering (and `num_classes`) always
+comes from all class folders of the split.
 
 `list_folder` only lists (cheap), `split_classes` only reads the class folder names (used with
 `check_same_classes` to compare the train and eval splits); `load_folder` decodes the selected files (after slicing) with
@@ -36,6 +38,7 @@ stay stable) with a warning line. No TensorFlow is needed.
 """
 
 import concurrent.futures
+import itertools
 import os
 import sys
 from typing import Optional
@@ -90,18 +93,18 @@ def _class_names(split_path: str) -> list[str]:
 
 
 def _scan_split(root: str, split: str, on_bad: str):
-  """All image files of a split, sorted by (class, file name): (paths, labels, class_names)."""
+  """All image files of a split, class-interleaved (file k of every class, for k = 0, 1, ...;
+  files sorted by name within a class): (paths, labels, class_names)."""
   split_path = _split_dir(root, split)
   class_names = _class_names(split_path)
-  paths, labels, empty = [], [], []
+  per_class, empty = [], []
   for label, name in enumerate(class_names):
     class_path = os.path.join(split_path, name)
     files = sorted(e.name for e in _visible_entries(class_path)
                    if _is_image_name(e.name) and e.is_file())
     if not files:
       empty.append(class_path)
-    paths.extend(os.path.join(class_path, f) for f in files)
-    labels.extend([label] * len(files))
+    per_class.append([(os.path.join(class_path, f), label) for f in files])
   if empty:
     what = (f'{len(empty)} class folders have no images (.jpg, .jpeg, .png), first: {empty[0]}'
             if len(empty) > 1 else f'{empty[0]}: class folder has no images (.jpg, .jpeg, .png)')
@@ -109,6 +112,9 @@ def _scan_split(root: str, split: str, on_bad: str):
       raise DataError(f'{what}; add images, remove the folder, or set data.on_bad_image=skip '
                       f'to keep it as an empty class')
     _warn(f'{what}; kept as empty classes so the label numbering stays stable')
+  ordered = [item for rank in itertools.zip_longest(*per_class) for item in rank if item]
+  paths = [path for path, _ in ordered]
+  labels = [label for _, label in ordered]
   return paths, np.asarray(labels, np.int32), class_names
 
 
