@@ -8,7 +8,8 @@ per step, managed by an `orbax.checkpoint.CheckpointManager`. Each checkpoint ho
   host arrays, then `par.put_state`;
 * `meta` (JSON): the step, which is also the data position (train batches are a pure function
   of (seed, step)), the open train-metric window (sums over the steps since the last log), the
-  last eval metrics and the fine-tuning report, so that a resumed run continues exactly;
+  last eval metrics and the fine-tuning report, so that a resumed run continues exactly, and
+  `data` (input image shape, class names) for `inference.py`;
 * `config` (JSON): the config the run was trained with.
 
 Saves are asynchronous (training goes on while orbax writes) and atomic: orbax writes into a
@@ -52,8 +53,9 @@ META_VERSION = 1
 
 # Fields that must match for a run to resume from a checkpoint (prefix match on 'model.').
 # Others (the length of the run, the lr, logging, parallelism, device count) may change.
+# `freeze` decides the optimizer state's structure (frozen parameters have none).
 RESUME_FIELDS = ('model.', 'data.source', 'data.name', 'data.dir', 'data.train_split',
-                 'data.eval_split', 'batch_size', 'seed', 'optimizer.name')
+                 'data.eval_split', 'batch_size', 'seed', 'optimizer.name', 'freeze')
 
 
 class _QuietOrbax(logging.Filter):
@@ -245,8 +247,11 @@ def _flat_config(d: dict, prefix='') -> dict:
 
 
 def incompatible_fields(saved: dict, config) -> list[str]:
-  """'field (saved -> now)' for each field that must match to resume and does not."""
-  a, b = _flat_config(saved), _flat_config(config_to_dict(config))
+  """'field (saved -> now)' for each field that must match to resume and does not.
+
+  A field the saved config lacks (saved before the field existed) counts as its default."""
+  defaults = _flat_config(config_to_dict(configuration.base_config()))
+  a, b = {**defaults, **_flat_config(saved)}, _flat_config(config_to_dict(config))
   diffs = []
   for field in sorted(set(a) | set(b)):
     if not any(field == f or (f.endswith('.') and field.startswith(f)) for f in RESUME_FIELDS):

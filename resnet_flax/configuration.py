@@ -9,8 +9,10 @@ field and the allowed values.
 import math
 from typing import Any
 
+import jax
 import ml_collections
 
+from resnet_flax import optim
 from resnet_flax.models import registry
 
 SOURCES = ('digits', 'npz', 'synthetic', 'folder', 'tfds')
@@ -98,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = 'stop'           # stop | skip_step
 
   c.log_every_steps = 50
+  c.log_grad_norms = False        # also log each stage's gradient norm (grad_norm_stage1, ...)
   c.eval_every_steps = -1         # -1: once per epoch (and always at the end)
   c.log_tensorboard = True        # when a TensorBoard writer is importable
   c.progress_bar = True           # only drawn on a terminal
@@ -111,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.on_existing_run = 'resume'    # resume | restart (delete its checkpoints) | error
   c.init_from = ''                # fine-tune: a run workdir or a checkpoint path (params and
   c.init_from_step = -1           # batch_stats only); -1: its latest checkpoint
+  c.freeze = ''                   # transfer learning: '' (train all) | backbone (all but the
+                                  # head) | a regex over parameter paths ('stem|stage1'); frozen
+                                  # parameters and their BatchNorm statistics stay fixed
   c.debug_nan_at_step = -1        # test knob: the loss of this step (1-based) is NaN; -1: off
 
   c.distributed = ml_collections.ConfigDict()
@@ -143,6 +149,17 @@ def _check_keys(config, reference, prefix='') -> None:
     value, ref = config[key], reference[key]
     if isinstance(ref, ml_collections.ConfigDict) and key != 'model':
       _check_keys(value, ref, f'{prefix}{key}.')
+
+
+def _check_freeze(config) -> None:
+  """config.freeze must freeze some but not all of the model's parameters (by path only)."""
+  model = registry.create_model(config.model)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jax.numpy.zeros((1, 64, 64, 3)), train=False))
+  try:
+    optim.frozen_mask(shapes['params'], config.freeze, model.head_names)
+  except ValueError as e:
+    raise ConfigError(f'config.{e}') from None
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> None:
@@ -178,6 +195,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     _fail('debug_nan_at_step', config.debug_nan_at_step, 'must be -1 (off) or a step >= 1')
   if config.init_from_step < -1:
     _fail('init_from_step', config.init_from_step, 'must be -1 (latest) or a saved step')
+  if config.freeze:
+    _check_freeze(config)
   for field in ('batch_size', 'log_every_steps'):
     if int(config[field]) <= 0:
       _fail(field, config[field], 'must be a positive integer')

@@ -143,7 +143,7 @@ def _part_of(key: str, num_stages: int, include_top: bool) -> str:
     return f'stage{int(m.group(1))}'
   if key == 'final_norm':
     return f'stage{num_stages}'
-  if key == 'head':
+  if key == 'head' or key.startswith('head_hidden'):   # the classifier and its MLP layers
     return 'head' if include_top else 'pooling'
   raise ValueError(f'cannot attribute top-level module {key!r} to a part of the network')
 

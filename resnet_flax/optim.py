@@ -17,9 +17,14 @@ original ResNet recipe: SGD with momentum on the gradient of loss + L2). 'decoup
 applied inside the optimizer, outside the momentum / adaptive statistics (SGDW, AdamW, LARS's own
 decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1 (BatchNorm scales
 and biases, dense biases) is not decayed, in both modes.
+
+Freezing (`config.freeze`, transfer learning): `frozen_mask` resolves the pattern to a pytree of
+bools over the params, `freeze_optimizer` gives frozen leaves a zero update (no decay either),
+and `frozen_norm_paths` names the BatchNorm layers that then keep their running statistics.
 """
 
 import math
+import re
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -369,8 +374,12 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSc
   return tx
 
 
-def ema_update(ema_tree: Any, new_tree: Any, decay: Any) -> Any:
-  """`decay * ema + (1 - decay) * new` leafwise, computed in float32, cast to the ema leaf dtype."""
+def ema_update(ema_tree: Any, new_tree: Any, decay: Any, frozen: Any = None) -> Any:
+  """`decay * ema + (1 - decay) * new` leafwise, computed in float32, cast to the ema leaf dtype.
+
+  `frozen` (a pytree of bools like the trees, or None): leaves marked True are kept as they are
+  (a frozen leaf never changes, so its EMA stays bit-identical to it).
+  """
   decay = jnp.asarray(decay, jnp.float32)
 
   def update(ema, new):
@@ -378,4 +387,97 @@ def ema_update(ema_tree: Any, new_tree: Any, decay: Any) -> Any:
     value = decay * ema.astype(jnp.float32) + (1.0 - decay) * jnp.asarray(new, jnp.float32)
     return value.astype(ema.dtype)
 
-  return jax.tree.map(update, ema_tree, new_tree)
+  if frozen is None:
+    return jax.tree.map(update, ema_tree, new_tree)
+  return jax.tree.map(lambda e, n, f: e if f else update(e, n), ema_tree, new_tree, frozen)
+
+
+# --------------------------------------------------------------------------------------------
+# Freezing (transfer learning).
+
+FREEZE_BACKBONE = 'backbone'
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_paths(tree: Any) -> Any:
+  """A pytree like `tree` whose leaves are their '/'-joined paths ('stage1_unit1/conv1/kernel')."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: '/'.join(_key_name(k) for k in path), tree)
+
+
+def frozen_mask(params: Any, freeze: str, head_modules=('head',)) -> Any:
+  """A pytree of bools like `params`: True = frozen (never updated).
+
+  `freeze`: '' (nothing), 'backbone' (every parameter outside the top-level `head_modules`), or
+  a regular expression searched (`re.search`) in each '/'-joined parameter path, e.g.
+  'stem|stage1'. A pattern that freezes nothing or everything is an error (ValueError naming it).
+  """
+  paths = leaf_paths(params)
+  if freeze == '':
+    return jax.tree.map(lambda _: False, paths)
+  if freeze == FREEZE_BACKBONE:
+    heads = set(head_modules)
+    mask = jax.tree.map(lambda p: p.split('/')[0] not in heads, paths)
+    what = (f"freeze='backbone' (everything but {', '.join(sorted(heads))})" if heads else
+            "freeze='backbone' on a model without a head (model.include_top=False)")
+  else:
+    try:
+      regex = re.compile(freeze)
+    except re.error as e:
+      raise ValueError(f'freeze={freeze!r} is not a valid regular expression ({e}); use '
+                       "'', 'backbone' or a regex over parameter paths such as 'stem|stage1'"
+                       ) from None
+    mask = jax.tree.map(lambda p: regex.search(p) is not None, paths)
+    what = f'freeze={freeze!r}'
+  flags = jax.tree.leaves(mask)
+  if not any(flags):
+    names = jax.tree.leaves(paths)
+    example = ', '.join(dict.fromkeys(names[i * (len(names) - 1) // 3] for i in range(4)))
+    raise ValueError(f'{what} matches no parameter; parameter paths look like {example}')
+  if all(flags):
+    raise ValueError(f'{what} freezes every parameter, so nothing would train; leave some '
+                     'parameters out of the pattern')
+  return mask
+
+
+def frozen_norm_paths(frozen: Any, batch_stats: Any) -> frozenset:
+  """The '/'-joined paths of the layers holding `batch_stats` whose parameters are all frozen.
+
+  Those layers run in inference mode during training (normalise with, and keep, their running
+  statistics, as Keras' `trainable=False`); a layer only partly frozen keeps training mode.
+  """
+  layers = {p.rsplit('/', 1)[0] for p in jax.tree.leaves(leaf_paths(batch_stats))}
+  state: dict[str, bool] = {}
+  for path, is_frozen in zip(jax.tree.leaves(leaf_paths(frozen)), jax.tree.leaves(frozen)):
+    layer = path.rsplit('/', 1)[0]
+    if layer in layers:
+      state[layer] = state.get(layer, True) and bool(is_frozen)
+  return frozenset(layer for layer, all_frozen in state.items() if all_frozen)
+
+
+def stats_mask(batch_stats: Any, norm_paths: frozenset) -> Any:
+  """A pytree of bools like `batch_stats`: True for the statistics of the layers `norm_paths`."""
+  return jax.tree.map(lambda p: p.rsplit('/', 1)[0] in norm_paths, leaf_paths(batch_stats))
+
+
+def freeze_optimizer(tx: optax.GradientTransformation,
+                     frozen: Any) -> optax.GradientTransformation:
+  """`tx` for the trainable leaves and a zero update (no state, no decay) for the frozen ones.
+
+  `frozen` is a pytree of bools like the params (see `frozen_mask`); the labels are matched by
+  path, so the optimizer accepts any container type of the same tree.
+  """
+  frozen_paths = {p for p, f in zip(jax.tree.leaves(leaf_paths(frozen)),
+                                    jax.tree.leaves(frozen)) if f}
+
+  def labels(tree):
+    return jax.tree.map(lambda p: 'frozen' if p in frozen_paths else 'trainable',
+                        leaf_paths(tree))
+
+  return optax.multi_transform({'trainable': tx, 'frozen': optax.set_to_zero()}, labels)

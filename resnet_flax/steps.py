@@ -8,15 +8,22 @@ under jit the batch is one global array and XLA inserts the collectives.
 
 Metrics are sums over examples (`loss_sum`, `top1_sum`, `top5_sum`, `count`) so that any number
 of batches, devices and processes add up exactly; divide by `count` for the means.
+
+Frozen parameters (`config.freeze`) get no gradient (`stop_gradient`, so no backward pass runs
+below the lowest trainable layer) and a zero update from the optimizer; the BatchNorm layers
+whose parameters are all frozen run in inference mode inside the training forward pass
+(`frozen_norms_in_inference_mode`), so they normalise with, and keep, their running statistics.
 """
 
+import contextlib
 from typing import Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_flax import losses, optim
+from resnet_flax import gradient_flow, losses, optim
 from resnet_flax.train_state import TrainState
 
 
@@ -25,11 +32,42 @@ def _finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def frozen_norms_in_inference_mode(norm_paths) -> contextlib.AbstractContextManager:
+  """Within it, the norm layers at `norm_paths` ('/'-joined module paths) of a model applied
+  with `train=True` run as with `use_running_average=True`: they normalise with their stored
+  statistics and write nothing back. Other layers are untouched."""
+  norm_paths = frozenset(norm_paths)
+  if not norm_paths:
+    return contextlib.nullcontext()
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != '__call__' or '/'.join(module.path) not in norm_paths:
+      return next_fun(*args, **kwargs)
+    if not hasattr(module, 'use_running_average'):
+      raise TypeError(f'{"/".join(module.path)} ({type(module).__name__}) holds batch_stats '
+                      'but has no use_running_average attribute; it cannot be frozen')
+    # the same layer in inference mode, applied to this layer's own variables
+    frozen = module.clone(parent=None, use_running_average=True)
+    return frozen.apply(dict(module.variables), *args, **kwargs)
+
+  return nn.intercept_methods(interceptor)
+
+
 def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callable, *,
                     num_classes: int, label_smoothing: float, weight_decay: float,
                     l2_mask, ema_decay: float, nan_policy: str = 'stop',
-                    axis_name: Optional[str] = None, debug_nan_at_step: int = -1) -> Callable:
+                    axis_name: Optional[str] = None, debug_nan_at_step: int = -1,
+                    frozen=None, frozen_norms=frozenset(),
+                    log_grad_norms: bool = False) -> Callable:
   """Builds the train step. `l2_mask` (a pytree of bools, or None) turns on the L2 loss term.
+
+  `frozen` (a pytree of bools like the params, or None) marks the frozen parameters (`tx` must
+  give them a zero update, see `optim.freeze_optimizer`); `frozen_norms` names the norm layers
+  that run in inference mode (`optim.frozen_norm_paths`).
+
+  `log_grad_norms` adds the squared gradient norm of each stage (stem, stage1, ..., head) to
+  the metrics as `grad_norm_<stage>_sq`.
 
   `debug_nan_at_step=k` (> 0, a test knob) makes the loss of step k (counted from 1) NaN, so
   the real non-finite handling below is what the tests exercise.
@@ -39,10 +77,14 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
     step_key = jax.random.fold_in(state.rng, state.step)
     images = preprocess(batch['image'], step_key, batch['position'], True)
     labels = batch['label']
+    stats_frozen = optim.stats_mask(state.batch_stats, frozen_norms) if frozen_norms else None
 
     def loss_fn(params):
-      logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                     images, train=True, mutable=['batch_stats'])
+      if frozen is not None:
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+      with frozen_norms_in_inference_mode(frozen_norms):
+        logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                       images, train=True, mutable=['batch_stats'])
       per_example = losses.cross_entropy(logits, labels, num_classes, label_smoothing)
       if debug_nan_at_step > 0:
         per_example = jnp.where(state.step == debug_nan_at_step - 1, jnp.nan, per_example)
@@ -57,10 +99,12 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
       grads = jax.lax.pmean(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if frozen is not None:   # the frozen leaves themselves, bit for bit (not w + 0)
+      params = jax.tree.map(lambda new, old, f: old if f else new, params, state.params, frozen)
     ema_params, ema_stats = state.ema_params, state.ema_batch_stats
     if ema_params is not None:
-      ema_params = optim.ema_update(ema_params, params, ema_decay)
-      ema_stats = optim.ema_update(ema_stats, batch_stats, ema_decay)
+      ema_params = optim.ema_update(ema_params, params, ema_decay, frozen)
+      ema_stats = optim.ema_update(ema_stats, batch_stats, ema_decay, stats_frozen)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, ema_params=ema_params,
                               ema_batch_stats=ema_stats)
@@ -72,9 +116,14 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
         'grad_norm_sq': sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                             for g in jax.tree.leaves(grads)),
     }
+    if log_grad_norms:
+      metrics.update({f'{name}_sq': jnp.square(norm) for name, norm in
+                      gradient_flow.per_stage_grad_norms(grads).items()})
     if axis_name is not None:
       metrics = jax.lax.psum(metrics, axis_name)
-      metrics['grad_norm_sq'] = metrics['grad_norm_sq'] / jax.lax.psum(1, axis_name)
+      for name in metrics:   # the gradients are already averaged: undo the sum of copies
+        if name.startswith('grad_norm'):
+          metrics[name] = metrics[name] / jax.lax.psum(1, axis_name)
     finite = jnp.isfinite(metrics['loss_sum']) & _finite(grads)
     metrics['finite'] = finite.astype(jnp.float32)
     if nan_policy == 'skip_step':

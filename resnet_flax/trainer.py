@@ -77,7 +77,15 @@ def _mean_metrics(sums: dict, prefix: str) -> dict:
 
 
 def _add(acc: Optional[dict], metrics: dict) -> dict:
-  return metrics if acc is None else jax.tree.map(lambda a, b: a + b, acc, metrics)
+  # by key: a window restored from a checkpoint of a run that logged other metrics still adds up
+  return metrics if acc is None else {k: acc[k] + v if k in acc else v for k, v in metrics.items()}
+
+
+def _grad_norms(sums: dict, window_steps: int) -> dict:
+  """RMS over the window of the global gradient norm and, with config.log_grad_norms, of each
+  stage's ('grad_norm_stage1', ...)."""
+  return {name[:-len('_sq')]: math.sqrt(float(value) / window_steps)
+          for name, value in sums.items() if name.startswith('grad_norm') and name.endswith('_sq')}
 
 
 def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
@@ -107,6 +115,10 @@ class Run:
   plan: RunPlan
   num_params: int
   tx: Any = None
+  frozen: Any = None                  # config.freeze: pytree of bools like params (True: frozen)
+  frozen_norms: frozenset = frozenset()   # norm layers kept in inference mode while training
+  num_frozen: int = 0                 # frozen parameter values
+  data_info: Optional[dict] = None    # saved in checkpoint meta, for inference.py
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -134,8 +146,20 @@ def build_run(config, *, devices=None) -> Run:
   except ValueError as e:
     raise configuration.ConfigError(str(e)) from None
   model = create_model({**config.model, 'dtype': config.dtype}, bn_axis_name=par.axis_name)
-  state = create_train_state(model, tx, seed=config.seed,
-                             image_shape=augment.output_shape(config.data, train_ds.image_shape),
+  image_shape = augment.output_shape(config.data, train_ds.image_shape)
+  frozen, frozen_norms, num_frozen = None, frozenset(), 0
+  if config.freeze:
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jax.numpy.zeros((1,) + tuple(image_shape)), train=False))
+    try:
+      frozen = optim.frozen_mask(shapes['params'], config.freeze, model.head_names)
+    except ValueError as e:
+      raise configuration.ConfigError(f'config.{e}') from None
+    frozen_norms = optim.frozen_norm_paths(frozen, shapes.get('batch_stats', {}))
+    num_frozen = sum(int(np.prod(x.shape)) for x, f in zip(jax.tree.leaves(shapes['params']),
+                                                           jax.tree.leaves(frozen)) if f)
+    tx = optim.freeze_optimizer(tx, frozen)
+  state = create_train_state(model, tx, seed=config.seed, image_shape=image_shape,
                              use_ema=config.ema_decay > 0)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   state = par.put_state(state)
@@ -144,18 +168,27 @@ def build_run(config, *, devices=None) -> Run:
   if config.optimizer.weight_decay_mode == 'l2' and config.optimizer.weight_decay:
     l2_mask = optim.weight_decay_mask(jax.device_get(par.host_state(state).params),
                                       config.optimizer.weight_decay_exclude)
+    if frozen is not None:   # frozen parameters are not decayed either
+      l2_mask = jax.tree.map(lambda m, f: bool(m) and not f, l2_mask, frozen)
   num_classes = train_ds.num_classes
   train_step = make_train_step(
       model, tx, preprocess, num_classes=num_classes, label_smoothing=config.label_smoothing,
       weight_decay=config.optimizer.weight_decay, l2_mask=l2_mask, ema_decay=config.ema_decay,
       nan_policy=config.nan_policy, axis_name=par.axis_name,
-      debug_nan_at_step=int(config.debug_nan_at_step))
+      debug_nan_at_step=int(config.debug_nan_at_step), frozen=frozen, frozen_norms=frozen_norms,
+      log_grad_norms=bool(config.log_grad_norms))
   eval_step = make_eval_step(model, preprocess, num_classes=num_classes,
                              axis_name=par.axis_name)
   train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
                                          jax.process_count())
+  # what inference needs of the data: the images the device preprocessing receives, classes
+  data_info = {'image_shape': [int(d) for d in train_ds.image_shape],
+               'host_preprocess': bool(train_ds.augmented_on_host),
+               'num_classes': int(num_classes),
+               'class_names': list(train_ds.class_names) if train_ds.class_names else None}
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
-             par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx)
+             par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx, frozen,
+             frozen_norms, num_frozen, data_info=data_info)
 
 
 def init_from_checkpoint(run: Run, path: str, step: int = -1):
@@ -235,6 +268,10 @@ def _resume_or_start(config, workdir: str, run: Run, ckpts, say):
     state, report = init_from_checkpoint(run, config.init_from, config.init_from_step)
     messages.extend(report.lines())
     meta = {'init_from': report.to_dict()}
+  elif config.freeze:
+    messages.append(f'warning: freeze={config.freeze!r} without init_from: the frozen '
+                    f'parameters keep their random initialisation (pass --config.init_from='
+                    f'RUN_DIR to load a trained backbone)')
   return state, 0, meta, messages
 
 
@@ -268,6 +305,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     log.info(f'{config.model.name or "model"}: {run.num_params:,} parameters; '
              f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
              f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
+    if run.frozen is not None:
+      log.info(f'freeze={config.freeze!r}: {run.num_frozen:,} of {run.num_params:,} '
+               f'parameters frozen; {len(run.frozen_norms)} BatchNorm layers keep their '
+               f'running statistics')
     for message in messages:
       log.info(message)
 
@@ -312,7 +353,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
                  metrics=eval_metrics if at_eval else None,
                  meta={'window': window_host, 'window_steps': window_steps,
                        'eval_metrics': eval_metrics, 'init_from': init_report,
-                       'total_steps': plan.total_steps})
+                       'total_steps': plan.total_steps, 'data': run.data_info})
 
     while step < plan.total_steps:
       wait_start = time.perf_counter()
@@ -341,8 +382,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         total_wait += data_wait if throughput.images else 0.0
         train = _mean_metrics(sums, 'train')
         record = {**train, 'lr': float(run.schedule(step - 1)), 'images_per_sec': ips,
-                  'data_wait_fraction': wait_fraction,
-                  'grad_norm': math.sqrt(float(sums['grad_norm_sq']) / window_steps)}
+                  'data_wait_fraction': wait_fraction, **_grad_norms(sums, window_steps)}
         log.write(step, step / plan.steps_per_epoch, record)
         log.progress(step, {'loss': train['train_loss'], 'lr': record['lr'],
                             'img/s': round(ips) if ips else None})
@@ -396,6 +436,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
              'num_devices': par.num_devices, 'model': config.model.name}
   if init_report:
     results['init_from'] = init_report
+  if run.frozen is not None:
+    results['num_trainable_params'] = run.num_params - run.num_frozen
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)

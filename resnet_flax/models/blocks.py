@@ -14,6 +14,12 @@ no projection. With `residual=False` the unit is the plain network's: no shortcu
 the last conv kernel in v2, where no BN follows it), so the unit starts as ReLU(x) (v1) or as the
 identity (v2).
 
+`flavour='keras'` gives Keras applications' units (ResNet50 ... ResNet152V2): a conv bias on every
+conv in v1/v1.5, and in v2 on the last branch conv and the shortcut conv (the convs no BN follows
+directly); and shortcut 'B' projects only where the channel count changes, so a unit that only
+strides (Keras' V2 strides in the last unit of a stage) takes the identity subsampled by the
+stride (Keras' 1x1 max pool).
+
 The units take `conv` and `norm` as injected partials: `conv(features, kernel_size, strides=...,
 feature_group_count=..., name=...)` and `norm(name=..., scale_init=...)`.
 """
@@ -28,6 +34,7 @@ from resnet_flax.models.layers import symmetric_padding
 ModuleDef = Any
 VERSIONS = ('v1', 'v1.5', 'v2')
 SHORTCUTS = ('A', 'B', 'C')
+FLAVOURS = ('torch', 'keras')
 
 
 def _needs_projection(shortcut: str, shape_changes: bool) -> bool:
@@ -60,15 +67,18 @@ class ResidualUnit(nn.Module):
   groups: int = 1
   width_per_group: int = 64
   act: Callable = nn.relu
+  flavour: str = 'torch'
   expansion = 1
 
   def branch_layers(self):
     """[(features, kernel_size, strides, groups)] of the residual branch's convs."""
     raise NotImplementedError
 
-  def _conv(self, spec, index, kernel_init=None):
+  def _conv(self, spec, index, kernel_init=None, use_bias=False):
     features, k, s, g = spec
     kwargs = {} if kernel_init is None else {'kernel_init': kernel_init}
+    if use_bias:
+      kwargs['use_bias'] = True
     return self.conv(features, (k, k), strides=(s, s), padding=symmetric_padding(k),
                      feature_group_count=g, name=f'conv{index}', **kwargs)
 
@@ -78,11 +88,18 @@ class ResidualUnit(nn.Module):
       raise ValueError(f'model.version={self.version!r}; allowed: {", ".join(VERSIONS)}')
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f'model.shortcut={self.shortcut!r}; allowed: {", ".join(SHORTCUTS)}')
+    if self.flavour not in FLAVOURS:
+      raise ValueError(f'model.flavour={self.flavour!r}; allowed: {", ".join(FLAVOURS)}')
     out_features = self.filters * self.expansion
     shape_changes = self.strides != 1 or x.shape[-1] != out_features
+    keras = self.flavour == 'keras'
+    # Keras: a stride-only change takes the subsampled identity, not a projection
+    project = _needs_projection(self.shortcut, x.shape[-1] != out_features if keras
+                                else shape_changes)
     layers = self.branch_layers()
     last = len(layers)
     zero = nn.initializers.zeros
+    bias = {'use_bias': True} if keras else {}
 
     if self.version == 'v2':
       pre = self.act(self.norm(name='norm1')(x))
@@ -90,12 +107,13 @@ class ResidualUnit(nn.Module):
       for i, spec in enumerate(layers, start=1):
         if i > 1:
           y = self.act(self.norm(name=f'norm{i}')(y))
-        y = self._conv(spec, i, zero if (i == last and self.zero_init_residual) else None)(y)
+        y = self._conv(spec, i, zero if (i == last and self.zero_init_residual) else None,
+                       use_bias=keras and i == last)(y)
       if not self.residual:
         return y
-      if _needs_projection(self.shortcut, shape_changes):
+      if project:
         sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
-                       padding=symmetric_padding(1), name='shortcut_conv')(pre)
+                       padding=symmetric_padding(1), name='shortcut_conv', **bias)(pre)
       elif shape_changes:
         sc = zero_pad_shortcut(x, out_features, self.strides)
       else:
@@ -104,15 +122,15 @@ class ResidualUnit(nn.Module):
 
     y = x
     for i, spec in enumerate(layers, start=1):
-      y = self._conv(spec, i)(y)
+      y = self._conv(spec, i, use_bias=keras)(y)
       scale_init = zero if (i == last and self.zero_init_residual) else nn.initializers.ones
       y = self.norm(name=f'norm{i}', scale_init=scale_init)(y)
       if i < last:
         y = self.act(y)
     if self.residual:
-      if _needs_projection(self.shortcut, shape_changes):
+      if project:
         sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
-                       padding=symmetric_padding(1), name='shortcut_conv')(x)
+                       padding=symmetric_padding(1), name='shortcut_conv', **bias)(x)
         sc = self.norm(name='shortcut_norm')(sc)
       elif shape_changes:
         sc = zero_pad_shortcut(x, out_features, self.strides)

@@ -2,7 +2,8 @@
 
 * `symmetric_padding`: torchvision's conv padding ((k - 1) // 2 on every side), not flax's
   'SAME', which pads a stride-2 conv on even inputs asymmetrically and changes the numbers.
-* `max_pool`: 3x3 stride-2 max pooling padded with -inf, as torch's `MaxPool2d(3, 2, 1)`.
+* `max_pool`: 3x3 stride-2 max pooling padded with -inf, as torch's `MaxPool2d(3, 2, 1)`, or
+  with zeros, as Keras applications' `ZeroPadding2D` + `MaxPooling2D`.
 * `BatchNorm`: batch normalisation whose statistics are taken over the whole (global) batch, over a
   named device axis under `pmap`, or over groups of `group_size` examples ("ghost" BatchNorm, the
   per-GPU statistics of the original paper). Parameter and statistic names match flax's
@@ -21,8 +22,16 @@ def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int
   return ((p, p), (p, p))
 
 
-def max_pool(x, window: int = 3, stride: int = 2):
-  """Max pooling padded with -inf (never wins a max), as torch.nn.MaxPool2d(3, 2, padding=1)."""
+def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
+  """Max pooling padded with -inf (never wins a max), as torch.nn.MaxPool2d(3, 2, padding=1).
+
+  With `zero_pad=True` the border is padded with zeros first, as Keras' ZeroPadding2D +
+  MaxPooling2D (a zero wins over negative inputs: Keras' ResNetV2 pools the raw stem conv).
+  """
+  if zero_pad:
+    p = (window - 1) // 2
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
   return nn.max_pool(x, (window, window), strides=(stride, stride),
                      padding=symmetric_padding(window))
 

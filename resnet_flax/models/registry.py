@@ -10,7 +10,8 @@ from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
-from resnet_flax.models.blocks import SHORTCUTS, VERSIONS, BasicBlock, BottleneckBlock
+from resnet_flax.models.blocks import (FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
+                                       BottleneckBlock)
 from resnet_flax.models.resnet import POOLINGS, ResNet
 
 MODEL_DEFAULTS = {
@@ -28,12 +29,14 @@ MODEL_DEFAULTS = {
     'num_classes': 1000,
     'include_top': True,
     'pooling': 'avg',        # without the top: 'avg', 'max' or 'none' (feature map)
+    'head_hidden': (),       # widths of Dense+ReLU layers before the classifier; (): linear head
     'zero_init_residual': False,
     'dtype': 'float32',      # compute dtype ('bfloat16' for mixed precision)
     'param_dtype': 'float32',
     'bn_momentum': 0.9,
     'bn_epsilon': 1e-5,
     'bn_group_size': 0,      # 0: statistics over the global batch; k: over groups of k examples
+    'flavour': 'torch',      # 'keras': Keras applications' conv biases, padding and V2 strides
 }
 
 IMAGENET_STAGES = {
@@ -50,6 +53,10 @@ def _imagenet(depth, version='v1.5', **kw):
   return dict(family='imagenet', depth=depth, version=version, **kw)
 
 
+def _keras(depth, version):
+  return _imagenet(depth, version, flavour='keras', bn_epsilon=1.001e-5)
+
+
 def _cifar(depth, **kw):
   return dict(family='cifar', depth=depth, num_classes=10, **kw)
 
@@ -59,6 +66,9 @@ for _d in (18, 34, 50, 101, 152, 200):
   NAMES[f'resnet{_d}'] = _imagenet(_d)
   NAMES[f'resnet{_d}_v1'] = _imagenet(_d, 'v1')
   NAMES[f'resnet{_d}_v2'] = _imagenet(_d, 'v2')
+for _d in (50, 101, 152):  # Keras applications' ResNet50 ... ResNet152V2
+  NAMES[f'keras_resnet{_d}'] = _keras(_d, 'v1')
+  NAMES[f'keras_resnet{_d}v2'] = _keras(_d, 'v2')
 for _d in (20, 32, 44, 56, 110, 1202):
   NAMES[f'resnet{_d}'] = _cifar(_d, version='v1', shortcut='A')
 NAMES.update({
@@ -143,11 +153,19 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   block, stage_sizes = resolve_stages(cfg)
   _choice(cfg, 'version', VERSIONS)
   _choice(cfg, 'shortcut', SHORTCUTS)
+  _choice(cfg, 'flavour', FLAVOURS)
   _choice(cfg, 'dtype', DTYPES)
   _choice(cfg, 'param_dtype', DTYPES)
   pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
   if pooling not in POOLINGS:
     raise ValueError(f"model.pooling={cfg['pooling']!r}; allowed: 'avg', 'max', 'none'")
+  head_hidden = tuple(cfg['head_hidden'] or ())
+  if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in head_hidden):
+    raise ValueError(f"model.head_hidden={cfg['head_hidden']!r} must be a tuple of positive "
+                     'layer widths, e.g. (1000,), or () for the linear classifier.')
+  if head_hidden and not cfg['include_top']:
+    raise ValueError(f'model.head_hidden={head_hidden!r} needs model.include_top=True (it is '
+                     'part of the classification head).')
   if block == 'basic' and (cfg['groups'] != 1 or cfg['width_per_group'] != 64):
     raise ValueError('model.groups/width_per_group need bottleneck blocks (depth >= 50 or '
                      "model.block='bottleneck').")
@@ -171,6 +189,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       num_classes=int(cfg['num_classes']),
       include_top=bool(cfg['include_top']),
       pooling=pooling,
+      head_hidden=head_hidden,
       zero_init_residual=bool(cfg['zero_init_residual']),
       dtype=jnp.dtype(cfg['dtype']),
       param_dtype=jnp.dtype(cfg['param_dtype']),
@@ -178,6 +197,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       bn_epsilon=float(cfg['bn_epsilon']),
       bn_axis_name=bn_axis_name,
       bn_group_size=int(cfg['bn_group_size']) or None,
+      flavour=cfg['flavour'],
   )
 
 

@@ -7,6 +7,11 @@ layers are injected, so a depth or version sweep never needs a new class.
 Stems: 'imagenet' is a 7x7 stride-2 conv then 3x3 stride-2 max pool (BN-ReLU between them in
 v1/v1.5; in v2 the first unit pre-activates, as Keras' ResNetV2 and BiT); 'cifar' is a 3x3
 stride-1 conv (followed by BN-ReLU in v1/v1.5). v2 networks end with BN-ReLU before pooling.
+
+`flavour='keras'` reproduces Keras applications' ResNet50...152 (v1) and ResNet50V2...152V2 (v2):
+conv biases (see `blocks`), a stem conv bias, a zero-padded max pool, and in v2 every stage's
+downsampling moved to the last unit of the stage before (its 3x3 conv strides, its shortcut is
+the subsampled identity), so the last stage does not stride at all.
 """
 
 import functools
@@ -15,6 +20,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_flax.models.blocks import FLAVOURS
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
@@ -42,6 +48,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   include_top: bool = True
   pooling: Optional[str] = None
+  head_hidden: Sequence[int] = ()   # MLP head: Dense(w) + ReLU per width, then the classifier
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -49,6 +56,15 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  flavour: str = 'torch'
+
+  @property
+  def head_names(self) -> tuple[str, ...]:
+    """The top-level modules of the head: 'head_hidden1'... (one per `head_hidden` width), then
+    the classifier 'head' (the plain linear head keeps its name); () without the top."""
+    if not self.include_top:
+      return ()
+    return tuple(f'head_hidden{i}' for i in range(1, len(self.head_hidden) + 1)) + ('head',)
 
   @nn.compact
   def __call__(self, x, train: bool = True, return_features: bool = False):
@@ -60,30 +76,42 @@ class ResNet(nn.Module):
         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
         group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
     pre_act = self.version == 'v2'
+    if self.flavour not in FLAVOURS:
+      raise ValueError(f'model.flavour={self.flavour!r}; allowed: {", ".join(FLAVOURS)}')
+    keras = self.flavour == 'keras'
+    stem_bias = {'use_bias': True} if keras else {}
     features = {}
 
     x = jnp.asarray(x, self.dtype)
     if self.stem == 'imagenet':
       x = conv(self.stage_widths[0], (7, 7), strides=(2, 2), padding=symmetric_padding(7),
-               name='stem_conv')(x)
+               name='stem_conv', **stem_bias)(x)
       if not pre_act:
         x = nn.relu(norm(name='stem_norm')(x))
-      x = max_pool(x)
+      x = max_pool(x, zero_pad=keras)
     elif self.stem == 'cifar':
-      x = conv(self.stage_widths[0], (3, 3), padding=symmetric_padding(3), name='stem_conv')(x)
+      x = conv(self.stage_widths[0], (3, 3), padding=symmetric_padding(3), name='stem_conv',
+               **stem_bias)(x)
       if not pre_act:
         x = nn.relu(norm(name='stem_norm')(x))
     else:
       raise ValueError(f"stem={self.stem!r}; allowed: 'imagenet', 'cifar'")
     features['stem'] = x
 
+    num_stages = len(self.stage_sizes)
+    stride_at_end = keras and pre_act  # Keras' ResNetV2 strides in a stage's last unit
     for i, (num_units, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       for j in range(num_units):
+        if stride_at_end:
+          strides = 2 if (i < num_stages - 1 and j == num_units - 1) else 1
+        else:
+          strides = 2 if (i > 0 and j == 0) else 1
         x = self.block_cls(
-            filters=width, strides=2 if (i > 0 and j == 0) else 1, conv=conv, norm=norm,
+            filters=width, strides=strides, conv=conv, norm=norm,
             version=self.version, shortcut=self.shortcut, residual=self.residual,
             zero_init_residual=self.zero_init_residual, groups=self.groups,
-            width_per_group=self.width_per_group, name=f'stage{i + 1}_unit{j + 1}')(x)
+            width_per_group=self.width_per_group, flavour=self.flavour,
+            name=f'stage{i + 1}_unit{j + 1}')(x)
       features[f'stage{i + 1}'] = x
 
     if pre_act:
@@ -92,6 +120,9 @@ class ResNet(nn.Module):
     if self.include_top:
       x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
       features['pre_logits'] = x
+      for name, width in zip(self.head_names[:-1], self.head_hidden):
+        x = nn.relu(nn.Dense(int(width), dtype=jnp.float32, param_dtype=self.param_dtype,
+                             name=name)(x))
       x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
                    name='head')(x)
     elif self.pooling == 'avg':

@@ -1,0 +1,136 @@
+"""Imported weights -> a checkpoint folder that evaluation, fine-tuning and prediction read.
+
+`save_pretrained(out_dir, config, params, batch_stats)` writes step 0 of a run folder through
+`checkpointing.Checkpoints`: `OUT_DIR/checkpoints/0/` holds the whole training state of `config`
+(the imported params and batch_stats, a fresh optimizer state) and `config` itself, so that
+
+  python scripts/evaluate.py --workdir OUT_DIR
+  python scripts/train.py --config ... --config.init_from=OUT_DIR
+
+read it as they read any run's checkpoint, and `scripts/predict.py` finds the model fields and
+the eval preprocessing in the stored config, the class names in the meta.
+`pretrained_config(fields)` is that config for ImageNet weights: `configs/imagenet.py` with the
+model's fields.
+"""
+
+import importlib.util
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from resnet_flax import checkpointing, configuration, inference, optim, trainer
+from resnet_flax.models import MODEL_DEFAULTS, create_model, default_image_size
+from resnet_flax.train_state import TrainState, create_train_state
+from resnet_flax.weights import WeightsError
+
+IMAGENET_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs',
+    'imagenet.py')
+# ILSVRC-2012 training images. Only sets the length of the stored config's lr schedule; the
+# optimizer state (all a checkpoint keeps of the optimizer) does not depend on it.
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def pretrained_config(fields: Mapping[str, Any]):
+  """configs/imagenet.py's training config with these model fields: ImageNet mean and std,
+  224 px, eval resize to 256 and center crop 224."""
+  if not os.path.isfile(IMAGENET_CONFIG):
+    raise WeightsError(f'{IMAGENET_CONFIG} is missing; run from a checkout of the repository')
+  spec = importlib.util.spec_from_file_location('resnet_flax_imagenet_config', IMAGENET_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.model.update({**MODEL_DEFAULTS, **dict(fields)})
+  return config
+
+
+def check_variables(expected: Mapping, found: Mapping, collection: str, model: str) -> None:
+  """Raises WeightsError naming the first leaf of `collection` missing, extra or of another
+  shape in `found` than in `expected` (trees of arrays or shape structs)."""
+  want = traverse_util.flatten_dict(dict(expected), sep='/')
+  have = traverse_util.flatten_dict(dict(found), sep='/')
+  for name, leaf in want.items():
+    if name not in have:
+      raise WeightsError(f'{collection}/{name} of {model} is missing from the converted weights')
+    if tuple(np.shape(have[name])) != tuple(leaf.shape):
+      raise WeightsError(f'{collection}/{name}: converted shape {tuple(np.shape(have[name]))}, '
+                         f'{model} expects {tuple(leaf.shape)}')
+  extra = sorted(set(have) - set(want))
+  if extra:
+    raise WeightsError(f'{collection}/{extra[0]} of the converted weights is not in {model} '
+                       f'({len(extra)} such arrays)')
+
+
+def _optimizer(config):
+  """The config's optimizer, as the trainer builds it (its state is part of a checkpoint)."""
+  plan = trainer.plan_run(config, IMAGENET_TRAIN_EXAMPLES)
+  schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
+                                  steps_per_epoch=plan.steps_per_epoch,
+                                  total_steps=plan.total_steps)
+  return optim.build_optimizer(config.optimizer, schedule)
+
+
+def training_state(config, params: Mapping, batch_stats: Mapping) -> TrainState:
+  """The host (numpy) training state of `config` at step 0 holding `params` and `batch_stats`:
+  the structure the trainer builds for `config` (checked), a fresh optimizer state and EMA."""
+  configuration.validate(config)
+  fields = dict(config.model)
+  model = create_model({**fields, 'dtype': config.dtype})
+  tx = _optimizer(config)
+  size = config.data.image_size or default_image_size(fields)
+  use_ema = config.ema_decay > 0
+
+  template = jax.eval_shape(lambda: create_train_state(
+      model, tx, seed=config.seed, image_shape=(size, size, config.data.channels or 3),
+      use_ema=use_ema))
+  name = fields.get('name') or 'the model'
+  check_variables(template.params, params, 'params', name)
+  check_variables(template.batch_stats, batch_stats, 'batch_stats', name)
+
+  def host(tree, like):
+    return jax.tree.map(lambda x, t: np.array(x, dtype=t.dtype), dict(tree), dict(like))
+
+  params = host(params, template.params)
+  batch_stats = host(batch_stats, template.batch_stats)
+  state = TrainState(
+      step=np.zeros(template.step.shape, template.step.dtype), params=params,
+      batch_stats=batch_stats, opt_state=jax.device_get(tx.init(params)),
+      # the training key a run of this config starts with (as create_train_state derives it)
+      rng=np.asarray(jax.random.split(jax.random.PRNGKey(config.seed))[1]),
+      ema_params=jax.tree.map(np.copy, params) if use_ema else None,
+      ema_batch_stats=jax.tree.map(np.copy, batch_stats) if use_ema else None)
+  shapes = jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype)), state)
+  if shapes != jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), template):
+    raise AssertionError('the pretrained training state differs from the one the trainer builds')
+  return state
+
+
+def save_pretrained(out_dir: str, config, params: Mapping, batch_stats: Mapping, *,
+                    source: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> str:
+  """Writes `params` and `batch_stats` as checkpoint 0 of the run folder `out_dir`, with
+  `config` as its config. Its meta holds `source` (JSON: where the weights came from) and, as a
+  run's checkpoint does, the data facts inference reads (input image shape, class names).
+  Returns the checkpoint's folder. An `out_dir` that already holds checkpoints is refused."""
+  directory = checkpointing.checkpoint_dir(config, out_dir)
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise WeightsError(f'{out_dir} already holds checkpoints ({directory}); write to a new '
+                       f'folder')
+  num_classes = int(config.model.num_classes)
+  if class_names is not None and len(class_names) != num_classes:
+    raise WeightsError(f'{len(class_names)} class names for a model of {num_classes} classes')
+  state = training_state(config, params, batch_stats)
+  data = inference.derive_data_info(config.data)
+  meta = {'pretrained': dict(source),
+          'data': {'image_shape': [int(d) for d in data.image_shape],
+                   'host_preprocess': bool(data.host_preprocess), 'num_classes': num_classes,
+                   'class_names': list(class_names) if class_names is not None else None}}
+  store = checkpointing.Checkpoints(directory, keep=1)
+  try:
+    store.save(0, state, meta=meta, config=config, metrics=None)
+    store.wait()
+  finally:
+    store.close()
+  return os.path.join(directory, '0')

@@ -1,0 +1,224 @@
+"""torchvision weights: converted ResNet-18/50 and ResNeXt-50 give torch's eval logits; every
+torchvision network's state dict has the keys and shapes the conversion expects; the written
+checkpoint reads back through evaluation's and init_from's paths; .safetensors equals .pth; a
+state dict of another model, bad files and bad command lines fail in one clear line."""
+
+import functools
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_flax import checkpointing, inference, optim, trainer
+from resnet_flax.models import create_model
+from resnet_flax.train_state import create_train_state
+from resnet_flax.weights import WeightsError, export_checkpoint
+from resnet_flax.weights import torchvision_import as tv
+
+torch = pytest.importorskip(
+    'torch', reason='torch is a test requirement: pip install -r requirements-test.txt')
+torchvision = pytest.importorskip(
+    'torchvision', reason='torchvision is a test requirement: pip install -r requirements-test.txt')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'scripts', 'convert_weights.py')
+IMAGE_SIZE = 64   # both frameworks pool adaptively; small images keep the test fast
+
+
+@functools.lru_cache(maxsize=None)
+def random_torch_model(name: str, seed: int = 0):
+  """torchvision's `name` in eval mode with random weights, and random BatchNorm statistics and
+  affine parameters, so that every part of the conversion changes the logits."""
+  torch.manual_seed(seed)
+  model = torchvision.models.get_model(name, weights=None)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.2)
+        module.bias.normal_(0.0, 0.2)
+        module.running_mean.normal_(0.0, 0.2)
+        module.running_var.uniform_(0.5, 2.0)
+  return model.eval()
+
+
+def numpy_state_dict(model) -> dict:
+  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def images(seed: int = 1):
+  return np.random.default_rng(seed).standard_normal(
+      (2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+
+
+def flax_logits(fields, params, batch_stats, nchw):
+  model = create_model(fields)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  return np.asarray(apply({'params': params, 'batch_stats': batch_stats},
+                          nchw.transpose(0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'resnext50_32x4d'])
+def test_converted_logits_equal_torchvision(name):
+  model = random_torch_model(name)
+  x = images()
+  with torch.no_grad():
+    expected = model(torch.from_numpy(x)).numpy()
+  fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(model))
+  got = flax_logits(fields, params, batch_stats, x)
+  assert np.std(expected) > 0.2   # non-trivial logits
+  np.testing.assert_array_less(np.abs(got - expected).max(), 1e-4)
+
+
+@pytest.mark.parametrize('name', [n for n in tv.TORCHVISION_NAMES
+                                  if n not in ('resnet18', 'resnet50', 'resnext50_32x4d')])
+def test_other_torchvision_resnets_have_the_expected_keys_and_shapes(name):
+  with torch.device('meta'):   # shapes only: nothing is allocated or initialised
+    model = torchvision.models.get_model(name, weights=None)
+  found = {k: tuple(v.shape) for k, v in model.state_dict().items()
+           if not k.endswith('num_batches_tracked')}
+  assert found == tv.expected_shapes(name)
+
+
+def test_checkpoint_reads_back_through_evaluate_and_init_from(tmp_path):
+  name = 'resnet18'
+  fields, params, batch_stats = tv.convert_torchvision(
+      name, numpy_state_dict(random_torch_model(name)))
+  workdir = str(tmp_path / name)
+  config = export_checkpoint.pretrained_config(fields)
+  export_checkpoint.save_pretrained(workdir, config, params, batch_stats,
+                                    source={'from': 'torchvision', 'model': name},
+                                    class_names=tv.imagenet_class_names())
+
+  # the stored config: the model's fields and ImageNet's eval preprocessing; prediction's facts
+  step, _, meta, saved = checkpointing.load_checkpoint(workdir)
+  assert step == 0 and meta['pretrained'] == {'from': 'torchvision', 'model': name}
+  predictor = inference.load(workdir)
+  assert predictor.input_shape == (224, 224, 3)
+  assert predictor.class_names[:2] == ['tench', 'goldfish']
+  stored = checkpointing.config_from_dict(saved)
+  assert dict(stored.model) == fields
+  assert (stored.data.preprocess, stored.data.image_size) == ('imagenet', 224)
+  assert tuple(stored.data.mean) == (123.675, 116.28, 103.53)
+  assert tuple(stored.data.std) == (58.395, 57.12, 57.375)
+
+  # evaluate: the whole training state, restored into the trainer's template of the config
+  template = _trainer_template(stored)
+  _, state, _, _ = checkpointing.load_checkpoint(
+      checkpointing.checkpoint_dir(stored, workdir), -1, template)
+  assert jax.tree.structure(state) == jax.tree.structure(template)
+  _assert_trees_equal(state.params, params)
+  _assert_trees_equal(state.batch_stats, batch_stats)
+
+  # init_from: every array loaded by name and shape, none re-initialised, new or dropped
+  new_params, new_stats, report = checkpointing.load_pretrained(
+      workdir, -1, template.params, template.batch_stats)
+  assert not (report.reinitialised or report.new or report.dropped)
+  _assert_trees_equal(new_params, params)
+  _assert_trees_equal(new_stats, batch_stats)
+
+  with pytest.raises(WeightsError, match='already holds checkpoints'):
+    export_checkpoint.save_pretrained(workdir, config, params, batch_stats, source={})
+
+
+def _trainer_template(config):
+  """The host state `trainer.build_run(config)` builds, as zeros (restoring needs only its
+  structure, shapes and dtypes; its random initialisation would take ~100 compilations)."""
+  plan = trainer.plan_run(config, num_train_examples=1000)
+  schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
+                                  steps_per_epoch=plan.steps_per_epoch,
+                                  total_steps=plan.total_steps)
+  tx = optim.build_optimizer(config.optimizer, schedule)
+  model = create_model({**config.model, 'dtype': config.dtype})
+  shapes = jax.eval_shape(lambda: create_train_state(
+      model, tx, seed=config.seed, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+      use_ema=config.ema_decay > 0))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(dict(a)) == jax.tree.structure(dict(b))
+  for x, y in zip(jax.tree.leaves(dict(a)), jax.tree.leaves(dict(b))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_safetensors_file_converts_as_the_pth_file(tmp_path):
+  safetensors_torch = pytest.importorskip(
+      'safetensors.torch', reason='safetensors is a test requirement: pip install -r '
+      'requirements-test.txt')
+  state_dict = random_torch_model('resnet18').state_dict()
+  torch.save(state_dict, tmp_path / 'w.pth')
+  safetensors_torch.save_file(state_dict, str(tmp_path / 'w.safetensors'))
+  from_pth = tv.convert_torchvision('resnet18', tv.read_state_dict(str(tmp_path / 'w.pth')))
+  from_st = tv.convert_torchvision('resnet18',
+                                   tv.read_state_dict(str(tmp_path / 'w.safetensors')))
+  assert from_pth[0] == from_st[0]
+  _assert_trees_equal(from_pth[1], from_st[1])
+  _assert_trees_equal(from_pth[2], from_st[2])
+
+
+def test_state_dict_of_another_model_is_refused():
+  state_dict = numpy_state_dict(random_torch_model('resnet50'))
+  with pytest.raises(WeightsError, match=r'does not fit torchvision resnet18: layer2\.0\.'
+                     r'downsample\.1\.running_mean has shape \(512,\), resnet18 expects \(128,\) '
+                     r'\(and 23 more shape mismatches\); keys resnet18 does not have: '
+                     r'layer1\.0\.bn3\.bias, '):
+    tv.convert_torchvision('resnet18', state_dict)
+  del state_dict['fc.bias']
+  with pytest.raises(WeightsError, match=r'missing keys: fc\.bias \(1000,\)'):
+    tv.convert_torchvision('resnet50', state_dict)
+
+
+def test_classifier_of_another_size_sets_the_number_of_classes():
+  state_dict = numpy_state_dict(random_torch_model('resnet18'))
+  for key in ('fc.weight', 'fc.bias'):   # a network fine-tuned on 10 classes
+    state_dict[key] = state_dict[key][:10]
+  fields, params, _ = tv.convert_torchvision('resnet18', state_dict)
+  assert fields['num_classes'] == 10 and params['head']['kernel'].shape == (512, 10)
+
+
+def test_unreadable_inputs_fail_in_one_line(tmp_path):
+  with pytest.raises(WeightsError, match='no such file'):
+    tv.read_state_dict(str(tmp_path / 'absent.pth'))
+  (tmp_path / 'w.npz').write_bytes(b'')
+  with pytest.raises(WeightsError, match='unknown weights file type'):
+    tv.read_state_dict(str(tmp_path / 'w.npz'))
+  torch.save(torch.nn.Linear(2, 2), tmp_path / 'module.pth')   # a pickled module, no state dict
+  with pytest.raises(WeightsError, match=r'weights_only=True\) cannot read it'):
+    tv.read_state_dict(str(tmp_path / 'module.pth'))
+  with pytest.raises(WeightsError, match="'resnet19' is not a torchvision ResNet"):
+    tv.torchvision_fields('resnet19')
+
+
+def _script_main():
+  spec = importlib.util.spec_from_file_location('convert_weights', SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.main
+
+
+def test_script_errors_exit_2_with_one_line(tmp_path, capsys):
+  main = _script_main()
+  torch.save({'fc.weight': torch.zeros(10, 512)}, tmp_path / 'w.pth')
+  cases = [
+      (['--model', 'resnet18', '--in', str(tmp_path / 'w.pth')], 'missing keys: bn1.bias'),
+      (['--model', 'resnet19', '--in', str(tmp_path / 'w.pth')], 'not a torchvision ResNet'),
+      (['--model', 'resnet18'], 'pass either --in FILE_OR_URL or --download'),
+  ]
+  for args, message in cases:
+    code = main(['--from', 'torchvision', '--out', str(tmp_path / 'out'), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count('\n') == 1, err
+  assert not (tmp_path / 'out').exists()
+
+
+def test_script_writes_a_checkpoint(tmp_path, capsys):
+  torch.save(random_torch_model('resnet18').state_dict(), tmp_path / 'r18.pth')
+  out = tmp_path / 'r18'
+  code = _script_main()(['--from', 'torchvision', '--model', 'resnet18', '--in',
+                         str(tmp_path / 'r18.pth'), '--out', str(out)])
+  assert code == 0, capsys.readouterr().err
+  assert 'r18.pth ->' in capsys.readouterr().out
+  step, _, meta, _ = checkpointing.load_checkpoint(str(out))
+  assert step == 0 and meta['pretrained']['file'] == 'r18.pth'
