@@ -1,0 +1,58 @@
+"""Every config file loads and validates, and the paper recipes hold the papers' numbers."""
+
+import glob
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from resnet_flax import configuration, model_stats
+from resnet_flax.models import create_model
+
+from test_training import REPO
+
+CONFIGS = sorted(os.path.relpath(p, REPO) for p in
+                 glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True))
+
+
+def load(relpath):
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)   # as the scripts do: config files import each other
+  spec = importlib.util.spec_from_file_location('config_under_test', os.path.join(REPO, relpath))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('relpath', CONFIGS)
+def test_config_loads_and_validates(relpath):
+  config = load(relpath)
+  configuration.validate(config, device_count=1)
+  create_model(config.model)
+
+
+def test_paper_recipes():
+  c = load('configs/paper/cifar10_resnet.py')
+  assert (c.data.train_split, c.data.eval_split, c.batch_size) == ('train[:45000]', 'test', 128)
+  assert (c.num_train_steps, tuple(c.schedule.boundaries_steps)) == (64_000, (32_000, 48_000))
+  assert (c.schedule.base_lr, c.optimizer.momentum, c.optimizer.weight_decay) == (0.1, 0.9, 1e-4)
+  assert (c.model.depth, c.model.version, c.model.shortcut) == (20, 'v1', 'A')
+
+  c = load('configs/paper/cifar10_preact.py')
+  assert (c.model.depth, c.model.version, c.model.block) == (164, 'v2', 'bottleneck')
+  assert (c.schedule.warmup_steps, c.schedule.warmup_type, c.schedule.warmup_init_lr) == (
+      400, 'constant', 0.01)
+  assert c.data.train_split == 'train'
+  # ResNet-164 has 1.7M parameters (He et al. 2016, Table 3)
+  assert round(model_stats.count_variables(create_model(c.model), 32)['params'] / 1e6, 1) == 1.7
+
+  c = load('configs/paper/cifar10_plain_vs_residual.py')
+  assert (c.model.depth, c.model.residual) == (20, False)
+
+  c = load('configs/paper/imagenet_resnet.py')
+  assert (c.model.depth, c.model.version, c.num_epochs, c.batch_size) == (50, 'v1', 90, 256)
+  assert (c.schedule.name, tuple(c.schedule.boundaries_epochs)) == ('step', (30, 60))
+
+  c = load('configs/paper/imagenette.py')
+  assert (c.model.depth, c.model.num_classes, c.data.image_size) == (18, 10, 128)

@@ -1,0 +1,191 @@
+"""Sweeps and plots: expansion and naming, dry runs, skipping finished and resuming interrupted
+points, the results table of two real tiny runs, and the curves / error-against-depth figures."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from resnet_flax import plotting, sweep
+
+from test_checkpoints import config_text
+from test_training import REPO
+
+
+def test_axes_expand_in_order_and_points_are_named_by_their_overrides():
+  axes = [sweep.parse_axis('model.depth=20,32,56'), sweep.parse_axis('config.model.version=v1,v2')]
+  assert axes == [('model.depth', ['20', '32', '56']), ('model.version', ['v1', 'v2'])]
+  points = sweep.expand(axes)
+  assert len(points) == 6
+  assert [sweep.point_name(p) for p in points] == [
+      'depth=20,version=v1', 'depth=20,version=v2', 'depth=32,version=v1',
+      'depth=32,version=v2', 'depth=56,version=v1', 'depth=56,version=v2']
+  # clashing last parts keep the full path; unsafe characters are replaced
+  point = {'model.name': 'resnet20', 'data.name': 'cifar10/3.0.2'}
+  assert sweep.point_name(point) == 'model.name=resnet20,data.name=cifar10_3.0.2'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('model.depth', 'expected FIELD=V1,V2'),
+    ('model.dept=20,32', "no field 'model.dept'"),
+    ('model.depth=20,,32', 'empty value'),
+    ('model.depth=20,20', 'repeated'),
+])
+def test_bad_sweep_arguments_name_the_problem(text, message):
+  with pytest.raises(sweep.SweepError, match=message):
+    sweep.parse_axis(text)
+
+
+def test_extra_override_of_a_swept_field_is_refused():
+  with pytest.raises(sweep.SweepError, match='this field is swept'):
+    sweep.train_command('c.py', 'w', {'model.depth': '20'}, ['--config.model.depth=32'])
+
+
+def test_dry_run_prints_one_train_command_per_point(tmp_path):
+  config = tmp_path / 'c.py'
+  config.write_text('')
+  lines = []
+  axes = [sweep.parse_axis('model.depth=8,14'), sweep.parse_axis('model.residual=true,false')]
+  assert sweep.run_sweep(str(config), str(tmp_path / 's'), axes, ['--config.seed=3'],
+                         dry_run=True, log=lines.append) == 0
+  assert len(lines) == 4 and not (tmp_path / 's').exists()
+  for line, (depth, residual) in zip(lines, [(8, 'true'), (8, 'false'), (14, 'true'),
+                                             (14, 'false')]):
+    assert line.endswith(f'--config.model.depth={depth} --config.model.residual={residual} '
+                         '--config.seed=3')
+    assert f'depth={depth},residual={residual}' in line and 'scripts/train.py' in line
+
+
+def _script(name, *args, cwd=REPO):
+  return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', name), *args],
+                        capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  """Two real tiny runs (ResNet-8, plain and residual) through scripts/sweep.py."""
+  root = tmp_path_factory.mktemp('sweep')
+  config = root / 'tiny.py'
+  config.write_text(config_text('memory', str(root)))
+  sweep_dir = root / 'runs'
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ.get(
+      'RESNET_FLAX_JAX_CACHE', os.path.join(REPO, '.jax_cache')))
+  args = ['--config', str(config), '--workdir', str(sweep_dir),
+          '--sweep', 'model.residual=true,false', '--config.num_train_steps=8',
+          '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4']
+  result = _script('sweep.py', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return config, sweep_dir, args, result
+
+
+def _rows(sweep_dir):
+  with open(sweep_dir / 'results.csv') as f:
+    return list(csv.DictReader(f))
+
+
+def test_results_table_of_two_tiny_runs(tiny_sweep):
+  _, sweep_dir, _, result = tiny_sweep
+  assert '2 of 2 points finished' in result.stdout
+  rows = _rows(sweep_dir)
+  assert [r['model.residual'] for r in rows] == ['true', 'false']
+  for row in rows:
+    workdir = sweep_dir / f'residual={row["model.residual"]}'
+    results = json.loads((workdir / 'results.json').read_text())
+    evals = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()
+             if 'eval_top1' in line]
+    assert [e['step'] for e in evals] == [4, 8]
+    assert row['status'] == 'finished' and int(row['steps']) == 8
+    assert int(row['params']) == results['num_params']
+    assert float(row['top1_error']) == round(100 * (1 - results['eval_top1']), 2)
+    assert float(row['top5_error']) == round(100 * (1 - results['eval_top5']), 2)
+    best = max(e['eval_top1'] for e in evals)
+    assert float(row['best_top1_error']) == round(100 * (1 - best), 2)
+    assert float(row['wall_time_s']) > 0 and float(row['images_per_sec']) > 0
+  # plain and residual ResNet-8 of the same width: same parameter count (option A shortcuts)
+  assert rows[0]['params'] == rows[1]['params']
+  table = (sweep_dir / 'results.md').read_text().splitlines()
+  assert table[0].startswith('| model.residual | status | params | top-1 err %')
+  assert len(table) == 4 and table[2].startswith('| true | finished |')
+
+
+def test_finished_points_are_skipped_and_interrupted_ones_resume(tiny_sweep):
+  _, sweep_dir, args, _ = tiny_sweep
+  plain = sweep_dir / 'residual=false'
+  before = _rows(sweep_dir)
+  metrics_before = (plain / 'metrics.jsonl').read_text()
+  # an interrupted point: its last checkpoint and results are gone, earlier checkpoints remain
+  os.remove(plain / 'results.json')
+  shutil.rmtree(plain / 'checkpoints' / '8')
+  result = _script('sweep.py', *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'residual=true: finished, skipped' in result.stdout
+  assert 'residual=false: resuming' in result.stdout
+  assert 'resuming from checkpoint 4' in result.stdout
+  after = _rows(sweep_dir)
+  assert after[0] == before[0]                       # the skipped point is untouched
+  # the resumed point ends where the uninterrupted one did, with the same logged metrics
+  assert after[1]['top1_error'] == before[1]['top1_error']
+  assert after[1]['train_loss'] == before[1]['train_loss']
+  assert float(after[1]['wall_time_s']) > float(before[1]['wall_time_s'])   # time adds up
+  strip = lambda text: [{k: v for k, v in json.loads(line).items()
+                         if k not in ('images_per_sec', 'data_wait_fraction')}
+                        for line in text.splitlines()]
+  assert strip((plain / 'metrics.jsonl').read_text()) == strip(metrics_before)
+
+
+def test_plot_script_draws_one_line_per_run_and_split(tiny_sweep, tmp_path):
+  _, sweep_dir, _, _ = tiny_sweep
+  runs = plotting.load_runs([str(sweep_dir)])
+  assert [r.label for r in runs] == ['residual=False', 'residual=True']
+  fig, data = plotting.curves_figure(runs)
+  # per run: train and eval lines in each panel
+  assert [len(data[p]) for p in ('loss', 'top1_error')] == [4, 4]
+  assert [len(ax.get_lines()) for ax in fig.axes] == [4, 4]
+  eval_line = next(d for d in data['top1_error'] if d[0] == 'residual=True (eval)')
+  metrics = plotting.sweep.read_metrics(str(sweep_dir / 'residual=true'))
+  assert eval_line[2] == [100 * (1 - m['eval_top1']) for m in metrics if 'eval_top1' in m]
+  assert plotting.depth_figure(runs) == (None, {})   # one depth: no depth figure
+
+  out = tmp_path / 'fig' / 'curves.png'
+  result = _script('plot.py', str(sweep_dir), '--out', str(out))
+  assert result.returncode == 0, result.stderr
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
+  assert not (tmp_path / 'fig' / 'curves_vs_depth.png').exists()
+
+
+def _fake_run(path, depth, version, errors):
+  os.makedirs(path)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({'model': {'depth': depth, 'version': version}, 'seed': 0}, f)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for epoch, error in enumerate(errors, 1):
+      f.write(json.dumps({'step': epoch, 'epoch': epoch, 'train_top1': 1 - error / 50,
+                          'train_loss': 1.0}) + '\n')
+      f.write(json.dumps({'step': epoch, 'epoch': epoch, 'eval_top1': 1 - error / 100,
+                          'eval_loss': 1.0}) + '\n')
+
+
+def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
+  """Two directories (as two sweeps) merge; --select keeps one version."""
+  for depth, v1, v2 in ((20, 30, 31), (32, 25, 24), (56, 20, 22)):
+    _fake_run(str(tmp_path / 'a' / f'depth={depth},version=v1'), depth, 'v1', [50, v1])
+    _fake_run(str(tmp_path / 'b' / f'depth={depth},version=v2'), depth, 'v2', [50, v2])
+  runs = plotting.load_runs([str(tmp_path / 'a'), str(tmp_path / 'b')])
+  fig, data = plotting.depth_figure(runs)
+  assert len(fig.axes[0].get_lines()) == 4
+  assert data['version=v1 (eval)'] == [(20, pytest.approx(30)), (32, pytest.approx(25)),
+                                       (56, pytest.approx(20))]
+  assert data['version=v2 (train)'] == [(20, pytest.approx(62)), (32, pytest.approx(48)),
+                                        (56, pytest.approx(44))]
+  only_v2 = plotting.load_runs([str(tmp_path / 'a'), str(tmp_path / 'b')], ['version=v2'])
+  assert [r.label for r in only_v2] == ['depth=20', 'depth=32', 'depth=56']
+  result = _script('plot.py', str(tmp_path / 'a'), str(tmp_path / 'b'), '--out',
+                   str(tmp_path / 'all.png'))
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'all_vs_depth.png').stat().st_size > 10_000
+  result = _script('plot.py', str(tmp_path / 'nothing'))
+  assert result.returncode == 2 and 'no such directory' in result.stderr
