@@ -28,6 +28,7 @@ from resnet_flax import checkpointing, configuration, data, distributed, optim, 
 from resnet_flax.data import augment
 from resnet_flax.metrics_log import MetricsLog, Throughput
 from resnet_flax.models import create_model
+from resnet_flax.models.registry import describe as describe_model
 from resnet_flax.steps import make_eval_step, make_train_step
 from resnet_flax.train_state import create_train_state
 
@@ -302,7 +303,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         os.remove(os.path.join(workdir, 'results.json'))
     log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
                      progress_bar=config.progress_bar, total_steps=plan.total_steps)
-    log.info(f'{config.model.name or "model"}: {run.num_params:,} parameters; '
+    log.info(f'{describe_model(config.model) or "model"}: {run.num_params:,} parameters; '
              f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
              f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
     if run.frozen is not None:
@@ -433,7 +434,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
              'images_per_sec': throughput.mean, 'num_params': run.num_params,
              'data_wait_fraction': (total_wait / throughput.total_time
                                     if throughput.total_time else None),
-             'num_devices': par.num_devices, 'model': config.model.name}
+             'num_devices': par.num_devices, 'model': describe_model(config.model)}
   if init_report:
     results['init_from'] = init_report
   if run.frozen is not None:

@@ -703,3 +703,11 @@ def test_summary_script_overrides_and_table():
   proc = run_summary('no_such_model')
   assert proc.returncode == 2
   assert proc.stderr.strip().count('\n') == 0 and 'no_such_model' in proc.stderr
+
+
+def test_describe_names_the_fields_that_differ_from_the_name():
+  from resnet_flax.models.registry import describe
+  assert describe(model_fields('resnet56')) == 'resnet56'
+  assert describe({**model_fields('resnet20'), 'depth': 56, 'version': 'v2'}) == (
+      'resnet20 with depth=56, version=v2')
+  assert describe({**model_fields('resnet20'), 'name': ''}) == ''

@@ -86,6 +86,20 @@ NAMES.update({
 })
 
 
+def describe(cfg: Mapping[str, Any]) -> str:
+  """The model's name, with the fields that differ from that name's: 'resnet20 with depth=56,
+  version=v2' (a depth sweep overrides fields, not the name). '' when there is no name."""
+  name = cfg.get('name', '')
+  if name not in NAMES:
+    return name
+  named = model_fields(name)
+  changed = [f'{k}={cfg[k]}' for k in ('family', 'depth', 'block', 'version', 'shortcut',
+                                       'residual', 'width', 'groups', 'width_per_group',
+                                       'flavour') if k in cfg and k in named and
+             cfg[k] != named[k]]
+  return f'{name} with {", ".join(changed)}' if changed else name
+
+
 def model_fields(name: str) -> dict[str, Any]:
   """All model config fields of a registered name (defaults + the name's overrides)."""
   if name not in NAMES:
