@@ -236,22 +236,13 @@ def _flat(tree, prefix='') -> dict:
   return out
 
 
-def _flat_config(d: dict, prefix='') -> dict:
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(_flat_config(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def incompatible_fields(saved: dict, config) -> list[str]:
   """'field (saved -> now)' for each field that must match to resume and does not.
 
   A field the saved config lacks (saved before the field existed) counts as its default."""
-  defaults = _flat_config(config_to_dict(configuration.base_config()))
-  a, b = {**defaults, **_flat_config(saved)}, _flat_config(config_to_dict(config))
+  defaults = configuration.flatten(config_to_dict(configuration.base_config()))
+  a = {**defaults, **configuration.flatten(saved)}
+  b = configuration.flatten(config_to_dict(config))
   diffs = []
   for field in sorted(set(a) | set(b)):
     if not any(field == f or (f.endswith('.') and field.startswith(f)) for f in RESUME_FIELDS):
@@ -265,7 +256,7 @@ def incompatible_fields(saved: dict, config) -> list[str]:
 
 def changed_fields(saved: dict, config) -> list[str]:
   """Every field that differs between a saved config and `config` (for the resume line)."""
-  a, b = _flat_config(saved), _flat_config(config_to_dict(config))
+  a, b = configuration.flatten(saved), configuration.flatten(config_to_dict(config))
   return [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
 
 

@@ -61,6 +61,14 @@ def define_config_flag(argv):
                                          lock_config=True)
 
 
+def add_checkpoint_args(parser) -> None:
+  """The saved model an inference script reads: --workdir DIR or --checkpoint PATH, --step N."""
+  where = parser.add_mutually_exclusive_group(required=True)
+  where.add_argument('--workdir', help='run directory holding checkpoints/')
+  where.add_argument('--checkpoint', help="a checkpoints folder or one step's folder")
+  parser.add_argument('--step', type=int, default=-1, help='checkpoint step (-1: the latest)')
+
+
 def report_error(error: Exception) -> int:
   kind = {configuration.ConfigError: 'config error', DataError: 'data error'}.get(
       type(error), 'error')

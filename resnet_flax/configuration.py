@@ -28,6 +28,18 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the fix."""
 
 
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """A nested config dict (e.g. a saved config.json) as {'model.depth': 20, ...}; lists become
+  tuples, as ConfigDict fields hold them."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field of a training config, with defaults (ResNet-20 on the bundled digits)."""
   c = ml_collections.ConfigDict()

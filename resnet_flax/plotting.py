@@ -16,7 +16,7 @@ import json
 import os
 from typing import Optional, Sequence
 
-from resnet_flax import sweep
+from resnet_flax import configuration, sweep
 
 
 @dataclasses.dataclass
@@ -28,16 +28,6 @@ class RunRecord:
   varying: dict = dataclasses.field(default_factory=dict)   # the fields that differ between runs
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
-  return flat
-
-
 def _read_run(workdir: str) -> Optional[RunRecord]:
   if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
     return None
@@ -45,7 +35,7 @@ def _read_run(workdir: str) -> Optional[RunRecord]:
   config_path = os.path.join(workdir, 'config.json')
   if os.path.isfile(config_path):
     with open(config_path) as f:
-      fields = _flatten(json.load(f))
+      fields = configuration.flatten(json.load(f))
   return RunRecord(workdir, fields, sweep.read_metrics(workdir))
 
 

@@ -20,10 +20,7 @@ from resnet_flax.data import DataError  # noqa: E402
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  where = parser.add_mutually_exclusive_group(required=True)
-  where.add_argument('--workdir', help='run directory holding checkpoints/')
-  where.add_argument('--checkpoint', help='a checkpoints folder or one step\'s folder')
-  parser.add_argument('--step', type=int, default=-1, help='checkpoint step (-1: the latest)')
+  cli.add_checkpoint_args(parser)
   parser.add_argument('--out', required=True, help='file to write the exported function to')
   parser.add_argument('--input-dtype', default='uint8', choices=('uint8', 'float32'),
                       help='dtype of the image batch (float32: still on the 0..255 scale)')

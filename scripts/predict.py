@@ -18,10 +18,7 @@ from resnet_flax.data import DataError  # noqa: E402
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  where = parser.add_mutually_exclusive_group(required=True)
-  where.add_argument('--workdir', help='run directory holding checkpoints/')
-  where.add_argument('--checkpoint', help='a checkpoints folder or one step\'s folder')
-  parser.add_argument('--step', type=int, default=-1, help='checkpoint step (-1: the latest)')
+  cli.add_checkpoint_args(parser)
   parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
   parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
   parser.add_argument('--json', action='store_true', help='one JSON object on stdout')
