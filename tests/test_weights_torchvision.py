@@ -1,11 +1,18 @@
 """torchvision weights: converted ResNet-18/50 and ResNeXt-50 give torch's eval logits; every
 torchvision network's state dict has the keys and shapes the conversion expects; the written
 checkpoint reads back through evaluation's and init_from's paths; .safetensors equals .pth; a
-state dict of another model, bad files and bad command lines fail in one clear line."""
+state dict of another model, bad files and bad command lines fail in one clear line.
+
+The torch side (random models, their logits, saved files) runs in a separate process,
+tests/torch_reference.py: torch and JAX in one process can crash at import.
+"""
 
 import functools
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,39 +24,34 @@ from resnet_flax.train_state import create_train_state
 from resnet_flax.weights import WeightsError, export_checkpoint
 from resnet_flax.weights import torchvision_import as tv
 
-torch = pytest.importorskip(
-    'torch', reason='torch is a test requirement: pip install -r requirements-test.txt')
-torchvision = pytest.importorskip(
-    'torchvision', reason='torchvision is a test requirement: pip install -r requirements-test.txt')
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'convert_weights.py')
-IMAGE_SIZE = 64   # both frameworks pool adaptively; small images keep the test fast
+IMAGE_SIZE = 64   # as in tests/torch_reference.py
+LOGIT_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d']
 
 
-@functools.lru_cache(maxsize=None)
-def random_torch_model(name: str, seed: int = 0):
-  """torchvision's `name` in eval mode with random weights, and random BatchNorm statistics and
-  affine parameters, so that every part of the conversion changes the logits."""
-  torch.manual_seed(seed)
-  model = torchvision.models.get_model(name, weights=None)
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.2)
-        module.bias.normal_(0.0, 0.2)
-        module.running_mean.normal_(0.0, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
-  return model.eval()
+@pytest.fixture(scope='module')
+def torch_files(tmp_path_factory):
+  """The folder of tests/torch_reference.py's files, written by a separate process (this one
+  never imports torch)."""
+  missing = [m for m in ('torch', 'torchvision', 'safetensors')
+             if importlib.util.find_spec(m) is None]
+  if missing:
+    pytest.skip(f'{", ".join(missing)} missing: test requirements, pip install -r '
+                f'requirements-test.txt')
+  out = tmp_path_factory.mktemp('torch')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'tests', 'torch_reference.py'), str(out),
+       *LOGIT_MODELS, *[n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS]],
+      capture_output=True, text=True, timeout=600, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return out
 
 
-def numpy_state_dict(model) -> dict:
-  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
-
-def images(seed: int = 1):
-  return np.random.default_rng(seed).standard_normal(
-      (2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+def numpy_state_dict(torch_files, name):
+  """The state dict of tests/torch_reference.py's random `name`, read from its .pth file."""
+  return tv.read_state_dict(str(torch_files / f'{name}.pth'))
 
 
 def flax_logits(fields, params, batch_stats, nchw):
@@ -59,32 +61,41 @@ def flax_logits(fields, params, batch_stats, nchw):
                           nchw.transpose(0, 2, 3, 1)))
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'resnext50_32x4d'])
-def test_converted_logits_equal_torchvision(name):
-  model = random_torch_model(name)
-  x = images()
-  with torch.no_grad():
-    expected = model(torch.from_numpy(x)).numpy()
-  fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(model))
-  got = flax_logits(fields, params, batch_stats, x)
-  assert np.std(expected) > 0.2   # non-trivial logits
-  np.testing.assert_array_less(np.abs(got - expected).max(), 1e-4)
+@pytest.mark.parametrize('name', LOGIT_MODELS)
+def test_converted_logits_equal_torchvision(torch_files, name):
+  reference = np.load(torch_files / f'{name}.npz')
+  fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(torch_files, name))
+  got = flax_logits(fields, params, batch_stats, reference['images'])
+  assert np.std(reference['logits']) > 0.2   # non-trivial logits
+  np.testing.assert_array_less(np.abs(got - reference['logits']).max(), 1e-4)
 
 
-@pytest.mark.parametrize('name', [n for n in tv.TORCHVISION_NAMES
-                                  if n not in ('resnet18', 'resnet50', 'resnext50_32x4d')])
-def test_other_torchvision_resnets_have_the_expected_keys_and_shapes(name):
-  with torch.device('meta'):   # shapes only: nothing is allocated or initialised
-    model = torchvision.models.get_model(name, weights=None)
-  found = {k: tuple(v.shape) for k, v in model.state_dict().items()
-           if not k.endswith('num_batches_tracked')}
-  assert found == tv.expected_shapes(name)
+@pytest.mark.parametrize('name', [n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS])
+def test_other_torchvision_resnets_have_the_expected_keys_and_shapes(torch_files, name):
+  found = json.loads((torch_files / 'shapes.json').read_text())[name]
+  assert {k: tuple(v) for k, v in found.items()} == tv.expected_shapes(name)
 
 
-def test_checkpoint_reads_back_through_evaluate_and_init_from(tmp_path):
+def test_pth_reader_needs_no_torch_and_refuses_other_objects(torch_files, tmp_path):
+  """The .pth reader is torch's own format read with numpy: views, dtypes and refusals."""
+  state_dict = numpy_state_dict(torch_files, 'resnet18')
+  assert 'torch' not in sys.modules
+  assert state_dict['conv1.weight'].shape == (64, 3, 7, 7)
+  assert state_dict['conv1.weight'].dtype == np.float32
+  assert state_dict['bn1.num_batches_tracked'].dtype == np.int64
+  with pytest.raises(WeightsError, match=r'module\.pth: it holds a torch\.nn\.modules'):
+    tv.read_state_dict(str(torch_files / 'module.pth'))
+  (tmp_path / 'zip.pth').write_bytes(b'PK\x05\x06' + b'\0' * 18)   # an empty zip archive
+  with pytest.raises(WeightsError, match='not one torch.save wrote'):
+    tv.read_state_dict(str(tmp_path / 'zip.pth'))
+  (tmp_path / 'old.pth').write_bytes(b'\x80\x02not a zip')
+  with pytest.raises(WeightsError, match='not a torch.save zip archive'):
+    tv.read_state_dict(str(tmp_path / 'old.pth'))
+
+
+def test_checkpoint_reads_back_through_evaluate_and_init_from(torch_files, tmp_path):
   name = 'resnet18'
-  fields, params, batch_stats = tv.convert_torchvision(
-      name, numpy_state_dict(random_torch_model(name)))
+  fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(torch_files, name))
   workdir = str(tmp_path / name)
   config = export_checkpoint.pretrained_config(fields)
   export_checkpoint.save_pretrained(workdir, config, params, batch_stats,
@@ -143,23 +154,17 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_safetensors_file_converts_as_the_pth_file(tmp_path):
-  safetensors_torch = pytest.importorskip(
-      'safetensors.torch', reason='safetensors is a test requirement: pip install -r '
-      'requirements-test.txt')
-  state_dict = random_torch_model('resnet18').state_dict()
-  torch.save(state_dict, tmp_path / 'w.pth')
-  safetensors_torch.save_file(state_dict, str(tmp_path / 'w.safetensors'))
-  from_pth = tv.convert_torchvision('resnet18', tv.read_state_dict(str(tmp_path / 'w.pth')))
+def test_safetensors_file_converts_as_the_pth_file(torch_files):
+  from_pth = tv.convert_torchvision('resnet18', tv.read_state_dict(str(torch_files / 'resnet18.pth')))
   from_st = tv.convert_torchvision('resnet18',
-                                   tv.read_state_dict(str(tmp_path / 'w.safetensors')))
+                                   tv.read_state_dict(str(torch_files / 'resnet18.safetensors')))
   assert from_pth[0] == from_st[0]
   _assert_trees_equal(from_pth[1], from_st[1])
   _assert_trees_equal(from_pth[2], from_st[2])
 
 
-def test_state_dict_of_another_model_is_refused():
-  state_dict = numpy_state_dict(random_torch_model('resnet50'))
+def test_state_dict_of_another_model_is_refused(torch_files):
+  state_dict = numpy_state_dict(torch_files, 'resnet50')
   with pytest.raises(WeightsError, match=r'does not fit torchvision resnet18: layer2\.0\.'
                      r'downsample\.1\.running_mean has shape \(512,\), resnet18 expects \(128,\) '
                      r'\(and 23 more shape mismatches\); keys resnet18 does not have: '
@@ -170,8 +175,8 @@ def test_state_dict_of_another_model_is_refused():
     tv.convert_torchvision('resnet50', state_dict)
 
 
-def test_classifier_of_another_size_sets_the_number_of_classes():
-  state_dict = numpy_state_dict(random_torch_model('resnet18'))
+def test_classifier_of_another_size_sets_the_number_of_classes(torch_files):
+  state_dict = numpy_state_dict(torch_files, 'resnet18')
   for key in ('fc.weight', 'fc.bias'):   # a network fine-tuned on 10 classes
     state_dict[key] = state_dict[key][:10]
   fields, params, _ = tv.convert_torchvision('resnet18', state_dict)
@@ -184,9 +189,6 @@ def test_unreadable_inputs_fail_in_one_line(tmp_path):
   (tmp_path / 'w.npz').write_bytes(b'')
   with pytest.raises(WeightsError, match='unknown weights file type'):
     tv.read_state_dict(str(tmp_path / 'w.npz'))
-  torch.save(torch.nn.Linear(2, 2), tmp_path / 'module.pth')   # a pickled module, no state dict
-  with pytest.raises(WeightsError, match=r'weights_only=True\) cannot read it'):
-    tv.read_state_dict(str(tmp_path / 'module.pth'))
   with pytest.raises(WeightsError, match="'resnet19' is not a torchvision ResNet"):
     tv.torchvision_fields('resnet19')
 
@@ -198,12 +200,12 @@ def _script_main():
   return module.main
 
 
-def test_script_errors_exit_2_with_one_line(tmp_path, capsys):
+def test_script_errors_exit_2_with_one_line(torch_files, tmp_path, capsys):
   main = _script_main()
-  torch.save({'fc.weight': torch.zeros(10, 512)}, tmp_path / 'w.pth')
+  partial = str(torch_files / 'partial.pth')
   cases = [
-      (['--model', 'resnet18', '--in', str(tmp_path / 'w.pth')], 'missing keys: bn1.bias'),
-      (['--model', 'resnet19', '--in', str(tmp_path / 'w.pth')], 'not a torchvision ResNet'),
+      (['--model', 'resnet18', '--in', partial], 'missing keys: bn1.bias'),
+      (['--model', 'resnet19', '--in', partial], 'not a torchvision ResNet'),
       (['--model', 'resnet18'], 'pass either --in FILE_OR_URL or --download'),
   ]
   for args, message in cases:
@@ -213,12 +215,11 @@ def test_script_errors_exit_2_with_one_line(tmp_path, capsys):
   assert not (tmp_path / 'out').exists()
 
 
-def test_script_writes_a_checkpoint(tmp_path, capsys):
-  torch.save(random_torch_model('resnet18').state_dict(), tmp_path / 'r18.pth')
+def test_script_writes_a_checkpoint(torch_files, tmp_path, capsys):
   out = tmp_path / 'r18'
   code = _script_main()(['--from', 'torchvision', '--model', 'resnet18', '--in',
-                         str(tmp_path / 'r18.pth'), '--out', str(out)])
+                         str(torch_files / 'resnet18.pth'), '--out', str(out)])
   assert code == 0, capsys.readouterr().err
-  assert 'r18.pth ->' in capsys.readouterr().out
+  assert 'resnet18.pth ->' in capsys.readouterr().out
   step, _, meta, _ = checkpointing.load_checkpoint(str(out))
-  assert step == 0 and meta['pretrained']['file'] == 'r18.pth'
+  assert step == 0 and meta['pretrained']['file'] == 'resnet18.pth'

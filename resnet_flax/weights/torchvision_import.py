@@ -14,8 +14,8 @@ import renames and transposes:
 
 Every array of the state dict must fill a leaf of the model with the same shape, and every leaf
 must be filled; otherwise `WeightsError` names the key and the expected and found shapes (in
-torch's layout). torch is imported only to read `.pth` files and to download; `.safetensors`
-files need only the `safetensors` package.
+torch's layout). `.pth` files are read without torch (`torch_files`), `.safetensors` files
+with the `safetensors` package; torch is imported only to download.
 """
 
 import os
@@ -29,7 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_flax.models import NAMES, create_model, model_fields
-from resnet_flax.weights import WeightsError
+from resnet_flax.weights import WeightsError, torch_files
 
 # torchvision.models names; all but resnext101_64x4d are registry names with the same fields
 TORCHVISION_NAMES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
@@ -73,7 +73,7 @@ def _unwrap(loaded: Any, path: str) -> dict[str, Any]:
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """{key: numpy array} of a `.pth` / `.pt` (torch.load with weights_only=True) or a
+  """{key: numpy array} of a `.pth` / `.pt` (read without torch, see `torch_files`) or a
   `.safetensors` file."""
   if not os.path.isfile(path):
     raise WeightsError(f'{path}: no such file')
@@ -90,22 +90,15 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if not path.endswith(('.pth', '.pt')):
     raise WeightsError(f'{path}: unknown weights file type; expected .pth, .pt or .safetensors')
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise WeightsError(f'reading {path} needs torch (pip install torch, pinned in '
-                       f'requirements-test.txt), or convert it to .safetensors') from None
-  try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # noqa: BLE001
-    raise WeightsError(f'{path}: torch.load(weights_only=True) cannot read it '
-                       f'({_first_line(e)}); save the model\'s state_dict() instead') from None
+    loaded = torch_files.load_state_dict(path)
+  except torch_files.TorchFileError as e:
+    raise WeightsError(f'{path}: {e}') from None
   out = {}
   for key, value in _unwrap(loaded, path).items():
-    if not isinstance(value, torch.Tensor):
+    if not isinstance(value, np.ndarray):
       raise WeightsError(f'{path}: entry {key!r} is a {type(value).__name__}, not a tensor; '
                          f'save the model\'s state_dict()')
-    value = value.detach().cpu()
-    out[key] = (value.float() if value.is_floating_point() else value).numpy()
+    out[key] = value.astype(np.float32) if value.dtype.kind == 'f' else value
   return out
 
 
