@@ -176,26 +176,30 @@ def write_csv(rows: list[dict], path: str) -> str:
 
 
 def figure(rows: list[dict], title: str = ''):
-  """(figure, data): gradient norm (log scale) and activation RMS against layer index, one line
-  per model and step (solid at initialisation, dashed after training)."""
+  """(figure, data): the relative gradient |dL/dW| / |W| and the output RMS (both log scale)
+  against layer index, one line per model and step (solid at initialisation, dashed after
+  training). Relative, because a convolution followed by BatchNorm is scale-invariant: as its
+  weights grow in training its raw gradient shrinks by the same factor, with no change to
+  what an SGD step does to it; the CSV has the raw norms too."""
   from resnet_flax.plotting import _pyplot
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   models = list(dict.fromkeys(r['model'] for r in rows))
   steps = sorted({r['step'] for r in rows})
-  data = {'grad_norm': [], 'activation_rms': []}
+  data = {'relative_grad': [], 'activation_rms': []}
   for i, name in enumerate(models):
     for step in steps:
       series = [r for r in rows if r['model'] == name and r['step'] == step]
       label = f'{name} ({"init" if step == 0 else f"step {step}"})'
-      for ax, key in zip(axes, ('grad_norm', 'activation_rms')):
+      for ax, key in zip(axes, ('relative_grad', 'activation_rms')):
         xs, ys = [r['index'] for r in series], [r[key] for r in series]
         ax.plot(xs, ys, '-' if step == 0 else '--', color=colors[i % len(colors)], label=label)
         data[key].append((label, xs, ys))
-  axes[0].set_yscale('log')
-  axes[0].set_ylabel('|dL/dW| of the layer')
-  axes[1].set_ylabel('RMS of the layer output')
+  axes[0].set_ylabel('|dL/dW| / |W| of the layer')
+  axes[1].set_ylabel('RMS of the layer output (before its BatchNorm)')
+  for ax in axes:
+    ax.set_yscale('log')
   for ax in axes:
     ax.set_xlabel('layer (0 = stem conv, last = classifier)')
     ax.grid(alpha=0.3)

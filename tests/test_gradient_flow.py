@@ -72,7 +72,7 @@ def test_diagnose_measures_at_init_and_after_training(tmp_path):
   assert len(written) == 32 and float(written[0]['grad_norm']) == pytest.approx(rows[0]['grad_norm'])
   fig, data = gradient_flow.figure(rows)
   assert [len(ax.get_lines()) for ax in fig.axes] == [4, 4]
-  assert data['grad_norm'][0][2] == [r['grad_norm'] for r in rows[:8]]
+  assert data['relative_grad'][0][2] == [r['relative_grad'] for r in rows[:8]]
 
 
 def test_per_stage_gradient_norms_cover_every_parameter():
