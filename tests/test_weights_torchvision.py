@@ -223,3 +223,4 @@ def test_script_writes_a_checkpoint(torch_files, tmp_path, capsys):
   assert 'resnet18.pth ->' in capsys.readouterr().out
   step, _, meta, _ = checkpointing.load_checkpoint(str(out))
   assert step == 0 and meta['pretrained']['file'] == 'resnet18.pth'
+  assert 'torch' not in sys.modules and 'torchvision' not in sys.modules   # see the docstring

@@ -188,14 +188,18 @@ def expected_shapes(model_name: str, num_classes: int = 1000) -> dict[str, tuple
   return {key: shape for key, (_, shape, _) in _targets(fields).items()}
 
 
-def imagenet_class_names() -> Optional[list[str]]:
-  """The 1000 ImageNet class names in label order (torchvision's), or None without
-  torchvision."""
-  try:
-    import torchvision  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  return list(torchvision.models.ResNet50_Weights.DEFAULT.meta['categories'])
+IMAGENET_CLASSES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                'imagenet_classes.txt')
+
+
+def imagenet_class_names() -> list[str]:
+  """The 1000 ImageNet (ILSVRC-2012) class names in label order, the short English names
+  torchvision shows (`imagenet_classes.txt`, one per line)."""
+  with open(IMAGENET_CLASSES) as f:
+    names = [line.rstrip('\n') for line in f]
+  if len(names) != 1000:
+    raise WeightsError(f'{IMAGENET_CLASSES}: {len(names)} class names, expected 1000')
+  return names
 
 
 def convert_torchvision(model_name: str, state_dict: Mapping[str, Any],
