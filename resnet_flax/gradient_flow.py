@@ -110,14 +110,21 @@ def stage_of(path: str) -> str:
   return first.split('_unit')[0] if first.startswith('stage') else first.split('_')[0]
 
 
-def per_stage_grad_norms(grads: Any) -> dict[str, jax.Array]:
-  """{'grad_norm_stem': ..., 'grad_norm_stage0': ..., 'grad_norm_head': ...}: the L2 norm of
-  the gradients of each stage's parameters (jittable)."""
+def per_stage_grad_squares(grads: Any) -> dict[str, jax.Array]:
+  """{'grad_norm_stem_sq': ..., 'grad_norm_stage1_sq': ..., 'grad_norm_head_sq': ...}: the sum
+  of squared gradients of each stage's parameters (jittable; what the train step logs)."""
   squares: dict[str, list] = {}
   for keys, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
     squares.setdefault(stage_of(_path(keys)), []).append(jnp.sum(jnp.square(
         leaf.astype(jnp.float32))))
-  return {f'grad_norm_{name}': jnp.sqrt(sum(parts)) for name, parts in squares.items()}
+  return {f'grad_norm_{name}_sq': sum(parts) for name, parts in squares.items()}
+
+
+def per_stage_grad_norms(grads: Any) -> dict[str, jax.Array]:
+  """{'grad_norm_stem': ..., 'grad_norm_stage1': ..., 'grad_norm_head': ...}: the L2 norm of
+  the gradients of each stage's parameters (jittable)."""
+  return {name[:-len('_sq')]: jnp.sqrt(value)
+          for name, value in per_stage_grad_squares(grads).items()}
 
 
 def early_to_late_ratio(rows: list[dict], key: str = 'grad_norm', fraction: float = 0.25) -> float:

@@ -117,8 +117,7 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
                             for g in jax.tree.leaves(grads)),
     }
     if log_grad_norms:
-      metrics.update({f'{name}_sq': jnp.square(norm) for name, norm in
-                      gradient_flow.per_stage_grad_norms(grads).items()})
+      metrics.update(gradient_flow.per_stage_grad_squares(grads))
     if axis_name is not None:
       metrics = jax.lax.psum(metrics, axis_name)
       for name in metrics:   # the gradients are already averaged: undo the sum of copies
