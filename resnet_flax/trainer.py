@@ -122,6 +122,21 @@ class Run:
   data_info: Optional[dict] = None    # saved in checkpoint meta, for inference.py
 
 
+def build_optimizer(config, num_train_examples: int):
+  """(RunPlan, lr schedule, optax optimizer) of `config` for a training set of this size (before
+  any freezing); schedule and optimizer errors become a ConfigError naming the field."""
+  plan = plan_run(config, num_train_examples)
+  try:
+    schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
+                                    steps_per_epoch=plan.steps_per_epoch,
+                                    total_steps=plan.total_steps)
+    tx = optim.build_optimizer(config.optimizer, schedule)
+  except ValueError as e:
+    raise configuration.ConfigError(f'config.{e}' if str(e).startswith(
+        ('schedule.', 'optimizer.')) else str(e)) from None
+  return plan, schedule, tx
+
+
 def build_run(config, *, devices=None) -> Run:
   """Validates the config, loads the data and builds model, optimizer, state and steps."""
   par = parallel.create(config.parallelism, devices)
@@ -131,15 +146,7 @@ def build_run(config, *, devices=None) -> Run:
     raise configuration.ConfigError(
         f'config.model.num_classes={config.model.num_classes}: the data has '
         f'{train_ds.num_classes} classes; set --config.model.num_classes={train_ds.num_classes}')
-  plan = plan_run(config, train_ds.num_examples)
-  try:
-    schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
-                                    steps_per_epoch=plan.steps_per_epoch,
-                                    total_steps=plan.total_steps)
-    tx = optim.build_optimizer(config.optimizer, schedule)
-  except ValueError as e:
-    raise configuration.ConfigError(f'config.{e}' if str(e).startswith(
-        ('schedule.', 'optimizer.')) else str(e)) from None
+  plan, schedule, tx = build_optimizer(config, train_ds.num_examples)
 
   try:
     preprocess = augment.make_preprocess(config.data, stored_shape=train_ds.image_shape,

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_flax import checkpointing, inference, optim, trainer
+from resnet_flax import checkpointing, inference, trainer
 from resnet_flax.models import create_model
 from resnet_flax.train_state import create_train_state
 from resnet_flax.weights import WeightsError, export_checkpoint
@@ -136,11 +136,7 @@ def test_checkpoint_reads_back_through_evaluate_and_init_from(torch_files, tmp_p
 def _trainer_template(config):
   """The host state `trainer.build_run(config)` builds, as zeros (restoring needs only its
   structure, shapes and dtypes; its random initialisation would take ~100 compilations)."""
-  plan = trainer.plan_run(config, num_train_examples=1000)
-  schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
-                                  steps_per_epoch=plan.steps_per_epoch,
-                                  total_steps=plan.total_steps)
-  tx = optim.build_optimizer(config.optimizer, schedule)
+  _, _, tx = trainer.build_optimizer(config, num_train_examples=1000)
   model = create_model({**config.model, 'dtype': config.dtype})
   shapes = jax.eval_shape(lambda: create_train_state(
       model, tx, seed=config.seed, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from resnet_flax import checkpointing, configuration, inference, optim, trainer
+from resnet_flax import checkpointing, configuration, inference, trainer
 from resnet_flax.models import MODEL_DEFAULTS, create_model, default_image_size
 from resnet_flax.train_state import TrainState, create_train_state
 from resnet_flax.weights import WeightsError
@@ -64,22 +64,13 @@ def check_variables(expected: Mapping, found: Mapping, collection: str, model: s
                        f'({len(extra)} such arrays)')
 
 
-def _optimizer(config):
-  """The config's optimizer, as the trainer builds it (its state is part of a checkpoint)."""
-  plan = trainer.plan_run(config, IMAGENET_TRAIN_EXAMPLES)
-  schedule = optim.build_schedule(config.schedule, batch_size=config.batch_size,
-                                  steps_per_epoch=plan.steps_per_epoch,
-                                  total_steps=plan.total_steps)
-  return optim.build_optimizer(config.optimizer, schedule)
-
-
 def training_state(config, params: Mapping, batch_stats: Mapping) -> TrainState:
   """The host (numpy) training state of `config` at step 0 holding `params` and `batch_stats`:
   the structure the trainer builds for `config` (checked), a fresh optimizer state and EMA."""
   configuration.validate(config)
   fields = dict(config.model)
   model = create_model({**fields, 'dtype': config.dtype})
-  tx = _optimizer(config)
+  tx = trainer.build_optimizer(config, IMAGENET_TRAIN_EXAMPLES)[2]
   size = config.data.image_size or default_image_size(fields)
   use_ema = config.ema_decay > 0
 
