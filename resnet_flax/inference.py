@@ -45,9 +45,6 @@ from resnet_flax.data import augment, folder
 from resnet_flax.data.arrays import DataError
 from resnet_flax.models import create_model
 
-# the eval branch of the tf.data presets (data/tf_preprocess.py; that module imports TensorFlow)
-IMAGENET_SIZE = 224
-CENTER_CROP_FRACTION = 0.875
 DIGITS_SHAPE = (8, 8, 1)
 
 
@@ -228,15 +225,15 @@ def derive_data_info(data_cfg) -> DataInfo:
   elif source == 'digits':
     names, stored = [str(i) for i in range(10)], DIGITS_SHAPE
   elif source == 'synthetic':
-    stored = (size or IMAGENET_SIZE, size or IMAGENET_SIZE, int(data_cfg.channels or 3))
+    stored = (size or augment.IMAGENET_SIZE, size or augment.IMAGENET_SIZE,
+              int(data_cfg.channels or 3))
   elif source == 'npz' and os.path.isfile(root):
     with np.load(root) as f:
       shape = f['x_train'].shape[1:]
     stored = tuple(shape) + ((1,) if len(shape) == 2 else ())
   if host:
-    side = size or (IMAGENET_SIZE if preset == 'imagenet' else
-                    stored and (max(stored[0], 32) if preset == 'mnist' else stored[0]))
-    if side:
+    if size or preset == 'imagenet' or stored:
+      side = augment.host_output_size(preset, size, stored and stored[0])
       return DataInfo((side, side, 3), True, names)
   elif stored:
     return DataInfo(tuple(stored), False, names)
@@ -306,7 +303,7 @@ def _resize_like_tf(image: np.ndarray, size: int) -> np.ndarray:
 def center_window(height: int, width: int, size: int) -> tuple[int, int, int, int]:
   """(y, x, h, w) that 'shorter side -> round(size / 0.875), center crop size' keeps (as
   tf_preprocess._center_window, in float32 with round-half-to-even)."""
-  resized = max(size, int(round(size / CENTER_CROP_FRACTION)))
+  resized = max(size, int(round(size / augment.CENTER_CROP_FRACTION)))
   shorter = min(height, width)
   side = int(np.round(np.float32(shorter) * np.float32(size / resized)))
   side = min(max(side, 1), shorter)
@@ -336,7 +333,7 @@ def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
     y, x, h, w = center_window(array.shape[0], array.shape[1], height)
     array = array[y:y + h, x:x + w]
   elif preset == 'mnist':
-    array = _pad_to_square(array, 32)
+    array = _pad_to_square(array, augment.MNIST_SIZE)
   return _resize_like_tf(array, height)
 
 

@@ -26,6 +26,20 @@ def _random_flip(image, key):
 
 PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
 MNIST_SIZE = 32   # the common transfer-learning recipe pads MNIST's 28x28 to 32x32
+IMAGENET_SIZE = 224               # the 'imagenet' preset's default side S
+CENTER_CROP_FRACTION = 0.875      # its eval: shorter side resized to S / 0.875, center crop S
+
+
+def host_output_size(preset: str, image_size: int, stored_size) -> int:
+  """The side S of the images the tf.data presets emit (host preprocessing; TensorFlow-free
+  here so that inference computes it without TensorFlow)."""
+  if image_size:
+    return int(image_size)
+  if preset == 'imagenet':
+    return IMAGENET_SIZE
+  if not stored_size:
+    raise ValueError(f'preset {preset!r} needs the stored image size or an image size')
+  return max(int(stored_size), MNIST_SIZE) if preset == 'mnist' else int(stored_size)
 
 
 def output_shape(data_cfg, stored_shape) -> tuple[int, int, int]:

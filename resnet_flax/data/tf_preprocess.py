@@ -30,20 +30,20 @@ key alone -- the same on every run, thread count and resume point.
 """
 
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 # TensorFlow's C++ INFO lines (buffer sizes, thread pools) are noise in training logs
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 import tensorflow as tf  # noqa: E402
 
+from resnet_flax.data.augment import (  # noqa: E402
+    CENTER_CROP_FRACTION, MNIST_SIZE, host_output_size as output_size)
+
 PRESETS = ('imagenet', 'cifar', 'mnist', 'none')
 AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_ATTEMPTS = 10
-CENTER_CROP_FRACTION = 0.875      # eval: shorter side resized to S / 0.875, center crop S
 CIFAR_PAD = 4
-IMAGENET_SIZE = 224
-MNIST_SIZE = 32                    # MNIST's 28x28 padded to 32x32
 
 # dataset names (TFDS) whose preset `auto` picks
 _AUTO = (('imagenet', ('imagenet', 'imagenette', 'imagewang')),
@@ -58,17 +58,6 @@ def auto_preset(name: str) -> str:
     if any(base == p or base.startswith(p) for p in prefixes):
       return preset
   return 'none'
-
-
-def output_size(preset: str, image_size: int, stored_size: Optional[int]) -> int:
-  """The side S of the emitted images (as `augment.output_shape` computes it)."""
-  if image_size:
-    return int(image_size)
-  if preset == 'imagenet':
-    return IMAGENET_SIZE
-  if not stored_size:
-    raise ValueError(f'preset {preset!r} needs the stored image size or an image size')
-  return max(int(stored_size), MNIST_SIZE) if preset == 'mnist' else int(stored_size)
 
 
 def decode(data) -> tf.Tensor:
