@@ -188,8 +188,8 @@ def figure(rows: list[dict], title: str = ''):
   training). Relative, because a convolution followed by BatchNorm is scale-invariant: as its
   weights grow in training its raw gradient shrinks by the same factor, with no change to
   what an SGD step does to it; the CSV has the raw norms too."""
-  from resnet_flax.plotting import _pyplot
-  plt = _pyplot()
+  from resnet_flax.plotting import pyplot
+  plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   models = list(dict.fromkeys(r['model'] for r in rows))

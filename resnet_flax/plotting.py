@@ -90,7 +90,8 @@ def _series(metrics: list, key: str, as_error: bool):
   return xs, ys
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg back end (files only, no display needed)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -99,7 +100,7 @@ def _pyplot():
 
 def curves_figure(runs: Sequence[RunRecord], title: str = ''):
   """(figure, data): loss and top-1 error % against epoch; data[panel] = [(label, xs, ys)]."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   data = {'loss': [], 'top1_error': []}
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
@@ -137,7 +138,7 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
   depths = {r.fields.get('model.depth') for r in runs}
   if len(depths) < 2 or None in depths:
     return None, {}
-  plt = _pyplot()
+  plt = pyplot()
   groups: dict = {}
   for run in runs:
     key = ', '.join(f'{_short(k)}={v}' for k, v in run.varying.items() if k != 'model.depth')
@@ -168,5 +169,5 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
 def save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
-  _pyplot().close(fig)
+  pyplot().close(fig)
   return path
