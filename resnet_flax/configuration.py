@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.backend = 'auto'         # memory (JAX augmentation) | tfdata | auto (tfds: tfdata)
   c.data.preprocess = 'none'      # none | cifar | mnist | imagenet (tf.data back end)
   c.data.image_size = 0           # 0: the source's own size
+  c.data.eval_crop_fraction = 0.875  # imagenet preset eval: shorter side -> S / this, center
+                                  # crop S (0.875: 256 -> 224; torchvision's V2 weights:
+                                  # 224 / 232)
   c.data.channels = 0             # 0: the source's own channel count
   c.data.random_crop_pad = 0      # pad by this many pixels and random-crop back (4: CIFAR)
   c.data.random_flip = False      # random horizontal flip
@@ -239,6 +242,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   for field in ('shuffle_buffer', 'threadpool_size'):
     if config.data[field] < 0:
       _fail(f'data.{field}', config.data[field], 'must be >= 0')
+  if not 0.0 < config.data.eval_crop_fraction <= 1.0:
+    _fail('data.eval_crop_fraction', config.data.eval_crop_fraction,
+          'must be in (0, 1]: the center crop S over the resized shorter side (e.g. 224 / 256)')
   if config.data.random_crop_pad < 0:
     _fail('data.random_crop_pad', config.data.random_crop_pad, 'must be >= 0')
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:

@@ -300,10 +300,12 @@ def _resize_like_tf(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
 
 
-def center_window(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-  """(y, x, h, w) that 'shorter side -> round(size / 0.875), center crop size' keeps (as
-  tf_preprocess._center_window, in float32 with round-half-to-even)."""
-  resized = max(size, int(round(size / augment.CENTER_CROP_FRACTION)))
+def center_window(height: int, width: int, size: int,
+                  crop_fraction: float = augment.CENTER_CROP_FRACTION
+                  ) -> tuple[int, int, int, int]:
+  """(y, x, h, w) that 'shorter side -> round(size / crop_fraction), center crop size' keeps
+  (as tf_preprocess._center_window, in float32 with round-half-to-even)."""
+  resized = max(size, int(round(size / crop_fraction)))
   shorter = min(height, width)
   side = int(np.round(np.float32(shorter) * np.float32(size / resized)))
   side = min(max(side, 1), shorter)
@@ -330,7 +332,8 @@ def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
   array = to_array(pil, 3)         # tf.data decodes with channels=3
   preset = data_cfg.preprocess
   if preset == 'imagenet':
-    y, x, h, w = center_window(array.shape[0], array.shape[1], height)
+    fraction = data_cfg.get('eval_crop_fraction', None) or augment.CENTER_CROP_FRACTION
+    y, x, h, w = center_window(array.shape[0], array.shape[1], height, fraction)
     array = array[y:y + h, x:x + w]
   elif preset == 'mnist':
     array = _pad_to_square(array, augment.MNIST_SIZE)

@@ -12,7 +12,8 @@
 cached by torch.hub or Keras). DIR then reads like a run
 folder: `python scripts/evaluate.py --workdir DIR`, `--config.init_from=DIR`, scripts/predict.py;
 its stored config is configs/imagenet.py with the model's fields (preprocessing included), and
-the number of classes is that of the weights' classifier.
+the number of classes is that of the weights' classifier. `--eval-crop-fraction` sets the stored
+eval resize (torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
 
 Each `--from` source is one function in CONVERTERS taking the parsed arguments.
 """
@@ -44,7 +45,7 @@ def convert_torchvision(args) -> str:
   else:
     path = args.input
   fields, params, batch_stats = tv.convert_torchvision(args.model, tv.read_state_dict(path))
-  config = export_checkpoint.pretrained_config(fields)
+  config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
   names = tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
   checkpoint = export_checkpoint.save_pretrained(
       args.out, config, params, batch_stats, class_names=names,
@@ -65,7 +66,7 @@ def convert_keras(args) -> str:
     source = getattr(keras.applications, app_name)(weights='imagenet')
   fields, params, batch_stats = keras_import.convert_keras(args.model, source)
   params, mean, std = keras_import.rgb_input_convention(fields, params)
-  config = export_checkpoint.pretrained_config(fields)
+  config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
   config.data.mean, config.data.std = mean, std
   checkpoint = export_checkpoint.save_pretrained(
       args.out, config, params, batch_stats,
@@ -90,6 +91,10 @@ def main(argv=None) -> int:
   parser.add_argument('--download', action='store_true',
                       help="download the model's official weights (needs internet)")
   parser.add_argument('--out', required=True, help='the checkpoint folder to write')
+  parser.add_argument('--eval-crop-fraction', type=float, default=None,
+                      help='stored data.eval_crop_fraction: center crop 224 of the shorter side '
+                           'resized to 224 / this (default 0.875: resize 256; torchvision '
+                           "'IMAGENET1K_V2' weights were evaluated at resize 232: 0.9655)")
   args = parser.parse_args(argv)
   try:
     line = CONVERTERS[args.source](args)

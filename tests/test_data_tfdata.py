@@ -335,8 +335,8 @@ def _png(array) -> bytes:
   return tf.io.encode_png(array).numpy()
 
 
-def _run(preset, encoded, train, size, key=(1, 2)):
-  fn = tf_preprocess.make(preset, size=size, train=train)
+def _run(preset, encoded, train, size, key=(1, 2), **options):
+  fn = tf_preprocess.make(preset, size=size, train=train, **options)
   return fn(tf.constant(encoded), tf.constant(key, tf.int64)).numpy()
 
 
@@ -348,6 +348,9 @@ def test_presets():
   for encoded, lowest in ((_png(framed), 255), (jpeg, 235)):   # JPEG: ringing at the frame
     out = _run('imagenet', encoded, train=False, size=16)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out.min() >= lowest
+  # data.eval_crop_fraction=1 keeps the whole image: the frame stays, darkening the border
+  whole = _run('imagenet', _png(framed), train=False, size=16, crop_fraction=1.0)
+  assert whole[0].max() < 128 and whole[:, 0].max() < 128 and whole[8, 8].min() == 255
   # imagenet train: random crops, the same for the same key, different for others
   ramp = np.tile(np.arange(0, 240, 3, dtype=np.uint8)[None, :, None], (60, 1, 3))
   jpeg = tf.io.encode_jpeg(ramp).numpy()

@@ -247,9 +247,10 @@ def test_tf_data_eval_presets_without_tensorflow_match_tensorflow():
   from resnet_flax.data import tf_preprocess
   rng = np.random.default_rng(3)
   config = tiny_config().data
-  for preset, size in (('imagenet', 24), ('mnist', 32), ('cifar', 16)):
-    config.preprocess = preset
-    fn = tf_preprocess.make(preset, size=size, train=False)
+  for preset, size, fraction in (('imagenet', 24, 0.875), ('imagenet', 24, 224 / 232),
+                                 ('mnist', 32, 0.875), ('cifar', 16, 0.875)):
+    config.preprocess, config.eval_crop_fraction = preset, fraction
+    fn = tf_preprocess.make(preset, size=size, train=False, crop_fraction=fraction)
     for h, w, mode in ((37, 53, 'RGB'), (61, 29, 'L'), (24, 24, 'RGBA'), (10, 13, 'RGB')):
       y, x = np.mgrid[0:h, 0:w]
       pixels = np.stack([x * 255 // w, y * 255 // h, (x * y) % 256, np.full_like(x, 77)], -1)

@@ -192,6 +192,8 @@ def test_train_batches_are_a_function_of_seed_and_step():
     ({'data.source': 'ftp'}, 'data.source'),
     ({'model.bn_group_size': 3}, 'model.bn_group_size'),
     ({'label_smoothing': 1.5}, 'label_smoothing'),
+    ({'data.eval_crop_fraction': 0.0}, 'data.eval_crop_fraction'),
+    ({'data.eval_crop_fraction': 1.2}, 'data.eval_crop_fraction'),
     ({'num_epochs': 0.0, 'num_train_steps': -1}, 'num_epochs'),
 ])
 def test_config_errors_name_the_field(overrides, field):

@@ -203,6 +203,8 @@ def test_script_errors_exit_2_with_one_line(torch_files, tmp_path, capsys):
       (['--model', 'resnet18', '--in', partial], 'missing keys: bn1.bias'),
       (['--model', 'resnet19', '--in', partial], 'not a torchvision ResNet'),
       (['--model', 'resnet18'], 'pass either --in FILE_OR_URL or --download'),
+      (['--model', 'resnet18', '--in', str(torch_files / 'resnet18.pth'),
+        '--eval-crop-fraction', '1.5'], 'data.eval_crop_fraction=1.5'),
   ]
   for args, message in cases:
     code = main(['--from', 'torchvision', '--out', str(tmp_path / 'out'), *args])
@@ -214,9 +216,11 @@ def test_script_errors_exit_2_with_one_line(torch_files, tmp_path, capsys):
 def test_script_writes_a_checkpoint(torch_files, tmp_path, capsys):
   out = tmp_path / 'r18'
   code = _script_main()(['--from', 'torchvision', '--model', 'resnet18', '--in',
-                         str(torch_files / 'resnet18.pth'), '--out', str(out)])
+                         str(torch_files / 'resnet18.pth'), '--out', str(out),
+                         '--eval-crop-fraction', str(224 / 232)])
   assert code == 0, capsys.readouterr().err
   assert 'resnet18.pth ->' in capsys.readouterr().out
-  step, _, meta, _ = checkpointing.load_checkpoint(str(out))
+  step, _, meta, config = checkpointing.load_checkpoint(str(out))
   assert step == 0 and meta['pretrained']['file'] == 'resnet18.pth'
+  assert config['data']['eval_crop_fraction'] == 224 / 232   # predict/evaluate resize to 232
   assert 'torch' not in sys.modules and 'torchvision' not in sys.modules   # see the docstring

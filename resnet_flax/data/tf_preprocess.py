@@ -110,9 +110,9 @@ def _decode_window(data, window_fn: Callable) -> tf.Tensor:
   return image
 
 
-def _center_window(size: int):
-  """The window that 'shorter side -> round(size / 0.875), center crop size' keeps."""
-  resized = max(size, int(round(size / CENTER_CROP_FRACTION)))
+def _center_window(size: int, crop_fraction: float = CENTER_CROP_FRACTION):
+  """The window that 'shorter side -> round(size / crop_fraction), center crop size' keeps."""
+  resized = max(size, int(round(size / crop_fraction)))
 
   def window(height, width):
     shorter = tf.minimum(height, width)
@@ -122,9 +122,9 @@ def _center_window(size: int):
   return window
 
 
-def _random_window(seed, size: int):
+def _random_window(seed, size: int, crop_fraction: float):
   """Inception random-resized-crop window, or the center window when no attempt fits."""
-  center = _center_window(size)
+  center = _center_window(size, crop_fraction)
 
   def window(height, width):
     begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -153,14 +153,16 @@ def _pad_crop(image, seed, pad: int) -> tf.Tensor:
 
 
 def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
-         random_crop_pad: int = 0, random_flip: bool = False) -> Callable:
+         random_crop_pad: int = 0, random_flip: bool = False,
+         crop_fraction: float = CENTER_CROP_FRACTION) -> Callable:
   """fn(encoded bytes, key (2,) int64) -> uint8 (size, size, 3).
 
   `random_crop_pad` / `random_flip` (the config fields) add a pad-and-crop / flip to the
   `none` and `mnist` presets in training and change the pad of `cifar` (0: 4), as the device
   side does for the in-memory back end. `strict_size` (the `none` preset without an image
   size): images must already be size x size; another size fails the pipeline (an
-  InvalidArgumentError) instead of being resized.
+  InvalidArgumentError) instead of being resized. `crop_fraction` (`data.eval_crop_fraction`):
+  the 'imagenet' eval crop S over the resized shorter side.
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
@@ -175,9 +177,9 @@ def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
     def imagenet(data, key):
       if train:
         crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        image = _resize(_decode_window(data, _random_window(crop_key, size)), size)
+        image = _resize(_decode_window(data, _random_window(crop_key, size, crop_fraction)), size)
         return finish(_flip(image, flip_key) if flip else image)
-      return finish(_resize(_decode_window(data, _center_window(size)), size))
+      return finish(_resize(_decode_window(data, _center_window(size, crop_fraction)), size))
     return imagenet
 
   def other(data, key):

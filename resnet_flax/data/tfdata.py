@@ -214,7 +214,8 @@ class TFDataSource:
   def __init__(self, records, *, preprocess: str = 'none', image_size: int = 0,
                stored_shape: Optional[tuple] = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                cache: bool = False, threadpool_size: int = 0, random_crop_pad: int = 0,
-               random_flip: bool = False):
+               random_flip: bool = False,
+               eval_crop_fraction: float = tf_preprocess.CENTER_CROP_FRACTION):
     self._records = records
     if preprocess not in tf_preprocess.PRESETS:
       raise DataError(f'data.preprocess={preprocess!r}: allowed: auto, '
@@ -227,6 +228,9 @@ class TFDataSource:
     self.preprocess = preprocess
     if random_crop_pad < 0:
       raise DataError(f'data.random_crop_pad={random_crop_pad}: must be >= 0')
+    if not 0.0 < eval_crop_fraction <= 1.0:
+      raise DataError(f'data.eval_crop_fraction={eval_crop_fraction}: must be in (0, 1]')
+    self.eval_crop_fraction = float(eval_crop_fraction)
     if not image_size and preprocess != 'imagenet' and stored_shape is None:
       stored_shape = self._first_image_shape()
     stored = stored_shape[0] if stored_shape else None
@@ -246,7 +250,8 @@ class TFDataSource:
   def _preprocess_fn(self, train: bool) -> Callable:
     return tf_preprocess.make(self.preprocess, size=self.size, train=train,
                               strict_size=self._strict, random_crop_pad=self.random_crop_pad,
-                              random_flip=self.random_flip)
+                              random_flip=self.random_flip,
+                              crop_fraction=self.eval_crop_fraction)
 
   # -- construction --------------------------------------------------------------------------
 
@@ -649,7 +654,9 @@ def source_options(data_cfg) -> dict:
           'cache': bool(_get(data_cfg, 'cache', False)),
           'threadpool_size': int(_get(data_cfg, 'threadpool_size', 0) or 0),
           'random_crop_pad': int(_get(data_cfg, 'random_crop_pad', 0) or 0),
-          'random_flip': bool(_get(data_cfg, 'random_flip', False))}
+          'random_flip': bool(_get(data_cfg, 'random_flip', False)),
+          'eval_crop_fraction': float(_get(data_cfg, 'eval_crop_fraction',
+                                           tf_preprocess.CENTER_CROP_FRACTION))}
 
 
 def load_datasets(data_cfg, seed: int = 0) -> tuple[TFDataSource, TFDataSource]:

@@ -34,9 +34,9 @@ IMAGENET_CONFIG = os.path.join(
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
-def pretrained_config(fields: Mapping[str, Any]):
+def pretrained_config(fields: Mapping[str, Any], eval_crop_fraction: Optional[float] = None):
   """configs/imagenet.py's training config with these model fields: ImageNet mean and std,
-  224 px, eval resize to 256 and center crop 224."""
+  224 px, eval resize to 256 (or 224 / `eval_crop_fraction`) and center crop 224."""
   if not os.path.isfile(IMAGENET_CONFIG):
     raise WeightsError(f'{IMAGENET_CONFIG} is missing; run from a checkout of the repository')
   spec = importlib.util.spec_from_file_location('resnet_flax_imagenet_config', IMAGENET_CONFIG)
@@ -44,6 +44,9 @@ def pretrained_config(fields: Mapping[str, Any]):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.model.update({**MODEL_DEFAULTS, **dict(fields)})
+  if eval_crop_fraction is not None:
+    config.data.eval_crop_fraction = float(eval_crop_fraction)
+  configuration.validate(config)
   return config
 
 
