@@ -46,7 +46,6 @@ def pretrained_config(fields: Mapping[str, Any], eval_crop_fraction: Optional[fl
   config.model.update({**MODEL_DEFAULTS, **dict(fields)})
   if eval_crop_fraction is not None:
     config.data.eval_crop_fraction = float(eval_crop_fraction)
-  configuration.validate(config)
   return config
 
 
