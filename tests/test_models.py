@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from resnet_flax import model_stats
-from resnet_flax.models import NAMES, create_model, model_fields
+from resnet_flax.models import NAMES, UnitLayer, create_model, model_fields, unit_layer
 from resnet_flax.models import layers
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 
@@ -711,3 +711,18 @@ def test_describe_names_the_fields_that_differ_from_the_name():
   assert describe({**model_fields('resnet20'), 'depth': 56, 'version': 'v2'}) == (
       'resnet20 with depth=56, version=v2')
   assert describe({**model_fields('resnet20'), 'name': ''}) == ''
+
+
+def test_unit_layer_reads_every_layer_path_of_a_network():
+  """Every conv/norm module of ResNet-50's units has a position; stem and head have none."""
+  params = abstract_variables(make('resnet50'), (1, 32, 32, 3))['params']
+  positions = {(unit, layer): unit_layer((unit, layer))
+               for unit, sub in params.items() if unit.startswith('stage') for layer in sub}
+  assert len(positions) == 16 * 6 + 4 * 2      # 3 convs + 3 norms a unit, 4 projections
+  assert all(p is not None for p in positions.values())
+  assert positions['stage2_unit1', 'conv3'] == UnitLayer(2, 1, 'conv', 3)
+  assert positions['stage4_unit3', 'norm2'] == UnitLayer(4, 3, 'norm', 2)
+  assert positions['stage3_unit1', 'shortcut_norm'] == UnitLayer(3, 1, 'shortcut_norm', 0)
+  for outside in (('stem_conv',), ('head',), ('stage1_unit1', 'conv1', 'kernel'),
+                  ('stage1_unit1', 'se_pool')):
+    assert unit_layer(outside) is None

@@ -3,7 +3,7 @@
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_flax.models.registry import (MODEL_DEFAULTS, NAMES, create_model,
                                          default_image_size, model_fields)
-from resnet_flax.models.resnet import ResNet
+from resnet_flax.models.resnet import ResNet, UnitLayer, unit_layer
 
 __all__ = ['BasicBlock', 'BottleneckBlock', 'MODEL_DEFAULTS', 'NAMES', 'ResNet', 'create_model',
-           'default_image_size', 'model_fields']
+           'UnitLayer', 'default_image_size', 'model_fields', 'unit_layer']

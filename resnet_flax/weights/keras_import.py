@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_flax.models import (MODEL_DEFAULTS, NAMES, create_model, default_image_size,
-                                model_fields)
+                                model_fields, unit_layer)
 from resnet_flax.weights import WeightsError
 
 # registry name -> keras.applications constructor
@@ -206,17 +206,13 @@ def keras_layer_name(path, version: str) -> Optional[str]:
   if len(path) == 1:
     return {'stem_conv': 'conv1_conv', 'stem_norm': 'conv1_bn', 'final_norm': 'post_bn',
             'head': 'predictions'}.get(path[0])
-  unit = re.fullmatch(r'stage(\d+)_unit(\d+)', path[0])
-  if len(path) != 2 or not unit:
+  layer = unit_layer(path)
+  if layer is None:
     return None
-  prefix = f'conv{int(unit[1]) + 1}_block{unit[2]}'
-  if path[1] in ('shortcut_conv', 'shortcut_norm'):
-    return f'{prefix}_0_{"conv" if path[1] == "shortcut_conv" else "bn"}'
-  layer = re.fullmatch(r'(conv|norm)(\d+)', path[1])
-  if not layer:
-    return None
-  k = int(layer[2])
-  if layer[1] == 'conv':
+  prefix, k = f'conv{layer.stage + 1}_block{layer.unit}', layer.index
+  if layer.kind in ('shortcut_conv', 'shortcut_norm'):
+    return f'{prefix}_0_{"conv" if layer.kind == "shortcut_conv" else "bn"}'
+  if layer.kind == 'conv':
     return f'{prefix}_{k}_conv'
   if version == 'v2':  # pre-activation: norm1 before conv1 is Keras' preact_bn
     return f'{prefix}_preact_bn' if k == 1 else f'{prefix}_{k - 1}_bn'

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_flax.models import NAMES, create_model, model_fields
+from resnet_flax.models import NAMES, create_model, model_fields, unit_layer
 from resnet_flax.weights import WeightsError, torch_files
 
 # torchvision.models names; all but resnext101_64x4d are registry names with the same fields
@@ -135,16 +135,13 @@ def _torch_module(path: tuple[str, ...]) -> Optional[str]:
   """torchvision's module name of the resnet_flax module at `path`, or None."""
   if len(path) == 1:
     return {'stem_conv': 'conv1', 'stem_norm': 'bn1', 'head': 'fc'}.get(path[0])
-  unit = re.fullmatch(r'stage(\d+)_unit(\d+)', path[0])
-  if len(path) != 2 or not unit:
+  layer = unit_layer(path)
+  if layer is None:
     return None
-  layer = f'layer{unit[1]}.{int(unit[2]) - 1}'
-  if path[1] in ('shortcut_conv', 'shortcut_norm'):
-    return f'{layer}.downsample.{0 if path[1] == "shortcut_conv" else 1}'
-  sub = re.fullmatch(r'(conv|norm)(\d+)', path[1])
-  if not sub:
-    return None
-  return f'{layer}.{"conv" if sub[1] == "conv" else "bn"}{sub[2]}'
+  block = f'layer{layer.stage}.{layer.unit - 1}'
+  if layer.kind in ('shortcut_conv', 'shortcut_norm'):
+    return f'{block}.downsample.{0 if layer.kind == "shortcut_conv" else 1}'
+  return f'{block}.{"conv" if layer.kind == "conv" else "bn"}{layer.index}'
 
 
 def _to_flax(array: np.ndarray) -> np.ndarray:
