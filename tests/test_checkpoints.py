@@ -12,144 +12,26 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import checkpointing, trainer
-from resnet_flax.configuration import ConfigError
-
-from test_training import REPO, assert_trees_close, tiny_config
-
-TIME_FIELDS = ('train_time_s', 'compile_time_s', 'images_per_sec', 'data_wait_fraction')
-
-# The tiny_config model and data as a config file for scripts/train.py (a subprocess).
-_CONFIG_FILE = '''
-from resnet_flax.configuration import base_config
-from resnet_flax.models import model_fields
-
-
-def get_config():
-  c = base_config()
-  c.model.update(model_fields('resnet20'))
-  c.model.depth = 8
-  c.model.width = 4
-  c.model.num_classes = 10
-{data_lines}
-  c.data.random_crop_pad = 2
-  c.data.random_flip = True
-  c.data.mean = (127.0,)
-  c.data.std = (64.0,)
-  c.batch_size = 16
-  c.num_train_steps = 60
-  c.schedule.name = 'cosine'
-  c.schedule.base_lr = 0.1
-  c.schedule.warmup_steps = 5
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-3
-  c.ema_decay = 0.9
-  c.log_every_steps = 4
-  c.eval_every_steps = 20
-  c.checkpoint_every_steps = 6     # not a multiple of log_every: the metric window is saved
-  c.log_tensorboard = False
-  c.progress_bar = False
-  return c
-'''
+from conftest import (REPO, assert_bitwise_equal, assert_trees_close, config_text,
+                      final_state, metrics_events, run_command, saved_steps, subprocess_env,
+                      tiny_config, train_cmd, wait_for, without_time)
+from resnet_flax.checkpoint import store
+from resnet_flax.errors import CheckpointError, ConfigError
+from resnet_flax.train import loop, resume, steps
+from resnet_flax.train.build import build_run
 
 # Input back ends the exact-resume tests cover: in-memory (JAX augmentation) and tf.data
 # (host augmentation with stateless random ops) reading an image-folder tree.
 BACKENDS = ['memory', 'tfdata']
 
-_DATA_LINES = {
-    'memory': '''  c.data.source = 'synthetic'
-  c.data.image_size = 8
-  c.data.channels = 3
-  c.data.synthetic_num_classes = 10
-  c.data.synthetic_train_size = 64
-  c.data.synthetic_eval_size = 37''',
-    'tfdata': '''  c.data.source = 'folder'
-  c.data.backend = 'tfdata'
-  c.data.dir = {root!r}
-  c.data.shuffle_buffer = 32''',
-}
 
-
-def _image_tree(root):
-  """10 classes of 8x8 PNGs: 64 train and 37 test images (the synthetic shapes)."""
-  from PIL import Image
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 64), ('test', 37)):
-    for i in range(n):
-      folder = os.path.join(root, split, f'class{i % 10}')
-      os.makedirs(folder, exist_ok=True)
-      Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
-          os.path.join(folder, f'{i:03d}.png'))
-  return root
-
-
-def config_text(backend, root):
-  lines = _DATA_LINES[backend]
-  if backend == 'tfdata':
-    lines = lines.format(root=str(_image_tree(os.path.join(root, 'images'))))
-  return _CONFIG_FILE.format(data_lines=lines)
-
-
-def _env():
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['JAX_COMPILATION_CACHE_DIR'] = os.environ.get(
-      'RESNET_FLAX_JAX_CACHE', os.path.join(REPO, '.jax_cache'))
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
-  return env
-
-
-def _train_cmd(config_path, workdir, *extra):
-  return [sys.executable, os.path.join(REPO, 'scripts', 'train.py'), '--config', str(config_path),
-          '--workdir', str(workdir)] + list(extra)
-
-
-def _run(cmd, timeout=240):
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                        env=_env())
-
-
-def _saved_steps(workdir):
+def _saving_now(workdir):
   folder = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
-
-
-def _wait_for(proc, predicate, timeout=120.0, poll=0.002):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(poll)
-  raise AssertionError('timed out waiting for the training process')
-
-
-def _without_time(record):
-  return {k: v for k, v in record.items() if k not in TIME_FIELDS}
-
-
-def _metrics_events(workdir):
-  return [_without_time(json.loads(line)) for line in open(os.path.join(workdir,
-                                                                          'metrics.jsonl'))]
-
-
-def _final_state(workdir):
-  step, state, _, _ = checkpointing.load_checkpoint(str(workdir))
-  return step, state
-
-
-def _assert_bitwise_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) == len(lb) > 0
-  for x, y in zip(la, lb):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+  return os.path.isdir(folder) and any('.orbax-checkpoint-tmp' in n for n in os.listdir(folder))
 
 
 @pytest.fixture(scope='module', params=BACKENDS)
@@ -158,7 +40,7 @@ def uninterrupted(request, tmp_path_factory):
   root = tmp_path_factory.mktemp(f'reference-{request.param}')
   config_path = root / 'tiny.py'
   config_path.write_text(config_text(request.param, root))
-  p = _run(_train_cmd(config_path, root / 'run'))
+  p = run_command(train_cmd(config_path, root / 'run'))
   assert p.returncode == 0, p.stderr[-3000:]
   return config_path, root / 'run'
 
@@ -166,17 +48,12 @@ def uninterrupted(request, tmp_path_factory):
 def _assert_same_run(workdir, reference):
   ref_results = json.load(open(reference / 'results.json'))
   results = json.load(open(workdir / 'results.json'))
-  assert _without_time(results) == _without_time(ref_results)
-  assert _metrics_events(workdir) == _metrics_events(reference)
-  ref_step, ref_state = _final_state(reference)
-  step, state = _final_state(workdir)
+  assert without_time(results) == without_time(ref_results)
+  assert metrics_events(workdir) == metrics_events(reference)
+  ref_step, ref_state = final_state(reference)
+  step, state = final_state(workdir)
   assert step == ref_step == 60
-  _assert_bitwise_equal(state, ref_state)   # params, batch_stats, opt_state, EMA, step, rng
-
-
-def _saving_now(workdir):
-  folder = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(folder) and any('.orbax-checkpoint-tmp' in n for n in os.listdir(folder))
+  assert_bitwise_equal(state, ref_state)   # params, batch_stats, opt_state, EMA, step, rng
 
 
 @pytest.mark.slow
@@ -186,27 +63,27 @@ def test_sigkill_and_restart_ends_bit_identical(uninterrupted, tmp_path, when):
   being written, then started again with the same command: the same run, bit for bit."""
   config_path, reference = uninterrupted
   workdir = tmp_path / 'run'
-  rng = random.Random()
+  rng = random.Random({'random': 20261201, 'during_save': 20261202}[when])
   kill_after = rng.randint(6, 36)     # kill once a checkpoint at or after this step exists
   delay = rng.uniform(0.0, 0.3) if when == 'random' else 0.0
-  proc = subprocess.Popen(_train_cmd(config_path, workdir), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+  proc = subprocess.Popen(train_cmd(config_path, workdir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=subprocess_env())
   try:
     if when == 'random':
-      ready = lambda: any(s >= kill_after for s in _saved_steps(workdir))
+      ready = lambda: any(s >= kill_after for s in saved_steps(workdir))
     else:
-      ready = lambda: _saved_steps(workdir) and _saving_now(workdir)
-    running = _wait_for(proc, ready, poll=0.0005)
+      ready = lambda: saved_steps(workdir) and _saving_now(workdir)
+    running = wait_for(proc, ready, poll=0.0005)
     assert running, f'the run ended before the kill: {proc.stderr.read()[-2000:]}'
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
   finally:
     proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
-  killed_at = _saved_steps(workdir)
+  killed_at = saved_steps(workdir)
   assert killed_at and max(killed_at) < 60, f'killed too late (checkpoints {killed_at})'
 
-  p = _run(_train_cmd(config_path, workdir))
+  p = run_command(train_cmd(config_path, workdir))
   assert p.returncode == 0, p.stderr[-3000:]
   resumed = [l for l in p.stdout.splitlines() if l.startswith('resuming from checkpoint')]
   assert len(resumed) == 1, (when, kill_after, delay, p.stdout[-2000:])
@@ -219,10 +96,10 @@ def test_sigkill_and_restart_ends_bit_identical(uninterrupted, tmp_path, when):
 def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted, tmp_path):
   config_path, reference = uninterrupted
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(_train_cmd(config_path, workdir), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+  proc = subprocess.Popen(train_cmd(config_path, workdir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=subprocess_env())
   try:
-    assert _wait_for(proc, lambda: _saved_steps(workdir)), proc.stderr.read()[-2000:]
+    assert wait_for(proc, lambda: saved_steps(workdir)), proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
   finally:
@@ -232,10 +109,10 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted, tmp_pat
   line = [l for l in out.splitlines() if l.startswith('SIGTERM: saved checkpoint')]
   assert len(line) == 1, out[-2000:]
   stopped_at = int(line[0].split()[3])
-  assert max(_saved_steps(workdir)) == stopped_at < 60
+  assert max(saved_steps(workdir)) == stopped_at < 60
   assert not (workdir / 'results.json').exists()
 
-  p = _run(_train_cmd(config_path, workdir))
+  p = run_command(train_cmd(config_path, workdir))
   assert p.returncode == 0, p.stderr[-3000:]
   assert f'resuming from checkpoint {stopped_at} ' in p.stdout
   _assert_same_run(workdir, reference)
@@ -252,14 +129,14 @@ def _resume_config(**overrides):
 def eight_device_runs(tmp_path_factory):
   """A 4-step run saved on 8 devices (jit), and its 6-step continuation on 8 devices."""
   root = tmp_path_factory.mktemp('eight')
-  trainer.train_and_evaluate(_resume_config(), str(root / 'saved'))
+  loop.train_and_evaluate(_resume_config(), str(root / 'saved'))
   shutil.copytree(root / 'saved', root / 'continued')
-  trainer.train_and_evaluate(_resume_config(num_train_steps=6), str(root / 'continued'))
+  loop.train_and_evaluate(_resume_config(num_train_steps=6), str(root / 'continued'))
   return root
 
 
 def _train_losses(workdir):
-  return {e['step']: e['train_loss'] for e in _metrics_events(workdir) if 'train_loss' in e}
+  return {e['step']: e['train_loss'] for e in metrics_events(workdir) if 'train_loss' in e}
 
 
 @pytest.mark.parametrize('mode,num_devices', [('jit', 1), ('pmap', 4), ('pmap', 8)])
@@ -267,25 +144,25 @@ def test_resume_on_other_devices_and_parallelism(eight_device_runs, tmp_path, mo
                                                  capsys):
   workdir = tmp_path / 'run'
   shutil.copytree(eight_device_runs / 'saved', workdir)
-  trainer.train_and_evaluate(_resume_config(num_train_steps=6, parallelism=mode), str(workdir),
-                             devices=jax.devices()[:num_devices])
+  loop.train_and_evaluate(_resume_config(num_train_steps=6, parallelism=mode), str(workdir),
+                          devices=jax.devices()[:num_devices])
   assert 'resuming from checkpoint 4 ' in capsys.readouterr().out
   ref = _train_losses(eight_device_runs / 'continued')
   got = _train_losses(workdir)
   assert set(got) == set(ref) == set(range(1, 7))
   for step in (5, 6):   # the steps after the resume
     assert got[step] == pytest.approx(ref[step], rel=1e-5)
-  _, ref_state = _final_state(eight_device_runs / 'continued')
-  _, state = _final_state(workdir)
+  _, ref_state = final_state(eight_device_runs / 'continued')
+  _, state = final_state(workdir)
   assert_trees_close(state['params'], ref_state['params'])
   assert_trees_close(state['batch_stats'], ref_state['batch_stats'])
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
   workdir = tmp_path / 'run'
-  trainer.train_and_evaluate(_resume_config(num_train_steps=6), str(workdir),
-                             devices=jax.devices()[:1])
-  assert _saved_steps(workdir) == [2, 4, 6]
+  loop.train_and_evaluate(_resume_config(num_train_steps=6), str(workdir),
+                          devices=jax.devices()[:1])
+  assert saved_steps(workdir) == [2, 4, 6]
   # corrupt the latest checkpoint, and leave a half-written (unfinalised) one after it
   state_dir = workdir / 'checkpoints' / '6' / 'state'
   for root, _, files in os.walk(state_dir):
@@ -296,71 +173,87 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsy
   (partial / 'state').mkdir(parents=True)
   (partial / 'state' / 'data').write_bytes(b'half written')
   capsys.readouterr()
-  results = trainer.train_and_evaluate(_resume_config(num_train_steps=8), str(workdir),
-                                       devices=jax.devices()[:1])
+  results = loop.train_and_evaluate(_resume_config(num_train_steps=8), str(workdir),
+                                    devices=jax.devices()[:1])
   out = capsys.readouterr().out
   assert 'warning: checkpoint 6 in' in out and 'cannot be read' in out
   assert 'resuming from checkpoint 4 ' in out
   assert results['steps'] == 8
-  assert _saved_steps(workdir) == [4, 6, 8]      # 6 written again, from the resumed run
+  assert saved_steps(workdir) == [4, 6, 8]      # 6 written again, from the resumed run
   assert not partial.exists()
   assert os.listdir(str(workdir / 'checkpoints') + '.skipped')
 
 
-def test_nan_stops_and_keeps_the_checkpoints_before_it(tmp_path):
+def _nan_loss_at_step(monkeypatch, config, step):
+  """The train step's loss becomes NaN on the batch of `step` (1-based) and only there: the
+  real non-finite path of the step and the loop handle it."""
+  run = build_run(config, devices=jax.devices()[:1])
+  target = jnp.asarray(run.train_batches.batch(step - 1)['label'])
+  real = steps.losses.cross_entropy
+
+  def cross_entropy(logits, labels, *args):
+    loss = real(logits, labels, *args)
+    return jnp.where(jnp.all(labels == target), jnp.nan, loss)
+
+  monkeypatch.setattr(steps.losses, 'cross_entropy', cross_entropy)
+
+
+def test_nan_stops_and_keeps_the_checkpoints_before_it(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
   # logs every 3 steps, checkpoints every 2: the checkpoint at step 4 must check step 4 first
-  config = _resume_config(num_train_steps=10, log_every_steps=3, debug_nan_at_step=4)
-  with pytest.raises(trainer.NonFiniteLossError, match='at step 4;') as e:
-    trainer.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  config = _resume_config(num_train_steps=10, log_every_steps=3)
+  _nan_loss_at_step(monkeypatch, config, 4)
+  with pytest.raises(loop.NonFiniteLossError, match='at step 4;') as e:
+    loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
   assert 'Checkpoints up to step 2 are kept' in str(e.value)
-  assert _saved_steps(workdir) == [2]
-  step, state = _final_state(workdir)
+  assert saved_steps(workdir) == [2]
+  step, state = final_state(workdir)
   assert step == 2 and int(state['step']) == 2
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
   assert not (workdir / 'results.json').exists()
 
 
-def test_nan_skip_step_policy_keeps_training(tmp_path):
-  config = _resume_config(num_train_steps=4, debug_nan_at_step=2, nan_policy='skip_step')
-  results = trainer.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+def test_nan_skip_step_policy_keeps_training(tmp_path, monkeypatch):
+  config = _resume_config(num_train_steps=4, nan_policy='skip_step')
+  _nan_loss_at_step(monkeypatch, config, 2)
+  results = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   assert results['steps'] == 4 and np.isfinite(results['eval_loss'])
   assert _train_losses(tmp_path)[2] is None      # the NaN loss is logged as null
 
 
 def test_incompatible_config_is_refused_in_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(_resume_config(num_train_steps=2), workdir,
-                             devices=jax.devices()[:1])
+  loop.train_and_evaluate(_resume_config(num_train_steps=2), workdir,
+                          devices=jax.devices()[:1])
   config_json = open(os.path.join(workdir, 'config.json')).read()
   changed = _resume_config(num_train_steps=4, batch_size=32, **{'model.depth': 14})
   with pytest.raises(ConfigError) as e:
-    trainer.train_and_evaluate(changed, workdir, devices=jax.devices()[:1])
+    loop.train_and_evaluate(changed, workdir, devices=jax.devices()[:1])
   message = str(e.value)
   assert '\n' not in message and 'incompatible config' in message
   assert 'model.depth (8 -> 14)' in message and 'batch_size (16 -> 32)' in message
   assert 'on_existing_run=restart' in message
   assert open(os.path.join(workdir, 'config.json')).read() == config_json   # untouched
   with pytest.raises(ConfigError, match='on_existing_run=error'):
-    trainer.train_and_evaluate(_resume_config(num_train_steps=4, on_existing_run='error'),
-                               workdir, devices=jax.devices()[:1])
-  results = trainer.train_and_evaluate(
+    loop.train_and_evaluate(_resume_config(num_train_steps=4, on_existing_run='error'),
+                            workdir, devices=jax.devices()[:1])
+  results = loop.train_and_evaluate(
       _resume_config(num_train_steps=2, batch_size=32, on_existing_run='restart',
                      **{'model.depth': 14}), workdir, devices=jax.devices()[:1])
-  assert results['steps'] == 2 and _saved_steps(workdir) == [2]
+  assert results['steps'] == 2 and saved_steps(workdir) == [2]
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['depth'] == 14
 
 
 def test_init_from_reports_loaded_reinitialised_and_new(tmp_path, capsys):
   source = str(tmp_path / 'source')
-  trainer.train_and_evaluate(_resume_config(num_train_steps=2), source,
-                             devices=jax.devices()[:1])
-  _, saved = _final_state(source)
+  loop.train_and_evaluate(_resume_config(num_train_steps=2), source,
+                          devices=jax.devices()[:1])
+  _, saved = final_state(source)
   # a new head (5 classes): head/kernel and head/bias have other shapes
   config = _resume_config(num_train_steps=2, init_from=source,
                           **{'model.num_classes': 5, 'data.synthetic_num_classes': 5})
-  run = trainer.build_run(config, devices=jax.devices()[:1])
-  state, report = trainer.init_from_checkpoint(run, source)
+  run = build_run(config, devices=jax.devices()[:1])
+  state, report = resume.init_from_checkpoint(run, source)
   host = run.par.host_state(state)
   assert report.step == 2
   assert sorted(r.split()[0] for r in report.reinitialised) == ['params/head/bias',
@@ -377,15 +270,15 @@ def test_init_from_reports_loaded_reinitialised_and_new(tmp_path, capsys):
   np.testing.assert_array_equal(host.params['head']['kernel'], fresh.params['head']['kernel'])
   # through the trainer: the report is printed and returned
   capsys.readouterr()
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'finetune'),
-                                       devices=jax.devices()[:1])
+  results = loop.train_and_evaluate(config, str(tmp_path / 'finetune'),
+                                    devices=jax.devices()[:1])
   out = capsys.readouterr().out
   assert 'init_from ' in out and 're-initialised (shape mismatch): params/head/bias' in out
   assert results['init_from']['reinitialised'] == report.reinitialised
   # a model without a head: the head arrays of the checkpoint are listed as dropped
   other = _resume_config(**{'model.include_top': False})
-  run = trainer.build_run(other, devices=jax.devices()[:1])
-  _, report = trainer.init_from_checkpoint(run, os.path.join(source, 'checkpoints', '2'))
+  run = build_run(other, devices=jax.devices()[:1])
+  _, report = resume.init_from_checkpoint(run, os.path.join(source, 'checkpoints', '2'))
   assert report.dropped == ['params/head/bias', 'params/head/kernel']
 
 
@@ -393,64 +286,64 @@ def test_unwritable_checkpoint_folder_is_one_clear_error(tmp_path):
   (tmp_path / 'file.txt').write_text('not a folder')
   bad = tmp_path / 'file.txt' / 'checkpoints'
   config = _resume_config(num_train_steps=2, checkpoint_dir=str(bad))
-  with pytest.raises(checkpointing.CheckpointError) as e:
-    trainer.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
+  with pytest.raises(CheckpointError) as e:
+    loop.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
   message = str(e.value)
   assert '\n' not in message and str(bad) in message and 'writable folder' in message
 
 
 def test_save_that_fails_midway_leaves_earlier_checkpoints(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
-  real_save = checkpointing.Checkpoints.save
+  real_save = store.Checkpoints.save
 
   def failing_save(self, step, *args, **kwargs):
     if step == 4:
-      raise checkpointing._write_error(self.directory, OSError(28, 'No space left on device'))
+      raise CheckpointError(f'cannot write checkpoints to {self.directory} (OSError: [Errno 28] '
+                            f'No space left on device)')
     return real_save(self, step, *args, **kwargs)
 
-  monkeypatch.setattr(checkpointing.Checkpoints, 'save', failing_save)
-  with pytest.raises(checkpointing.CheckpointError, match='No space left on device'):
-    trainer.train_and_evaluate(_resume_config(num_train_steps=6), str(workdir),
-                               devices=jax.devices()[:1])
-  assert _saved_steps(workdir) == [2]
-  step, state = _final_state(workdir)
+  monkeypatch.setattr(store.Checkpoints, 'save', failing_save)
+  with pytest.raises(CheckpointError, match='No space left on device'):
+    loop.train_and_evaluate(_resume_config(num_train_steps=6), str(workdir),
+                            devices=jax.devices()[:1])
+  assert saved_steps(workdir) == [2]
+  step, state = final_state(workdir)
   assert step == 2 and int(state['step']) == 2
 
 
 def test_checkpoint_config_validation():
-  from resnet_flax import configuration
+  from resnet_flax import config as config_lib
   for field, value in (('checkpoint_every_steps', 0), ('keep_checkpoints', 0),
-                       ('on_existing_run', 'resume_maybe'), ('best_metric', 'top1'),
-                       ('debug_nan_at_step', 0)):
+                       ('on_existing_run', 'resume_maybe'), ('best_metric', 'top1')):
     with pytest.raises(ConfigError, match=field):
-      configuration.validate(tiny_config(**{field: value}))
+      config_lib.validate(tiny_config(**{field: value}))
 
 
 def test_keeps_latest_and_best(tmp_path):
   workdir = tmp_path / 'run'
   config = _resume_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=3,
                           keep_checkpoints=2)
-  trainer.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
-  evals = {e['step']: e['eval_top1'] for e in _metrics_events(workdir) if 'eval_top1' in e}
+  loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  evals = {e['step']: e['eval_top1'] for e in metrics_events(workdir) if 'eval_top1' in e}
   best = max(sorted(evals), key=lambda s: (evals[s], s))   # ties: orbax keeps the latest
-  assert set(_saved_steps(workdir)) == {11, 12} | {best}
+  assert set(saved_steps(workdir)) == {11, 12} | {best}
 
 
 @pytest.mark.slow
 def test_evaluate_script(tmp_path):
   workdir = tmp_path / 'run'
-  results = trainer.train_and_evaluate(_resume_config(num_train_steps=4), str(workdir),
-                                       devices=jax.devices()[:1])
+  results = loop.train_and_evaluate(_resume_config(num_train_steps=4), str(workdir),
+                                    devices=jax.devices()[:1])
   script = os.path.join(REPO, 'scripts', 'evaluate.py')
-  p = _run([sys.executable, script, '--workdir', str(workdir)])
+  p = run_command([sys.executable, script, '--workdir', str(workdir)])
   assert p.returncode == 0, p.stderr[-3000:]
   assert 'checkpoint 4, split test: top-1' in p.stdout
   saved = json.load(open(workdir / 'eval_4.json'))
   for key in ('eval_top1', 'eval_top5', 'eval_loss'):
     assert saved[key] == pytest.approx(results[key], rel=1e-5)
-  p = _run([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '2',
+  p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '2',
             '--config.data.eval_split=train[:16]', '--config.eval_batch_size=8'])
   assert p.returncode == 0, p.stderr[-3000:]
   assert json.load(open(workdir / 'eval_2.json'))['eval_split'] == 'train[:16]'
-  p = _run([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '3'])
+  p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '3'])
   assert p.returncode == 2 and 'no checkpoint at step 3' in p.stderr.strip().splitlines()[-1]

@@ -3,22 +3,21 @@
 import glob
 import importlib.util
 import os
-import sys
 
 import pytest
 
-from resnet_flax import configuration, model_stats
+from resnet_flax import config as configuration
+from resnet_flax.tools import model_stats
 from resnet_flax.models import create_model
 
-from test_training import REPO
+from conftest import REPO
 
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in
-                 glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True))
+                 glob.glob(os.path.join(REPO, 'configs', '**', '*.py'), recursive=True)
+                 if not p.endswith('__init__.py'))
 
 
 def load(relpath):
-  if REPO not in sys.path:
-    sys.path.insert(0, REPO)   # as the scripts do: config files import each other
   spec = importlib.util.spec_from_file_location('config_under_test', os.path.join(REPO, relpath))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

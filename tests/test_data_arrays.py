@@ -1,15 +1,14 @@
 """In-memory sources (digits, npz, synthetic) and the split slicing every source shares."""
 
-import os
 
 import numpy as np
 import pytest
 
-from resnet_flax.configuration import ConfigError, base_config
-from resnet_flax.data import DataError, arrays, splits
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(REPO, '..', 'shared', 'datasets', 'mnist.npz')
+from conftest import shared_data, tiny_config
+from resnet_flax.config import base_config
+from resnet_flax.data import arrays, splits
+from resnet_flax.errors import ConfigError, DataError
+from resnet_flax.train.build import build_run
 
 
 def _data_cfg(**fields):
@@ -19,7 +18,7 @@ def _data_cfg(**fields):
 
 
 def test_mnist_npz_has_60000_train_and_10000_test_examples():
-  cfg = _data_cfg(source='npz', dir=MNIST)
+  cfg = _data_cfg(source='npz', dir=shared_data('mnist.npz'))
   train, test = arrays.load(cfg, 'train'), arrays.load(cfg, 'test')
   assert (len(train), len(test)) == (60_000, 10_000)
   assert train.images.shape == (60_000, 28, 28, 1) and train.images.dtype == np.uint8
@@ -70,13 +69,11 @@ def test_npz_label_beyond_the_model_classes_is_a_config_error(tmp_path):
   """A label 10 in data meant for 10 classes: the data has 11 classes, and the run stops
   before compiling with the fix (num_classes) named."""
   import jax
-  from resnet_flax import trainer
-  from test_training import tiny_config
   path = _npz(tmp_path / 'eleven.npz', list(range(10)) * 3 + [10] * 2, list(range(10)))
   config = tiny_config(**{'data.source': 'npz', 'data.dir': path, 'data.image_size': 0,
                           'data.channels': 0, 'data.random_crop_pad': 0})
   with pytest.raises(ConfigError, match='the data has 11 classes.*num_classes=11'):
-    trainer.build_run(config, devices=jax.devices()[:1])
+    build_run(config, devices=jax.devices()[:1])
 
 
 def test_missing_npz_and_missing_arrays(tmp_path):

@@ -3,24 +3,21 @@ folder tree, and the real CIFAR-10 and Imagenette folders (slow)."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_flax import configuration, data, trainer
-from resnet_flax.configuration import ConfigError, base_config
-from resnet_flax.data import DataError, folder
-from resnet_flax.models import model_fields
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = os.path.join(REPO, '..', 'shared', 'datasets')
+from conftest import REPO, tiny_config, unpacked_shared
+from resnet_flax import config as configuration
+from resnet_flax import data
+from resnet_flax.config import base_config
+from resnet_flax.data import folder
+from resnet_flax.errors import ConfigError, DataError
+from resnet_flax.train import loop
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                    'ship', 'truck']
 
@@ -184,7 +181,7 @@ def test_first_corrupt_file_is_reported_from_the_thread_pool(tmp_path, monkeypat
   """With many small chunks decoded in parallel, the error still names the first bad file."""
   monkeypatch.setattr(folder, 'SERIAL_BELOW', 1)
   monkeypatch.setattr(folder, 'MAX_CHUNK', 2)
-  monkeypatch.setattr(folder, '_num_workers', lambda: 3)
+  monkeypatch.setattr(folder, 'default_workers', lambda: 3)
   root = make_tree(tmp_path / 'a', per_class=8)
   train = tmp_path / 'a' / 'train'
   (train / 'dog' / '03.png').write_bytes(b'garbage')
@@ -301,7 +298,6 @@ def test_on_bad_image_passes_through_and_is_validated(tmp_path):
 
 def _tiny_config(root):
   """The training tests' ResNet-8 (width 4) on a folder tree of 16x16 images in 4 classes."""
-  from test_training import tiny_config
   return tiny_config(**{'model.num_classes': 4, 'data.source': 'folder', 'data.dir': str(root),
                         'data.image_size': 0, 'data.channels': 0})
 
@@ -311,7 +307,7 @@ def test_trainer_runs_on_a_folder_tree(tmp_path):
   root = make_tree(tmp_path / 'data', classes=classes, per_class=8, size=(16, 16))
   make_tree(tmp_path / 'data', classes=classes, per_class=3, split='test', size=(16, 16))
   workdir = tmp_path / 'run'
-  results = trainer.train_and_evaluate(_tiny_config(root), str(workdir))
+  results = loop.train_and_evaluate(_tiny_config(root), str(workdir))
   saved = json.load(open(workdir / 'results.json'))
   assert saved['steps'] == results['steps'] == 2
   assert np.isfinite(saved['eval_loss']) and 0.0 <= saved['eval_top1'] <= 1.0
@@ -319,36 +315,9 @@ def test_trainer_runs_on_a_folder_tree(tmp_path):
 
 # --- the real folders (slow) ----------------------------------------------------------------
 
-def _unpacked(name: str) -> str:
-  """`name`.tar.gz from the shared datasets, unpacked once into the cache folder."""
-  cache = os.environ.get('RESNET_FLAX_DATA_CACHE', os.path.expanduser('~/.cache/resnet_flax'))
-  target = os.path.join(cache, name)
-  if os.path.isdir(target):
-    return target
-  archive = os.path.join(DATASETS, name + '.tar.gz')
-  if not os.path.isfile(archive):
-    pytest.skip(f'{archive} is not there')
-  os.makedirs(cache, exist_ok=True)
-  scratch = tempfile.mkdtemp(prefix=f'.{name}-unpacking-', dir=cache)
-  try:
-    with tarfile.open(archive) as tar:
-      if hasattr(tarfile, 'data_filter'):
-        tar.extractall(scratch, filter='data')
-      else:  # Python without extraction filters
-        tar.extractall(scratch)
-    try:
-      os.rename(os.path.join(scratch, name), target)   # atomic: readers see all or nothing
-    except OSError:
-      if not os.path.isdir(target):                    # not just a lost race with a worker
-        raise
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
-  return target
-
-
 @pytest.mark.slow
 def test_cifar10_folder(capsys):
-  root = _unpacked('cifar10-jpeg')
+  root = unpacked_shared('cifar10-jpeg')
   counts = {}
   for split, per_class in (('train', 5000), ('test', 1000)):
     paths, labels, names = folder.list_folder(root, split)
@@ -363,7 +332,7 @@ def test_cifar10_folder(capsys):
   seconds = time.perf_counter() - start
   with capsys.disabled():
     print(f'\ncifar10-jpeg: decoded 60,000 images in {seconds:.1f} s '
-          f'({60_000 / seconds:,.0f} images/s, {folder._num_workers()} threads)')
+          f'({60_000 / seconds:,.0f} images/s, {folder.default_workers()} threads)')
   for ds, n in ((train, 50_000), (test, 10_000)):
     assert ds.images.shape == (n, 32, 32, 3) and ds.images.dtype == np.uint8
     assert ds.class_names == CIFAR10_CLASSES
@@ -377,7 +346,7 @@ def test_cifar10_folder(capsys):
 
 @pytest.mark.slow
 def test_imagenette_folder():
-  root = _unpacked('imagenette-128')
+  root = unpacked_shared('imagenette-128')
   train = folder.list_folder(root, 'train')
   val = folder.list_folder(root, 'val')
   assert (len(train[0]), len(val[0])) == (9469, 3925)

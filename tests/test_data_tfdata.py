@@ -1,4 +1,4 @@
-"""The tf.data back end (`resnet_flax.data.tfdata`, `tf_preprocess`): TFDS (mocked, and a tiny
+"""The tf.data back end (`resnet_flax.data.tf`): TFDS (mocked, and a tiny
 dataset really prepared offline) and image folders, per-process shares, exact resume,
 preprocessing presets, bad data, and a short training run.
 
@@ -23,9 +23,13 @@ tf = pytest.importorskip('tensorflow')
 tfds = pytest.importorskip('tensorflow_datasets')
 PIL_Image = pytest.importorskip('PIL.Image')
 
-from resnet_flax import data, trainer  # noqa: E402
-from resnet_flax.data import tf_preprocess, tfdata  # noqa: E402
-from resnet_flax.data.arrays import DataError  # noqa: E402
+from conftest import REPO, subprocess_env, tiny_config  # noqa: E402
+from resnet_flax.data.tf import preprocess as tf_preprocess  # noqa: E402
+from resnet_flax.data.tf import source as tf_source  # noqa: E402
+from resnet_flax.data.tf import tfds as tfds_lib  # noqa: E402
+from resnet_flax.errors import DataError  # noqa: E402
+from resnet_flax.train import loop  # noqa: E402
+from resnet_flax.train.build import build_run  # noqa: E402
 
 TINY = 'resnet_flax_tiny_images'
 TINY_SPLITS = {'train': (0, 50), 'test': (50, 73)}   # example ids (= labels) of each split
@@ -71,7 +75,7 @@ def tiny_dir(tmp_path_factory):
 def tiny(data_dir, split='train', **options):
   options.setdefault('preprocess', 'imagenet')
   options.setdefault('image_size', 16)
-  return tfdata.TFDataSource.from_tfds(TINY, split, data_dir=data_dir, **options)
+  return tf_source.TFDataSource.from_tfds(TINY, split, data_dir=data_dir, **options)
 
 
 def assert_pairs(batch, mask=None):
@@ -110,7 +114,7 @@ def check_batch(batch, batch_size, shape, num_classes, process_index=0):
 
 def test_mock_cifar10_batches_and_global_array():
   with tfds.testing.mock_data(num_examples=40):
-    train = tfdata.TFDataSource.from_tfds('cifar10', 'train', preprocess='auto')
+    train = tf_source.TFDataSource.from_tfds('cifar10', 'train', preprocess='cifar')
     assert train.preprocess == 'cifar' and train.augmented_on_host
     assert train.image_shape == (32, 32, 3) and train.num_classes == 10
     assert train.num_examples == 40
@@ -119,7 +123,8 @@ def test_mock_cifar10_batches_and_global_array():
     batch = tb.batch(0)
     check_batch(batch, 16, (32, 32, 3), 10)
     check_batch(train.train_batches(16, 0, 1, 2).batch(0), 8, (32, 32, 3), 10, process_index=1)
-    evals = list(tfdata.TFDataSource.from_tfds('cifar10', 'test').eval_batches(16))
+    evals = list(tf_source.TFDataSource.from_tfds('cifar10', 'test', preprocess='cifar')
+                 .eval_batches(16))
   assert len(evals) == 3 and sum(b['mask'].sum() for b in evals) == 40
   assert evals[-1]['mask'].tolist() == [1.0] * 8 + [0.0] * 8
 
@@ -136,15 +141,16 @@ def test_mock_cifar10_batches_and_global_array():
 def test_mock_imagenet2012_at_64px():
   # USE_CODE: no metadata files and no manual ILSVRC tars needed; random JPEGs of 5-50 px
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
-    source = tfdata.TFDataSource.from_tfds('imagenet2012', 'train', preprocess='auto',
-                                           image_size=64)
+    source = tf_source.TFDataSource.from_tfds('imagenet2012', 'train', preprocess='imagenet',
+                                              image_size=64)
     assert source.preprocess == 'imagenet' and source.image_shape == (64, 64, 3)
     assert source.num_classes == 1000
     tb = source.train_batches(8, seed=3)
     for step in range(3):
       check_batch(tb.batch(step), 8, (64, 64, 3), 1000)
-    evals = list(tfdata.TFDataSource.from_tfds('imagenet2012', 'validation', preprocess='auto',
-                                               image_size=64).eval_batches(16, 0, 2))
+    evals = list(tf_source.TFDataSource.from_tfds('imagenet2012', 'validation',
+                                                  preprocess='imagenet',
+                                                  image_size=64).eval_batches(16, 0, 2))
   assert len(evals) == 2 and sum(b['mask'].sum() for b in evals) == 12
   assert evals[0]['image'].shape == (8, 64, 64, 3)
   assert evals[0]['position'].tolist() == list(range(8))
@@ -217,13 +223,13 @@ def test_tfds_errors(tiny_dir, tmp_path):
     tiny(str(tmp_path))
   with pytest.raises(DataError, match=r'ILSVRC2012_img_train\.tar.*tfds build imagenet2012 '
                                       r'--data_dir=.* --manual_dir='):
-    tfdata.TFDataSource.from_tfds('imagenet2012', 'train', data_dir=str(tmp_path))
+    tf_source.TFDataSource.from_tfds('imagenet2012', 'train', data_dir=str(tmp_path))
   with pytest.raises(DataError, match=r"no split 'validation'; its splits: test, train"):
     tiny(tiny_dir, 'validation')
   with pytest.raises(DataError, match=r"selects no examples"):
     tiny(tiny_dir, 'train[60:]')
   with pytest.raises(DataError, match=r"data.name='cifar_10': .*did you mean cifar10"):
-    tfdata.open_builder('cifar_10')
+    tfds_lib.open_builder('cifar_10')
   with pytest.raises(DataError, match=r"data.image_key='picture'.*Image features: image"):
     tiny(tiny_dir, image_key='picture')
   with pytest.raises(ValueError, match='fewer than one batch'):
@@ -265,7 +271,7 @@ def assert_class_colours(batch, mask=None):
 
 def test_folder_batches_shares_and_resume(tmp_path):
   root = make_folder(tmp_path / 'tree')
-  train = tfdata.TFDataSource.from_folder(root, 'train', image_size=16)
+  train = tf_source.TFDataSource.from_folder(root, 'train', image_size=16)
   assert train.num_examples == 21 and train.class_names == sorted(CLASS_VALUES)
   assert train.image_shape == (16, 16, 3) and train.preprocess == 'none'
   tb = train.train_batches(4, seed=0, process_index=1, process_count=2)
@@ -274,15 +280,15 @@ def test_folder_batches_shares_and_resume(tmp_path):
   for b in run:
     check_batch(b, 2, (16, 16, 3), 3, process_index=1)
     assert_class_colours(b)
-  fresh = tfdata.TFDataSource.from_folder(root, 'train', image_size=16).train_batches(
+  fresh = tf_source.TFDataSource.from_folder(root, 'train', image_size=16).train_batches(
       4, seed=0, process_index=1, process_count=2)
   for k in (11, 5, 7):
     np.testing.assert_array_equal(fresh.batch(k)['image'], run[k]['image'])
-  cached = tfdata.TFDataSource.from_folder(root, 'train', image_size=16, cache=True,
+  cached = tf_source.TFDataSource.from_folder(root, 'train', image_size=16, cache=True,
                                            shuffle_buffer=4)
   tb = cached.train_batches(4, seed=0, process_index=1, process_count=2)
   run = [tb.batch(k)['label'] for k in range(7)]
-  again = tfdata.TFDataSource.from_folder(root, 'train', image_size=16, cache=True,
+  again = tf_source.TFDataSource.from_folder(root, 'train', image_size=16, cache=True,
                                           shuffle_buffer=4).train_batches(4, 0, 1, 2)
   np.testing.assert_array_equal(again.batch(6)['label'], run[6])
   share = collections.Counter(l for b in cached.eval_batches(4, 1, 2)
@@ -291,7 +297,7 @@ def test_folder_batches_shares_and_resume(tmp_path):
   assert sum(share.values()) == 11 and sum(epoch0.values()) == 10
   assert not epoch0 - share                 # the epoch draws from this process's share only
 
-  val = tfdata.TFDataSource.from_folder(root, 'val', preprocess='imagenet', image_size=8)
+  val = tf_source.TFDataSource.from_folder(root, 'val', preprocess='imagenet', image_size=8)
   seen = []
   for p in range(2):
     batches = list(val.eval_batches(4, p, 2))
@@ -307,7 +313,7 @@ def test_folder_bad_files(tmp_path):
   bad = os.path.join(root, 'train', 'bee', '03.jpg')
   with open(bad, 'wb') as f:
     f.write(b'\xff\xd8\xff\xe0 truncated, not a JPEG')
-  source = tfdata.TFDataSource.from_folder(root, 'train')     # decodes nothing yet
+  source = tf_source.TFDataSource.from_folder(root, 'train')     # decodes nothing yet
   assert source.image_shape == (12, 12, 3)
   with pytest.raises(DataError, match=rf'{re.escape(bad)}: cannot be decoded as an image '
                                       r'.*on_bad_image=skip'):
@@ -316,7 +322,7 @@ def test_folder_bad_files(tmp_path):
   with pytest.raises(DataError, match=rf'{re.escape(bad)}: cannot be decoded'):
     list(source.eval_batches(6))
 
-  skipping = tfdata.TFDataSource.from_folder(root, 'train', on_bad='skip')
+  skipping = tf_source.TFDataSource.from_folder(root, 'train', on_bad='skip')
   assert skipping.num_examples == 20
   labels = np.concatenate([b['label'] for b in skipping.eval_batches(20)])
   assert sorted(labels) == [0] * 7 + [1] * 6 + [2] * 7
@@ -325,8 +331,8 @@ def test_folder_bad_files(tmp_path):
   PIL_Image.new('RGB', (13, 12)).save(os.path.join(root, 'train', 'cat', '99.png'))
   with pytest.raises(DataError, match=r'99\.png: is 13x12, but the images of this split are '
                                       r'12x12.*data.image_size'):
-    list(tfdata.TFDataSource.from_folder(root, 'train').eval_batches(7))
-  assert tfdata.TFDataSource.from_folder(root, 'train', image_size=12).num_examples == 21
+    list(tf_source.TFDataSource.from_folder(root, 'train').eval_batches(7))
+  assert tf_source.TFDataSource.from_folder(root, 'train', image_size=12).num_examples == 21
 
 
 # --- presets -------------------------------------------------------------------------------
@@ -374,36 +380,20 @@ def test_presets():
   assert mnist[:2].max() == 0 and mnist[:, 30:].max() == 0
   rgba = np.concatenate([image, np.zeros((32, 32, 1), np.uint8)], axis=-1)
   np.testing.assert_array_equal(_run('none', _png(rgba), False, 32), image)
-  assert tf_preprocess.auto_preset('imagenet2012') == 'imagenet'
-  assert tf_preprocess.auto_preset('cifar100') == 'cifar'
-  assert tf_preprocess.auto_preset('fashion_mnist') == 'mnist'
-  assert tf_preprocess.auto_preset('oxford_flowers102') == 'none'
 
 
 # --- wiring --------------------------------------------------------------------------------
 
 def test_package_import_does_not_import_tensorflow():
-  code = ('import sys, resnet_flax, resnet_flax.data, resnet_flax.trainer; '
-          'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+  code = ('import sys, resnet_flax, resnet_flax.data, resnet_flax.train.loop, '
+          'resnet_flax.cli.train; print(sorted(m for m in sys.modules if m.split(".")[0] in '
           '("tensorflow", "tensorflow_datasets")))')
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
-                       check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                       check=True, env=subprocess_env())
   assert out.stdout.strip() == '[]'
 
 
-def _use_tfdata_dispatch(config, monkeypatch):
-  """Until `data.load_datasets` dispatches tfds configs to tfdata, route them there."""
-  try:
-    wired = isinstance(data.load_datasets(config.data, 0)[0], tfdata.TFDataSource)
-  except DataError:
-    wired = False
-  if not wired:
-    monkeypatch.setattr(data, 'load_datasets', tfdata.load_datasets)
-
-
 def _tfds_config(name, **overrides):
-  from tests.test_training import tiny_config
   config = tiny_config(**{'data.source': 'tfds', 'data.name': name, 'data.random_crop_pad': 0,
                           'data.random_flip': False, **overrides})
   if 'backend' in config.data:
@@ -411,26 +401,24 @@ def _tfds_config(name, **overrides):
   return config
 
 
-def test_train_steps_on_mock_cifar10(monkeypatch):
+def test_train_steps_on_mock_cifar10():
   config = _tfds_config('cifar10', **{'data.preprocess': 'cifar'})   # 32 px -> 8 px on the host
   with tfds.testing.mock_data(num_examples=48):
-    _use_tfdata_dispatch(config, monkeypatch)
-    run = trainer.build_run(config)
+    run = build_run(config)
     assert run.plan.steps_per_epoch == run.train_batches.steps_per_epoch == 3
     state = run.state
     for step in range(2):
       state, metrics = run.p_train(state, run.par.put_batch(run.train_batches.batch(step)))
     assert np.isfinite(float(run.par.host_metrics(metrics)['loss_sum']))
-    result = trainer.evaluate(state, run.p_eval, run.par, run.eval_ds, 16)
+    result = loop.evaluate(state, run.p_eval, run.par, run.eval_ds, 16)
   assert np.isfinite(result['eval_loss']) and 0.0 <= result['eval_top1'] <= 1.0
 
 
-def test_train_and_evaluate_on_a_prepared_tfds_dataset(tiny_dir, tmp_path, monkeypatch):
+def test_train_and_evaluate_on_a_prepared_tfds_dataset(tiny_dir, tmp_path):
   # a real (not mocked) TFDS dataset: mock_data swaps the file system while it builds a
   # pipeline, which would race with the trainer's asynchronous checkpoint writes
   config = _tfds_config(TINY, **{'data.dir': tiny_dir, 'data.preprocess': 'imagenet',
                                  'data.eval_split': 'test', 'model.num_classes': 100})
-  _use_tfdata_dispatch(config, monkeypatch)
-  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  results = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 2
   assert np.isfinite(results['eval_loss']) and 0.0 <= results['eval_top1'] <= 1.0

@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_flax import gradient_flow, trainer
+from conftest import tiny_config
+from resnet_flax.experiments import gradient_flow
 from resnet_flax.models import create_model, model_fields
-
-from test_training import tiny_config
+from resnet_flax.train import loop, steps
 
 
 def _init_rows(name, depth, seed=0):
@@ -80,18 +80,18 @@ def test_per_stage_gradient_norms_cover_every_parameter():
           'stage1_unit1': {'conv1': {'kernel': np.full((2,), 3.0)}},
           'stage1_unit2': {'norm1': {'scale': np.full((2,), 4.0)}},
           'head': {'kernel': np.full((4,), 0.5), 'bias': np.zeros(4)}}
-  norms = jax.device_get(gradient_flow.per_stage_grad_norms(rows))
-  assert set(norms) == {'grad_norm_stem', 'grad_norm_stage1', 'grad_norm_head'}
-  assert norms['grad_norm_stem'] == pytest.approx(np.sqrt(108))
-  assert norms['grad_norm_stage1'] == pytest.approx(np.sqrt(2 * 9 + 2 * 16))
-  assert norms['grad_norm_head'] == pytest.approx(1.0)
+  squares = jax.device_get(steps.per_stage_grad_squares(rows))
+  assert set(squares) == {'grad_norm_stem_sq', 'grad_norm_stage1_sq', 'grad_norm_head_sq'}
+  assert squares['grad_norm_stem_sq'] == pytest.approx(108)
+  assert squares['grad_norm_stage1_sq'] == pytest.approx(2 * 9 + 2 * 16)
+  assert squares['grad_norm_head_sq'] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize('parallelism', ['jit', 'pmap'])
 def test_log_grad_norms_logs_each_stage_and_they_add_up(tmp_path, parallelism):
   config = tiny_config(num_train_steps=4, log_every_steps=2, log_grad_norms=True,
                        parallelism=parallelism)
-  trainer.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
+  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
   with open(tmp_path / 'metrics.jsonl') as f:
     records = [r for r in map(json.loads, f) if 'train_loss' in r]
   assert len(records) == 2

@@ -7,10 +7,6 @@ passes run on tiny inputs with weights filled from numpy (no slow random-init co
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -18,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import model_stats
+from conftest import command, run_command
+from resnet_flax.tools import model_stats
 from resnet_flax.models import NAMES, UnitLayer, create_model, model_fields, unit_layer
 from resnet_flax.models import layers
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def make(name, **overrides):
@@ -81,7 +77,10 @@ TORCHVISION_PARAMS = {
     'resnet101': 44_549_160,
     'resnet152': 60_192_808,
     'resnext50_32x4d': 25_028_904,
+    'resnext101_32x8d': 88_791_336,
+    'resnext101_64x4d': 83_455_272,
     'wide_resnet50_2': 68_883_240,
+    'wide_resnet101_2': 126_886_696,
 }
 
 CIFAR_PARAMS = {  # He et al. 2015, section 4.2 (option A shortcuts)
@@ -665,9 +664,7 @@ def test_registry_names_all_build():
 # The summary script.
 
 def run_summary(*args):
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  return subprocess.run([sys.executable, os.path.join('scripts', 'summary.py'), *args],
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  return run_command(command('summary', *args))
 
 
 def check_summary_json(proc):

@@ -1,4 +1,4 @@
-"""Schedules, optimizers, weight decay, EMA (resnet_flax.optim) and losses (resnet_flax.losses)."""
+"""Schedules, optimizers, weight decay, EMA (resnet_flax.optim) and the losses (train.losses)."""
 
 import math
 
@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_flax import losses, optim
+from resnet_flax import optim
+from resnet_flax.train import losses
 
 
 def _schedule(batch_size=256, steps_per_epoch=100, total_steps=1000, **fields):
@@ -194,14 +195,12 @@ def _assert_trees_close(actual, expected, **kw):
 def test_l2_mode_sgd_step():
   lr, wd = 0.1, 0.01
   cfg = _opt_cfg(momentum=0.0, weight_decay=wd, weight_decay_mode='l2')
-  assert optim.l2_coefficient(cfg) == wd
-  assert optim.l2_coefficient({**cfg, 'weight_decay_mode': 'decoupled'}) == 0.0
   params, data = _params(), _grads(1)
   mask = optim.weight_decay_mask(params, cfg['weight_decay_exclude'])
 
   def loss_fn(p):
     data_loss = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(data)))
-    return data_loss + optim.l2_coefficient(cfg) * optim.l2_penalty(p, mask)
+    return data_loss + wd * optim.l2_penalty(p, mask)   # what the l2-mode train step adds
 
   tx = optim.build_optimizer(cfg, lr, params)
   new = _steps(tx, params, [jax.grad(loss_fn)(params)])

@@ -6,7 +6,6 @@ import importlib.util
 import io
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -17,10 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_flax import exporting, inference, train_state, trainer
-from resnet_flax.checkpointing import CheckpointError
-
-from test_training import REPO, tiny_config
+from conftest import REPO, subprocess_env, tiny_config
+from resnet_flax.cli import inference as inference_cli
+from resnet_flax.data import info as data_info
+from resnet_flax.data.info import DataInfo
+from resnet_flax.errors import CheckpointError, DataError, ExportError
+from resnet_flax.inference import export as exporting
+from resnet_flax.inference import predictor as inference
+from resnet_flax.train import build, loop
+from resnet_flax.train.state import TrainState
 
 NUM_CLASSES = 10
 
@@ -43,7 +47,7 @@ def _numpy_train_state(model, tx, *, seed, image_shape, use_ema):
   params = jax.tree_util.tree_map_with_path(draw, shapes['params'])
   stats = jax.tree_util.tree_map_with_path(draw, shapes.get('batch_stats', {}))
   copy = lambda tree: jax.tree.map(np.copy, tree)  # noqa: E731
-  return train_state.TrainState(
+  return TrainState(
       step=np.zeros((), np.int32), params=params, batch_stats=stats,
       opt_state=jax.jit(tx.init)(params), rng=np.asarray(jax.random.PRNGKey(seed)),
       ema_params=copy(params) if use_ema else None,
@@ -53,7 +57,7 @@ def _numpy_train_state(model, tx, *, seed, image_shape, use_ema):
 @pytest.fixture(scope='module', autouse=True)
 def _fast_init():
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(trainer, 'create_train_state', _numpy_train_state)
+    patch.setattr(build, 'create_train_state', _numpy_train_state)
     yield
 
 
@@ -81,7 +85,7 @@ def run(tmp_path_factory):
   _write_split(root, 'train', 32, rng)
   _write_split(root, 'test', 20, rng)
   config = _config(root)
-  trainer.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
   return workdir, root, config
 
 
@@ -91,9 +95,8 @@ def predictor(run):
 
 
 def _script(name, argv):
-  """Runs scripts/NAME.py's main(argv) in this process; returns its exit code."""
-  module = runpy.run_path(os.path.join(REPO, 'scripts', f'{name}.py'), run_name='script')
-  return module['main'](argv)
+  """Runs the command NAME (predict, export) in this process; returns its exit code."""
+  return getattr(inference_cli, name)([name] + list(argv))
 
 
 def _test_files(root):
@@ -106,7 +109,7 @@ def test_checkpoint_records_the_data(predictor):
   assert predictor.class_names == [f'class{i}' for i in range(NUM_CLASSES)]
   assert predictor.uses_ema   # ema_decay > 0: evaluation uses the EMA, so does prediction
   # a checkpoint without meta['data'] (saved before it existed) derives the same from the config
-  assert inference.data_info({}, predictor.config) == predictor.data
+  assert data_info.from_meta({}, predictor.config.data) == predictor.data
 
 
 def test_predict_top1_equals_evaluate_image_by_image(run, predictor):
@@ -120,7 +123,7 @@ def test_predict_top1_equals_evaluate_image_by_image(run, predictor):
   for i, (path, label) in enumerate(zip(files, top1)):
     shutil.copy(path, root / 'bypred' / f'class{label}' / f'{i:03d}.png')
   eval_config = _config(root, **{'data.eval_split': 'bypred', 'data.on_bad_image': 'skip'})
-  step, metrics = trainer.evaluate_checkpoint(eval_config, str(workdir),
+  step, metrics = loop.evaluate_checkpoint(eval_config, str(workdir),
                                               devices=jax.devices()[:1])
   assert step == 2 and metrics['eval_top1'] == 1.0
 
@@ -141,8 +144,8 @@ def test_predict_script_any_size_and_mode_without_tensorflow(run, predictor, tmp
   code = ('import runpy, sys; sys.modules["tensorflow"] = None; '
           f'sys.argv = ["predict.py"] + {["--workdir", str(run[0]), "--json"] + paths!r}; '
           f'runpy.run_path({os.path.join(REPO, "scripts", "predict.py")!r}, run_name="__main__")')
-  p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                     cwd=tmp_path, env=_clean_env())
+  p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                     cwd=tmp_path, env=subprocess_env())
   assert p.returncode == 0, p.stderr[-3000:]
   out = json.loads(p.stdout)
   assert out['step'] == 2 and out['ema'] and len(out['predictions']) == len(paths)
@@ -170,11 +173,11 @@ def test_predict_script_text_output(run, capsys):
 def test_missing_checkpoint_is_one_line_and_exit_code_2(run, tmp_path, capsys):
   p = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'predict.py'), '--workdir',
                       str(tmp_path / 'no-such-run'), 'x.png'], capture_output=True, text=True,
-                     timeout=120, cwd=tmp_path, env=_clean_env())
+                     cwd=tmp_path, env=subprocess_env())
   assert p.returncode == 2 and p.stdout == ''
   assert p.stderr.strip().splitlines() == [
-      f'error: {tmp_path / "no-such-run"}: no such folder (expected a run workdir, its '
-      f'checkpoints folder or a checkpoint folder)']
+      f'checkpoint error: {tmp_path / "no-such-run"}: no such folder (expected a run workdir, '
+      f'its checkpoints folder or a checkpoint folder)']
   (tmp_path / 'empty').mkdir()
   for argv, message in ((['--workdir', str(tmp_path / 'empty')], 'holds no complete checkpoint'),
                         (['--workdir', str(run[0]), '--step', '7'], 'no checkpoint at step 7'),
@@ -188,19 +191,13 @@ def test_missing_checkpoint_is_one_line_and_exit_code_2(run, tmp_path, capsys):
 
 # the reload snippet of docs/INFERENCE.md, in a process where resnet_flax cannot be imported
 _RELOAD = '''
-import importlib.util, sys
-assert importlib.util.find_spec('resnet_flax') is None
+import sys
+sys.modules['resnet_flax'] = None   # `import resnet_flax` fails from here on
 import jax, numpy as np
 exported = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read()))
 for name in sys.argv[2:]:
   np.save(name + '.logits.npy', np.asarray(exported.call(np.load(name + '.npy'))))
 '''
-
-
-def _clean_env():
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  env['JAX_PLATFORMS'] = 'cpu'
-  return env
 
 
 def test_exported_function_reloads_without_the_package(run, predictor, tmp_path, capsys):
@@ -216,8 +213,9 @@ def test_exported_function_reloads_without_the_package(run, predictor, tmp_path,
   for name, batch in batches.items():
     np.save(tmp_path / f'{name}.npy', batch)
   (tmp_path / 'reload.py').write_text(_RELOAD)
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   p = subprocess.run([sys.executable, 'reload.py', str(out), *batches], capture_output=True,
-                     text=True, timeout=120, cwd=tmp_path, env=_clean_env())
+                     text=True, cwd=tmp_path, env={**env, 'JAX_PLATFORMS': 'cpu'})
   assert p.returncode == 0, p.stderr[-3000:]
   for name, batch in batches.items():
     logits = np.load(tmp_path / f'{name}.logits.npy')
@@ -226,7 +224,7 @@ def test_exported_function_reloads_without_the_package(run, predictor, tmp_path,
 
 
 def test_one_channel_models_get_grey_images():
-  data = inference.DataInfo((8, 8, 1), False)
+  data = DataInfo((8, 8, 1), False)
   config = tiny_config().data
   grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
   rgba = Image.fromarray(np.dstack([grey] * 3 + [np.zeros_like(grey)]), 'RGBA')
@@ -235,7 +233,7 @@ def test_one_channel_models_get_grey_images():
   big = Image.fromarray(np.full((20, 30, 3), 200, np.uint8))
   np.testing.assert_array_equal(inference.prepare_image(big, config, data),
                                 np.full((8, 8, 1), 200, np.uint8))
-  with pytest.raises(inference.DataError, match='not an image'):
+  with pytest.raises(DataError, match='not an image'):
     inference.prepare_image(b'not a png', config, data)
 
 
@@ -244,7 +242,7 @@ def test_tf_data_eval_presets_without_tensorflow_match_tensorflow():
   if importlib.util.find_spec('tensorflow') is None:
     pytest.skip('TensorFlow is not installed')
   import tensorflow as tf
-  from resnet_flax.data import tf_preprocess
+  from resnet_flax.data.tf import preprocess as tf_preprocess
   rng = np.random.default_rng(3)
   config = tiny_config().data
   for preset, size, fraction in (('imagenet', 24, 0.875), ('imagenet', 24, 224 / 232),
@@ -260,14 +258,14 @@ def test_tf_data_eval_presets_without_tensorflow_match_tensorflow():
       image.save(buffer, 'PNG')
       reference = fn(tf.constant(buffer.getvalue()), tf.constant([0, 0], tf.int64)).numpy()
       ours = inference.prepare_image(buffer.getvalue(), config,
-                                     inference.DataInfo((size, size, 3), True))
+                                     DataInfo((size, size, 3), True))
       assert ours.shape == reference.shape
       assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1, (preset, h, w, mode)
 
 
 def test_saved_model_via_jax2tf(predictor, tmp_path):
   if importlib.util.find_spec('tensorflow') is None:
-    with pytest.raises(exporting.ExportError, match='needs TensorFlow'):
+    with pytest.raises(ExportError, match='needs TensorFlow'):
       exporting.save_saved_model(predictor, str(tmp_path / 'saved'))
     return
   import tensorflow as tf

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from resnet_flax import plotting, sweep
-
-from test_checkpoints import config_text
-from test_training import REPO
+from conftest import REPO, config_text, subprocess_env
+from resnet_flax import rundir
+from resnet_flax.errors import SweepError
+from resnet_flax.experiments import plotting, sweep
 
 
 def test_axes_expand_in_order_and_points_are_named_by_their_overrides():
@@ -36,12 +36,12 @@ def test_axes_expand_in_order_and_points_are_named_by_their_overrides():
     ('model.depth=20,20', 'repeated'),
 ])
 def test_bad_sweep_arguments_name_the_problem(text, message):
-  with pytest.raises(sweep.SweepError, match=message):
+  with pytest.raises(SweepError, match=message):
     sweep.parse_axis(text)
 
 
 def test_extra_override_of_a_swept_field_is_refused():
-  with pytest.raises(sweep.SweepError, match='this field is swept'):
+  with pytest.raises(SweepError, match='this field is swept'):
     sweep.train_command('c.py', 'w', {'model.depth': '20'}, ['--config.model.depth=32'])
 
 
@@ -57,12 +57,12 @@ def test_dry_run_prints_one_train_command_per_point(tmp_path):
                                              (14, 'false')]):
     assert line.endswith(f'--config.model.depth={depth} --config.model.residual={residual} '
                          '--config.seed=3')
-    assert f'depth={depth},residual={residual}' in line and 'scripts/train.py' in line
+    assert f'depth={depth},residual={residual}' in line and '-m resnet_flax train' in line
 
 
 def _script(name, *args, cwd=REPO):
   return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', name), *args],
-                        capture_output=True, text=True, cwd=cwd, timeout=600)
+                        capture_output=True, text=True, cwd=cwd, env=subprocess_env())
 
 
 @pytest.fixture(scope='module')
@@ -72,8 +72,6 @@ def tiny_sweep(tmp_path_factory):
   config = root / 'tiny.py'
   config.write_text(config_text('memory', str(root)))
   sweep_dir = root / 'runs'
-  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ.get(
-      'RESNET_FLAX_JAX_CACHE', os.path.join(REPO, '.jax_cache')))
   args = ['--config', str(config), '--workdir', str(sweep_dir),
           '--sweep', 'model.residual=true,false', '--config.num_train_steps=8',
           '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4']
@@ -146,7 +144,7 @@ def test_plot_script_draws_one_line_per_run_and_split(tiny_sweep, tmp_path):
   assert [len(data[p]) for p in ('loss', 'top1_error')] == [4, 4]
   assert [len(ax.get_lines()) for ax in fig.axes] == [4, 4]
   eval_line = next(d for d in data['top1_error'] if d[0] == 'residual=True (eval)')
-  metrics = plotting.sweep.read_metrics(str(sweep_dir / 'residual=true'))
+  metrics = rundir.read_metrics(str(sweep_dir / 'residual=true'))
   assert eval_line[2] == [100 * (1 - m['eval_top1']) for m in metrics if 'eval_top1' in m]
   assert plotting.depth_figure(runs) == (None, {})   # one depth: no depth figure
 

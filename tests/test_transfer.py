@@ -2,31 +2,27 @@
 under jit and pmap), the MLP head `model.head_hidden`, a new head from `init_from`, resuming a
 frozen run, config errors, and configs/transfer_mnist.py."""
 
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import checkpointing, configuration, optim, steps, trainer
-from resnet_flax.configuration import ConfigError
+from conftest import shared_data, tiny_config
+from resnet_flax import config as configuration
+from resnet_flax import transfer
+from resnet_flax import tree as tree_lib
+from resnet_flax.checkpoint import compat, pretrained
+from resnet_flax.errors import ConfigError
 from resnet_flax.models import create_model, model_fields
-
-from test_training import MNIST, REPO, tiny_config
+from resnet_flax.train import loop, resume
+from resnet_flax.train.build import build_run
 
 SOURCE_CLASSES = 1000   # the "ImageNet" backbone: a 1000-class head to be replaced
 
 
-def _flat(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if hasattr(value, 'items'):
-      out.update(_flat(value, f'{prefix}{key}/'))
-    else:
-      out[f'{prefix}{key}'] = np.asarray(value)
-  return out
+def _flat(tree):
+  return {name: np.asarray(value) for name, value in tree_lib.flatten(tree).items()}
 
 
 @pytest.fixture(scope='module')
@@ -37,12 +33,12 @@ def source(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('source'))
   config = tiny_config(**{'model.num_classes': SOURCE_CLASSES,
                           'data.synthetic_num_classes': SOURCE_CLASSES})
-  run = trainer.build_run(config, devices=jax.devices()[:1])
+  run = build_run(config, devices=jax.devices()[:1])
   host = jax.device_get(run.par.host_state(run.state))
   rng = np.random.default_rng(0)
   host = host.replace(batch_stats=jax.tree.map(
       lambda s: (s + rng.uniform(0.5, 1.5, s.shape)).astype(s.dtype), host.batch_stats))
-  ckpts = checkpointing.open_run_checkpoints(config, workdir, log=lambda *a: None)
+  ckpts = loop.open_checkpoints(config, workdir, log=lambda *a: None)
   ckpts.save(2, host, meta={}, config=config, metrics=None)
   ckpts.wait()
   ckpts.close()
@@ -57,10 +53,10 @@ def _finetune_config(**overrides):
 
 def _train(config, devices, num_steps, init_from=None):
   """(run, host state after init_from, host state after `num_steps` steps)."""
-  run = trainer.build_run(config, devices=devices)
+  run = build_run(config, devices=devices)
   state = run.state
   if init_from:
-    state, _ = trainer.init_from_checkpoint(run, init_from)
+    state, _ = resume.init_from_checkpoint(run, init_from)
   start = jax.tree.map(np.array, jax.device_get(run.par.host_state(state)))
   for step in range(num_steps):
     state, metrics = run.p_train(state, run.par.put_batch(run.train_batches.batch(step)))
@@ -87,8 +83,8 @@ def test_backbone_freeze_keeps_backbone_and_statistics_bit_identical(mode, sourc
   start_params = _flat(start.params)
   for name in ('head/kernel', 'head/bias', 'head_hidden1/kernel', 'head_hidden1/bias'):
     assert np.max(np.abs(params[name] - start_params[name])) > 1e-6, name
-  assert len(run.frozen_norms) == len(stats) // 2   # every BatchNorm layer of the backbone
-  assert run.num_frozen == sum(saved_params[n].size for n in backbone)
+  assert len(run.freeze.norm_paths) == len(stats) // 2   # every BatchNorm layer of the backbone
+  assert run.freeze.num_frozen == sum(saved_params[n].size for n in backbone)
 
 
 def test_regex_freeze_fixes_only_the_matching_subtrees_and_mlp_head_trains():
@@ -104,7 +100,7 @@ def test_regex_freeze_fixes_only_the_matching_subtrees_and_mlp_head_trains():
   for name in stats_before:
     same = stats_after[name].tobytes() == stats_before[name].tobytes()
     assert same == name.startswith(('stem', 'stage1')), name
-  assert run.frozen_norms == {'stem_norm', 'stage1_unit1/norm1', 'stage1_unit1/norm2'}
+  assert run.freeze.norm_paths == {'stem_norm', 'stage1_unit1/norm1', 'stage1_unit1/norm2'}
 
 
 def test_frozen_norms_run_in_inference_mode():
@@ -115,14 +111,14 @@ def test_frozen_norms_run_in_inference_mode():
   variables = {'params': variables['params'], 'batch_stats': jax.tree.map(
       lambda s: s + 0.25, variables['batch_stats'])}   # running statistics unlike the batch's
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
-  all_norms = optim.frozen_norm_paths(jax.tree.map(lambda _: True, variables['params']),
+  all_norms = transfer.frozen_norm_paths(jax.tree.map(lambda _: True, variables['params']),
                                       variables['batch_stats'])
 
   @jax.jit
   def forward(variables, x):
-    with steps.frozen_norms_in_inference_mode(all_norms):
+    with transfer.norms_in_inference_mode(all_norms):
       frozen_all = model.apply(variables, x, train=True, mutable=['batch_stats'])
-    with steps.frozen_norms_in_inference_mode({'stem_norm'}):
+    with transfer.norms_in_inference_mode({'stem_norm'}):
       frozen_stem = model.apply(variables, x, train=True, mutable=['batch_stats'])
     return frozen_all, frozen_stem, model.apply(variables, x, train=False)
 
@@ -141,10 +137,10 @@ def test_partly_frozen_norm_keeps_training_mode():
   params = {'stem_norm': {'scale': 1, 'bias': 2}, 'other_norm': {'scale': 1, 'bias': 2},
             'head': {'kernel': 3}}
   stats = {'stem_norm': {'mean': 0, 'var': 1}, 'other_norm': {'mean': 0, 'var': 1}}
-  frozen = optim.frozen_mask(params, 'stem_norm|other_norm/scale')
+  frozen = transfer.frozen_mask(params, 'stem_norm|other_norm/scale')
   assert frozen['other_norm'] == {'scale': True, 'bias': False}
-  assert optim.frozen_norm_paths(frozen, stats) == {'stem_norm'}
-  assert optim.frozen_mask(params, 'backbone')['head'] == {'kernel': False}
+  assert transfer.frozen_norm_paths(frozen, stats) == {'stem_norm'}
+  assert transfer.frozen_mask(params, 'backbone')['head'] == {'kernel': False}
 
 
 def test_head_hidden_param_shapes_and_plain_head_unchanged():
@@ -153,9 +149,9 @@ def test_head_hidden_param_shapes_and_plain_head_unchanged():
 
   def shapes(**fields):
     model = create_model({**base, **fields})
-    tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))['params']
-    return dict(zip(jax.tree.leaves(optim.leaf_paths(tree)),
-                    (leaf.shape for leaf in jax.tree.leaves(tree))))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))['params']
+    return dict(zip(jax.tree.leaves(tree_lib.leaf_paths(params)),
+                    (leaf.shape for leaf in jax.tree.leaves(params))))
 
   plain = shapes()
   assert shapes(head_hidden=()) == plain
@@ -179,8 +175,8 @@ def test_new_head_from_a_checkpoint_with_other_classes_resumes_and_refuses_freez
   workdir, saved_params, _ = source
   devices = jax.devices()[:2]   # the config and devices of the jit test above: cached compiles
   config = _finetune_config(init_from=workdir, num_train_steps=2)
-  run = trainer.build_run(config, devices=devices)
-  state, report = trainer.init_from_checkpoint(run, workdir)
+  run = build_run(config, devices=devices)
+  state, report = resume.init_from_checkpoint(run, workdir)
   assert sorted(report.reinitialised) == [
       f'params/head/bias ({SOURCE_CLASSES},) -> (10,)',
       f'params/head/kernel (16, {SOURCE_CLASSES}) -> (12, 10)']
@@ -190,30 +186,30 @@ def test_new_head_from_a_checkpoint_with_other_classes_resumes_and_refuses_freez
 
   finetune = str(tmp_path / 'finetune')
   capsys.readouterr()
-  results = trainer.train_and_evaluate(config, finetune, devices=devices)
+  results = loop.train_and_evaluate(config, finetune, devices=devices)
   out = capsys.readouterr().out
   assert 're-initialised (shape mismatch): params/head/bias' in out
   assert "freeze='backbone'" in out and 'parameters frozen' in out
   assert results['init_from']['new'] == report.new
   assert results['num_trainable_params'] == 16 * 12 + 12 + 12 * 10 + 10
   config.num_train_steps = 3
-  results = trainer.train_and_evaluate(config, finetune, devices=devices)
+  results = loop.train_and_evaluate(config, finetune, devices=devices)
   assert 'resuming from checkpoint 2' in capsys.readouterr().out and results['steps'] == 3
-  _, host, _, _ = checkpointing.load_checkpoint(finetune)
+  _, host, _, _ = pretrained.load_checkpoint(finetune)
   assert _flat(host['params'])['stem_conv/kernel'].tobytes() == \
       saved_params['stem_conv/kernel'].tobytes()
   config.num_train_steps = 4
   config.freeze = 'stem'
   with pytest.raises(ConfigError, match=r"freeze \('backbone' -> 'stem'\)"):
-    trainer.train_and_evaluate(config, finetune, devices=devices)
+    loop.train_and_evaluate(config, finetune, devices=devices)
 
 
 def test_runs_saved_before_freeze_and_head_hidden_existed_still_resume():
   config = tiny_config()
-  saved = checkpointing.config_to_dict(config)
+  saved = compat.config_to_dict(config)
   del saved['freeze'], saved['model']['head_hidden']
-  assert checkpointing.incompatible_fields(saved, config) == []
-  assert checkpointing.incompatible_fields(saved, tiny_config(freeze='stem')) == [
+  assert compat.incompatible_fields(saved, config) == []
+  assert compat.incompatible_fields(saved, tiny_config(freeze='stem')) == [
       "freeze ('' -> 'stem')"]
 
 
@@ -232,11 +228,8 @@ def test_freeze_and_head_config_errors_name_the_field(overrides, needle):
 
 
 def _transfer_config():
-  spec = importlib.util.spec_from_file_location(
-      'transfer_mnist', os.path.join(REPO, 'configs', 'transfer_mnist.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from resnet_flax.configs import transfer_mnist
+  return transfer_mnist.get_config()
 
 
 def test_transfer_mnist_config_is_the_keras_recipe():
@@ -247,16 +240,15 @@ def test_transfer_mnist_config_is_the_keras_recipe():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(MNIST), reason='needs ../shared/datasets/mnist.npz')
 def test_transfer_mnist_runs_from_a_backbone(source, tmp_path):
   """configs/transfer_mnist.py (shrunk to the tiny backbone and a few steps) on real MNIST."""
   workdir, saved_params, _ = source
   c = _transfer_config()
   c.model.depth, c.model.width = 8, 4
   c.model.head_hidden = (32,)
-  c.init_from, c.data.dir = workdir, MNIST
+  c.init_from, c.data.dir = workdir, shared_data('mnist.npz')
   c.data.train_split, c.data.eval_split = 'train[:256]', 'test[:64]'
   c.batch_size, c.num_train_steps, c.log_tensorboard, c.progress_bar = 32, 4, False, False
-  results = trainer.train_and_evaluate(c, str(tmp_path), devices=jax.devices()[:1])
+  results = loop.train_and_evaluate(c, str(tmp_path), devices=jax.devices()[:1])
   assert results['steps'] == 4 and np.isfinite(results['eval_loss'])
   assert results['init_from']['loaded'] == len(saved_params) - 2 + len(source[2])

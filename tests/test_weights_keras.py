@@ -5,20 +5,18 @@ logits with random weights and random BatchNorm statistics, files saved by Keras
 with the reason shown, where TensorFlow is not installed.
 """
 
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_flax import model_stats
+from resnet_flax.tools import model_stats
 from resnet_flax.models import create_model, model_fields
-from resnet_flax.weights import WeightsError, keras_import
+from resnet_flax.errors import WeightsError
+from resnet_flax.weights import keras_import
 from resnet_flax.weights.keras_import import convert_keras
 
-from test_training import REPO
 
 # Keras' own model.count_params(): trainable weights plus BatchNorm moving mean and variance.
 KERAS_COUNT_PARAMS = {
@@ -277,14 +275,13 @@ def test_rgb_pipeline_reproduces_keras_preprocess_input(keras, keras_models, nam
 
 def test_convert_script_writes_a_keras_checkpoint_with_its_input_convention(keras_models,
                                                                              tmp_path):
-  sys.path.insert(0, os.path.join(REPO, 'scripts'))
-  import convert_weights  # pylint: disable=import-outside-toplevel
+  from resnet_flax.cli.weights import convert_weights as convert
   path = tmp_path / 'model.h5'
   keras_models['keras_resnet50'].save(path)
   out = tmp_path / 'converted'
-  assert convert_weights.main(['--from', 'keras', '--model', 'keras_resnet50', '--in', str(path),
-                               '--out', str(out)]) == 0
-  from resnet_flax import inference  # pylint: disable=import-outside-toplevel
+  assert convert(['convert-weights', '--from', 'keras', '--model', 'keras_resnet50', '--in',
+                  str(path), '--out', str(out)]) == 0
+  from resnet_flax.inference import predictor as inference
   predictor = inference.load(str(out))
   assert tuple(predictor.config.data.mean) == (123.68, 116.779, 103.939)
   assert tuple(predictor.config.data.std) == (1.0, 1.0, 1.0)
@@ -293,5 +290,5 @@ def test_convert_script_writes_a_keras_checkpoint_with_its_input_convention(kera
   _, params, _ = convert_keras('keras_resnet50', str(path))
   np.testing.assert_array_equal(predictor.variables['params']['stem_conv']['kernel'],
                                 params['stem_conv']['kernel'][:, :, ::-1, :])
-  assert convert_weights.main(['--from', 'keras', '--model', 'resnet50', '--in', str(path),
-                               '--out', str(tmp_path / 'x')]) == 2
+  assert convert(['convert-weights', '--from', 'keras', '--model', 'resnet50', '--in',
+                  str(path), '--out', str(tmp_path / 'x')]) == 2

@@ -18,13 +18,17 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_flax import checkpointing, inference, trainer
+from conftest import REPO
+from resnet_flax import rundir
+from resnet_flax.checkpoint import compat, pretrained
+from resnet_flax.inference import predictor as inference
 from resnet_flax.models import create_model
-from resnet_flax.train_state import create_train_state
-from resnet_flax.weights import WeightsError, export_checkpoint
+from resnet_flax.train import build
+from resnet_flax.train.state import create_train_state
+from resnet_flax.errors import WeightsError
+from resnet_flax.weights import export_checkpoint
 from resnet_flax.weights import torchvision_import as tv
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'convert_weights.py')
 IMAGE_SIZE = 64   # as in tests/torch_reference.py
 LOGIT_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d']
@@ -103,12 +107,12 @@ def test_checkpoint_reads_back_through_evaluate_and_init_from(torch_files, tmp_p
                                     class_names=tv.imagenet_class_names())
 
   # the stored config: the model's fields and ImageNet's eval preprocessing; prediction's facts
-  step, _, meta, saved = checkpointing.load_checkpoint(workdir)
+  step, _, meta, saved = pretrained.load_checkpoint(workdir)
   assert step == 0 and meta['pretrained'] == {'from': 'torchvision', 'model': name}
   predictor = inference.load(workdir)
   assert predictor.input_shape == (224, 224, 3)
   assert predictor.class_names[:2] == ['tench', 'goldfish']
-  stored = checkpointing.config_from_dict(saved)
+  stored = compat.config_from_dict(saved)
   assert dict(stored.model) == fields
   assert (stored.data.preprocess, stored.data.image_size) == ('imagenet', 224)
   assert tuple(stored.data.mean) == (123.675, 116.28, 103.53)
@@ -116,14 +120,14 @@ def test_checkpoint_reads_back_through_evaluate_and_init_from(torch_files, tmp_p
 
   # evaluate: the whole training state, restored into the trainer's template of the config
   template = _trainer_template(stored)
-  _, state, _, _ = checkpointing.load_checkpoint(
-      checkpointing.checkpoint_dir(stored, workdir), -1, template)
+  _, state, _, _ = pretrained.load_checkpoint(
+      rundir.checkpoint_dir(stored, workdir), -1, template)
   assert jax.tree.structure(state) == jax.tree.structure(template)
   _assert_trees_equal(state.params, params)
   _assert_trees_equal(state.batch_stats, batch_stats)
 
   # init_from: every array loaded by name and shape, none re-initialised, new or dropped
-  new_params, new_stats, report = checkpointing.load_pretrained(
+  new_params, new_stats, report = pretrained.load_pretrained(
       workdir, -1, template.params, template.batch_stats)
   assert not (report.reinitialised or report.new or report.dropped)
   _assert_trees_equal(new_params, params)
@@ -134,9 +138,9 @@ def test_checkpoint_reads_back_through_evaluate_and_init_from(torch_files, tmp_p
 
 
 def _trainer_template(config):
-  """The host state `trainer.build_run(config)` builds, as zeros (restoring needs only its
+  """The host state `build_run(config)` builds, as zeros (restoring needs only its
   structure, shapes and dtypes; its random initialisation would take ~100 compilations)."""
-  _, _, tx = trainer.build_optimizer(config, num_train_examples=1000)
+  _, _, tx = build.build_optimizer(config, num_train_examples=1000)
   model = create_model({**config.model, 'dtype': config.dtype})
   shapes = jax.eval_shape(lambda: create_train_state(
       model, tx, seed=config.seed, image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
@@ -190,10 +194,9 @@ def test_unreadable_inputs_fail_in_one_line(tmp_path):
 
 
 def _script_main():
-  spec = importlib.util.spec_from_file_location('convert_weights', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.main
+  """The convert-weights command, run in this process: main(args) -> exit code."""
+  from resnet_flax.cli.weights import convert_weights
+  return lambda args: convert_weights(['convert-weights', *args])
 
 
 def test_script_errors_exit_2_with_one_line(torch_files, tmp_path, capsys):
@@ -220,7 +223,7 @@ def test_script_writes_a_checkpoint(torch_files, tmp_path, capsys):
                          '--eval-crop-fraction', str(224 / 232)])
   assert code == 0, capsys.readouterr().err
   assert 'resnet18.pth ->' in capsys.readouterr().out
-  step, _, meta, config = checkpointing.load_checkpoint(str(out))
+  step, _, meta, config = pretrained.load_checkpoint(str(out))
   assert step == 0 and meta['pretrained']['file'] == 'resnet18.pth'
   assert config['data']['eval_crop_fraction'] == 224 / 232   # predict/evaluate resize to 232
   assert 'torch' not in sys.modules and 'torchvision' not in sys.modules   # see the docstring

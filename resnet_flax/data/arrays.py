@@ -12,24 +12,18 @@ from typing import Optional
 import numpy as np
 
 from resnet_flax.data import batches, splits
+from resnet_flax.errors import DataError
 
 DIGITS_TEST_FRACTION = 0.25   # fixed held-out split of the 1,797 digits (seeded permutation)
 DIGITS_SPLIT_SEED = 0
-
-
-class DataError(ValueError):
-  """Missing or malformed data; the message names the file or field and the fix."""
+DIGITS_SHAPE = (8, 8, 1)
 
 
 @dataclasses.dataclass
 class ArrayDataset:
   """A split held in host memory; augmented on the accelerator (`augment.py`).
 
-  Every source, in memory or streamed, offers the interface the trainer uses: `num_examples`,
-  `num_classes`, `class_names`, `image_shape` (of the images it emits), `augmented_on_host`,
-  `train_batches(global_batch_size, seed, process_index, process_count)` (an object with
-  `batch(step)` and `steps_per_epoch`) and `eval_batches(global_batch_size, process_index,
-  process_count)` (padded batches with `mask`).
+  It offers the interface of every source (`source.Source`).
   """
   images: np.ndarray          # uint8, (N, H, W, C)
   labels: np.ndarray          # int32, (N,)

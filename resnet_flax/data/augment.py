@@ -12,6 +12,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from resnet_flax.data.source import PRESETS
+from resnet_flax.errors import ConfigError
+
 
 def _random_crop(image, key, pad: int):
   h, w, _ = image.shape
@@ -24,7 +27,6 @@ def _random_flip(image, key):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
-PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
 MNIST_SIZE = 32   # the common transfer-learning recipe pads MNIST's 28x28 to 32x32
 IMAGENET_SIZE = 224               # the 'imagenet' preset's default side S
 CENTER_CROP_FRACTION = 0.875      # its eval: shorter side resized to S / 0.875, center crop S
@@ -63,10 +65,10 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
   """
   preset = data_cfg['preprocess']
   if preset not in PRESETS:
-    raise ValueError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
+    raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
   if preset == 'imagenet' and augment_on_device:
-    raise ValueError("data.preprocess='imagenet' (random-resized crops) runs in the tf.data "
-                     "back end: set data.backend='tfdata'")
+    raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in the tf.data "
+                      "back end: set data.backend='tfdata'")
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
   pad = int(data_cfg['random_crop_pad']) or (4 if preset == 'cifar' else 0)
@@ -78,8 +80,8 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
   mean = jnp.asarray(data_cfg['mean'], jnp.float32)
   std = jnp.asarray(data_cfg['std'], jnp.float32)
   if channels % stored_channels:
-    raise ValueError(f'data.channels={channels}: cannot turn {stored_channels}-channel images '
-                     f'into {channels} channels')
+    raise ConfigError(f'data.channels={channels}: cannot turn {stored_channels}-channel images '
+                      f'into {channels} channels')
   repeat = channels // stored_channels
 
   def augment_one(image, key):

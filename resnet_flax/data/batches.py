@@ -10,11 +10,18 @@ Eval: the whole split, once. The last global batch is padded to full size and `m
 examples (1) and padding (0), so nothing is dropped and nothing counts twice.
 """
 
-from typing import Any, Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
-ArrayDataset = Any   # resnet_flax.data.arrays.ArrayDataset (imported there, not here)
+
+class ArrayDataset(Protocol):
+  """What batching needs of an in-memory split (`arrays.ArrayDataset` has it)."""
+  images: np.ndarray          # uint8 (N, H, W, C)
+  labels: np.ndarray          # int32 (N,)
+
+  def __len__(self) -> int:
+    ...
 
 
 def _local_slice(global_size: int, process_index: int, process_count: int) -> slice:
@@ -69,7 +76,3 @@ def eval_batches(dataset: ArrayDataset, global_batch_size: int, process_index: i
     idx = np.where(global_idx < n, global_idx, 0)
     yield {'image': dataset.images[idx], 'label': dataset.labels[idx], 'mask': mask,
            'position': (global_idx - start).astype(np.int32)}
-
-
-def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  return -(-num_examples // global_batch_size)

@@ -47,10 +47,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from resnet_flax.data import splits
-from resnet_flax.data.arrays import ArrayDataset, DataError
+from resnet_flax.data.arrays import ArrayDataset
+from resnet_flax.data.source import ON_BAD_IMAGE
+from resnet_flax.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-ON_BAD = ('error', 'skip')
 SERIAL_BELOW = 256          # decode fewer files than this without a pool
 MAX_CHUNK = 512             # files per pool task
 
@@ -118,9 +119,9 @@ def _scan_split(root: str, split: str, on_bad: str):
   return paths, np.asarray(labels, np.int32), class_names
 
 
-def _check_on_bad(on_bad: str) -> None:
-  if on_bad not in ON_BAD:
-    raise DataError(f'on_bad={on_bad!r}: allowed: {", ".join(map(repr, ON_BAD))} '
+def check_on_bad(on_bad: str) -> None:
+  if on_bad not in ON_BAD_IMAGE:
+    raise DataError(f'on_bad={on_bad!r}: allowed: {", ".join(map(repr, ON_BAD_IMAGE))} '
                     f'(config.data.on_bad_image)')
 
 
@@ -130,7 +131,7 @@ def list_folder(root: str, split_spec: str, *, on_bad: str = 'error'
 
   `on_bad='skip'` keeps empty class folders as classes (with a warning) instead of failing.
   """
-  _check_on_bad(on_bad)
+  check_on_bad(on_bad)
   try:
     split, _, _ = splits.parse_split(split_spec)
   except ValueError as e:
@@ -155,7 +156,7 @@ def split_classes(root: str, split_spec: str) -> list[str]:
 
 # --- decoding -------------------------------------------------------------------------------
 
-def _to_rgb(image) -> np.ndarray:
+def to_rgb(image) -> np.ndarray:
   """A PIL image as uint8 (H, W, 3)."""
   mode = image.mode
   if mode == 'RGB':
@@ -177,9 +178,9 @@ def _decode(path: str, image_size: int):
       image.load()
       if image_size and image.size != (image_size, image_size):
         if image.mode not in ('RGB', 'L', 'RGBA'):
-          image = Image.fromarray(_to_rgb(image))
+          image = Image.fromarray(to_rgb(image))
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-      array = _to_rgb(image)
+      array = to_rgb(image)
   except UnidentifiedImageError:
     return 'not an image Pillow can read'
   except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
@@ -204,7 +205,8 @@ def _decode_chunk(paths: list[str], shape: tuple[int, int], image_size: int):
   return block, problems
 
 
-def _num_workers() -> int:
+def default_workers() -> int:
+  """The decoding threads: the CPUs this process may run on."""
   try:
     return max(1, len(os.sched_getaffinity(0)))
   except AttributeError:  # not on Linux
@@ -245,7 +247,7 @@ def _decode_all(paths: list[str], on_bad: str, image_size: int,
   keep = np.ones(len(paths), bool)
   keep[:first] = False
 
-  workers = num_workers or _num_workers()
+  workers = num_workers or default_workers()
   todo = len(paths) - first
   chunk = max(1, min(MAX_CHUNK, -(-todo // (4 * workers))))
   starts = range(first, len(paths), chunk)
@@ -313,3 +315,17 @@ def check_same_classes(root: str, train_split: str, train_classes: list[str],
                   f'have different class folders ({"; ".join(parts)}), so their labels would '
                   f'not agree; give both splits the same class sub-folders (an empty one is '
                   f'allowed with data.on_bad_image=skip)')
+
+
+def checked_root(data_cfg) -> str:
+  """The image-folder root of a folder-source config, after checking that it is given and that
+  the train and eval splits have the same class folders (a cheap listing, before decoding)."""
+  root = data_cfg['dir']
+  if not root:
+    raise DataError('data.source=folder needs data.dir: the root of an image-folder tree '
+                    'ROOT/<split>/<class>/*.jpg (e.g. --config.data.dir=~/data/cifar10-jpeg)')
+  root = os.path.expanduser(root)
+  train_split, eval_split = data_cfg['train_split'], data_cfg['eval_split']
+  check_same_classes(root, train_split, split_classes(root, train_split),
+                     eval_split, split_classes(root, eval_split))
+  return root

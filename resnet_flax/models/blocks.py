@@ -84,12 +84,6 @@ class ResidualUnit(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    if self.version not in VERSIONS:
-      raise ValueError(f'model.version={self.version!r}; allowed: {", ".join(VERSIONS)}')
-    if self.shortcut not in SHORTCUTS:
-      raise ValueError(f'model.shortcut={self.shortcut!r}; allowed: {", ".join(SHORTCUTS)}')
-    if self.flavour not in FLAVOURS:
-      raise ValueError(f'model.flavour={self.flavour!r}; allowed: {", ".join(FLAVOURS)}')
     out_features = self.filters * self.expansion
     shape_changes = self.strides != 1 or x.shape[-1] != out_features
     keras = self.flavour == 'keras'

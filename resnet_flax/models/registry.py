@@ -2,20 +2,25 @@
 
 A model config is a flat mapping (a `ConfigDict` in the training configs, a plain dict works too)
 with the fields of `MODEL_DEFAULTS`. `NAMES` is only a table of overrides of those defaults: a
-depth sweep sets `depth`, not a name. `create_model` checks every field and raises a `ValueError`
-that names the field and its allowed values.
+depth sweep sets `depth`, not a name. `create_model` checks every field and raises a `ConfigError`
+that names the field and its allowed values. It is the one place where model fields are checked:
+the modules it builds trust their arguments.
 """
 
+import difflib
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
+from resnet_flax import fields
+from resnet_flax.errors import ConfigError
 from resnet_flax.models.blocks import (FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
                                        BottleneckBlock)
 from resnet_flax.models.resnet import POOLINGS, ResNet
 
 MODEL_DEFAULTS = {
-    'name': '',              # informational; the fields below define the network
+    'name': '',              # a registry name; the fields below define the network (setting
+                             # the name on the command line selects that name's fields)
     'family': 'imagenet',    # 'imagenet' (7x7 stem, 4 stages) or 'cifar' (3x3 stem, 3 stages)
     'depth': 50,
     'block': 'auto',         # 'auto', 'basic' or 'bottleneck'
@@ -81,6 +86,7 @@ NAMES.update({
     'plain56': _cifar(56, version='v1', residual=False),
     'resnext50_32x4d': _imagenet(50, groups=32, width_per_group=4),
     'resnext101_32x8d': _imagenet(101, groups=32, width_per_group=8),
+    'resnext101_64x4d': _imagenet(101, groups=64, width_per_group=4),
     'wide_resnet50_2': _imagenet(50, width_per_group=128),
     'wide_resnet101_2': _imagenet(101, width_per_group=128),
 })
@@ -100,56 +106,59 @@ def describe(cfg: Mapping[str, Any]) -> str:
   return f'{name} with {", ".join(changed)}' if changed else name
 
 
+def check_name(name: str) -> None:
+  """ConfigError for a model name that is not registered, with the closest names."""
+  if name in NAMES:
+    return
+  lowered = {n.lower(): n for n in NAMES}
+  close = difflib.get_close_matches(str(name).lower(), list(lowered), n=3, cutoff=0.6)
+  hint = f'did you mean {", ".join(lowered[c] for c in close)}? ' if close else ''
+  raise ConfigError(f'unknown model name {name!r}; {hint}known: {", ".join(sorted(NAMES))}')
+
+
 def model_fields(name: str) -> dict[str, Any]:
   """All model config fields of a registered name (defaults + the name's overrides)."""
-  if name not in NAMES:
-    raise ValueError(f'unknown model name {name!r}; known: {", ".join(sorted(NAMES))}')
+  check_name(name)
   return {**MODEL_DEFAULTS, **NAMES[name], 'name': name}
-
-
-def _choice(cfg, field, allowed):
-  value = cfg[field]
-  if value not in allowed:
-    raise ValueError(f'model.{field}={value!r} is not allowed; allowed: '
-                     f'{", ".join(map(repr, allowed))}')
-  return value
 
 
 def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
   """(block type, units per stage) from `family`, `depth`, `block` and `stage_sizes`."""
-  family = _choice(cfg, 'family', FAMILIES)
-  block = _choice(cfg, 'block', BLOCKS)
+  family = fields.choice(cfg, 'model', 'family', FAMILIES)
+  block = fields.choice(cfg, 'model', 'block', BLOCKS)
   depth = cfg['depth']
   stage_sizes = tuple(cfg['stage_sizes'] or ())
   num_stages = 4 if family == 'imagenet' else 3
   if stage_sizes:
     if len(stage_sizes) != num_stages or min(stage_sizes) < 1:
-      raise ValueError(f'model.stage_sizes={stage_sizes} must list {num_stages} positive unit '
-                       f'counts for the {family} family.')
+      raise ConfigError(f'model.stage_sizes={stage_sizes} must list {num_stages} positive unit '
+                        f'counts for the {family} family.')
     if block == 'auto':
       block = 'bottleneck' if depth >= 50 and family == 'imagenet' else 'basic'
     return block, stage_sizes
   if family == 'imagenet':
     if block == 'auto':
       if not any(depth in t for t in IMAGENET_STAGES.values()):
-        raise ValueError(f'model.depth={depth} is not an ImageNet ResNet depth; allowed: 18, 34 '
-                         '(basic), 50, 101, 152, 200 (bottleneck), or set model.stage_sizes.')
+        raise ConfigError(f'model.depth={depth} is not an ImageNet ResNet depth; allowed: 18, '
+                          '34 (basic), 50, 101, 152, 200 (bottleneck), or set '
+                          'model.stage_sizes.')
       block = 'basic' if depth in IMAGENET_STAGES['basic'] else 'bottleneck'
     table = IMAGENET_STAGES[block]
     if depth not in table:
-      raise ValueError(f'model.depth={depth} is not an ImageNet ResNet depth with {block} blocks; '
-                       f'allowed: {", ".join(map(str, table))} (or set model.stage_sizes).')
+      raise ConfigError(f'model.depth={depth} is not an ImageNet ResNet depth with {block} '
+                        f'blocks; allowed: {", ".join(map(str, table))} (or set '
+                        f'model.stage_sizes).')
     return block, table[depth]
   per_unit = {'basic': 6, 'bottleneck': 9}
   if block == 'auto':
     block = next((b for b in ('basic', 'bottleneck') if depth > 2 and
                   (depth - 2) % per_unit[b] == 0), None)
     if block is None:
-      raise ValueError(f'model.depth={depth} is not a CIFAR ResNet depth: allowed are 6n+2 '
-                       '(basic: 20, 32, 44, 56, 110, 1202) or 9n+2 (bottleneck: 164, 1001).')
+      raise ConfigError(f'model.depth={depth} is not a CIFAR ResNet depth: allowed are 6n+2 '
+                        '(basic: 20, 32, 44, 56, 110, 1202) or 9n+2 (bottleneck: 164, 1001).')
   if depth <= 2 or (depth - 2) % per_unit[block]:
-    raise ValueError(f'model.depth={depth} does not fit CIFAR {block} blocks: allowed are '
-                     f'{per_unit[block]}n+2 depths.')
+    raise ConfigError(f'model.depth={depth} does not fit CIFAR {block} blocks: allowed are '
+                      f'{per_unit[block]}n+2 depths.')
   n = (depth - 2) // per_unit[block]
   return block, (n, n, n)
 
@@ -161,33 +170,36 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   """
   unknown = sorted(set(cfg) - set(MODEL_DEFAULTS))
   if unknown:
-    raise ValueError(f'unknown model field(s) {", ".join(unknown)}; known: '
-                     f'{", ".join(sorted(MODEL_DEFAULTS))}')
+    raise ConfigError(f'unknown model field(s) {", ".join(unknown)}; known: '
+                      f'{", ".join(sorted(MODEL_DEFAULTS))}')
   cfg = {**MODEL_DEFAULTS, **dict(cfg)}
+  if cfg['name']:
+    check_name(cfg['name'])
   block, stage_sizes = resolve_stages(cfg)
-  _choice(cfg, 'version', VERSIONS)
-  _choice(cfg, 'shortcut', SHORTCUTS)
-  _choice(cfg, 'flavour', FLAVOURS)
-  _choice(cfg, 'dtype', DTYPES)
-  _choice(cfg, 'param_dtype', DTYPES)
+  fields.choice(cfg, 'model', 'version', VERSIONS)
+  fields.choice(cfg, 'model', 'shortcut', SHORTCUTS)
+  fields.choice(cfg, 'model', 'flavour', FLAVOURS)
+  fields.choice(cfg, 'model', 'dtype', DTYPES)
+  fields.choice(cfg, 'model', 'param_dtype', DTYPES)
   pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
   if pooling not in POOLINGS:
-    raise ValueError(f"model.pooling={cfg['pooling']!r}; allowed: 'avg', 'max', 'none'")
+    raise ConfigError(f"model.pooling={cfg['pooling']!r}; allowed: 'avg', 'max', 'none'")
   head_hidden = tuple(cfg['head_hidden'] or ())
   if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in head_hidden):
-    raise ValueError(f"model.head_hidden={cfg['head_hidden']!r} must be a tuple of positive "
-                     'layer widths, e.g. (1000,), or () for the linear classifier.')
+    raise ConfigError(f"model.head_hidden={cfg['head_hidden']!r} must be a tuple of positive "
+                      'layer widths, e.g. (1000,), or () for the linear classifier.')
   if head_hidden and not cfg['include_top']:
-    raise ValueError(f'model.head_hidden={head_hidden!r} needs model.include_top=True (it is '
-                     'part of the classification head).')
+    raise ConfigError(f'model.head_hidden={head_hidden!r} needs model.include_top=True (it is '
+                      'part of the classification head).')
   if block == 'basic' and (cfg['groups'] != 1 or cfg['width_per_group'] != 64):
-    raise ValueError('model.groups/width_per_group need bottleneck blocks (depth >= 50 or '
-                     "model.block='bottleneck').")
+    raise ConfigError('model.groups/width_per_group need bottleneck blocks (depth >= 50 or '
+                      "model.block='bottleneck').")
   for field in ('num_classes', 'groups', 'width_per_group'):
     if int(cfg[field]) < 1:
-      raise ValueError(f'model.{field}={cfg[field]} must be a positive integer.')
+      raise ConfigError(f'model.{field}={cfg[field]} must be a positive integer.')
   if int(cfg['bn_group_size']) < 0:
-    raise ValueError(f"model.bn_group_size={cfg['bn_group_size']} must be 0 (global) or positive.")
+    raise ConfigError(f"model.bn_group_size={cfg['bn_group_size']} must be 0 (global) or "
+                      'positive.')
   num_stages = len(stage_sizes)
   width = int(cfg['width']) or (64 if cfg['family'] == 'imagenet' else 16)
   return ResNet(

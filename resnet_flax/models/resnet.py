@@ -15,44 +15,15 @@ the subsampled identity), so the last stage does not stride at all.
 """
 
 import functools
-import re
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_flax.models.blocks import FLAVOURS
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
 POOLINGS = (None, 'avg', 'max')
-_UNIT_NAME = re.compile(r'stage(\d+)_unit(\d+)')      # the units' module names, 1-based
-_LAYER_NAME = re.compile(r'(conv|norm)(\d+)')         # their layers (see `blocks`)
-
-
-class UnitLayer(NamedTuple):
-  """Where a layer sits in the network: stage and unit (1-based), `kind` ('conv', 'norm',
-  'shortcut_conv', 'shortcut_norm') and `index` (k of convK / normK; 0 for the shortcut)."""
-  stage: int
-  unit: int
-  kind: str
-  index: int
-
-
-def unit_layer(path: Sequence[str]) -> Optional[UnitLayer]:
-  """The position of the layer at module path `path` (e.g. ('stage2_unit1', 'conv3')) inside a
-  residual unit, or None for a path outside the units (stem, final norm, head)."""
-  unit = _UNIT_NAME.fullmatch(path[0]) if len(path) == 2 else None
-  if not unit:
-    return None
-  if path[1] in ('shortcut_conv', 'shortcut_norm'):
-    return UnitLayer(int(unit[1]), int(unit[2]), path[1], 0)
-  layer = _LAYER_NAME.fullmatch(path[1])
-  if not layer:
-    return None
-  return UnitLayer(int(unit[1]), int(unit[2]), layer[1], int(layer[2]))
-
-
 class ResNet(nn.Module):
   """A residual (or plain) network.
 
@@ -102,8 +73,6 @@ class ResNet(nn.Module):
         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
         group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
     pre_act = self.version == 'v2'
-    if self.flavour not in FLAVOURS:
-      raise ValueError(f'model.flavour={self.flavour!r}; allowed: {", ".join(FLAVOURS)}')
     keras = self.flavour == 'keras'
     stem_bias = {'use_bias': True} if keras else {}
     features = {}

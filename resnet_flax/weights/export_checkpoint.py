@@ -1,7 +1,7 @@
 """Imported weights -> a checkpoint folder that evaluation, fine-tuning and prediction read.
 
 `save_pretrained(out_dir, config, params, batch_stats)` writes step 0 of a run folder through
-`checkpointing.Checkpoints`: `OUT_DIR/checkpoints/0/` holds the whole training state of `config`
+`checkpoint.store.Checkpoints`: `OUT_DIR/checkpoints/0/` holds the whole training state of `config`
 (the imported params and batch_stats, a fresh optimizer state) and `config` itself, so that
 
   python scripts/evaluate.py --workdir OUT_DIR
@@ -13,22 +13,21 @@ the eval preprocessing in the stored config, the class names in the meta.
 model's fields.
 """
 
-import importlib.util
 import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
-from flax import traverse_util
 
-from resnet_flax import checkpointing, configuration, inference, trainer
+from resnet_flax import config as config_lib
+from resnet_flax import rundir, tree
+from resnet_flax.checkpoint.store import Checkpoints
+from resnet_flax.configs import imagenet as imagenet_config
+from resnet_flax.data import info as data_info
+from resnet_flax.errors import WeightsError
 from resnet_flax.models import MODEL_DEFAULTS, create_model, default_image_size
-from resnet_flax.train_state import TrainState, create_train_state
-from resnet_flax.weights import WeightsError
-
-IMAGENET_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs',
-    'imagenet.py')
+from resnet_flax.train.build import build_optimizer
+from resnet_flax.train.state import TrainState, create_train_state
 # ILSVRC-2012 training images. Only sets the length of the stored config's lr schedule; the
 # optimizer state (all a checkpoint keeps of the optimizer) does not depend on it.
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
@@ -37,42 +36,20 @@ IMAGENET_TRAIN_EXAMPLES = 1_281_167
 def pretrained_config(fields: Mapping[str, Any], eval_crop_fraction: Optional[float] = None):
   """configs/imagenet.py's training config with these model fields: ImageNet mean and std,
   224 px, eval resize to 256 (or 224 / `eval_crop_fraction`) and center crop 224."""
-  if not os.path.isfile(IMAGENET_CONFIG):
-    raise WeightsError(f'{IMAGENET_CONFIG} is missing; run from a checkout of the repository')
-  spec = importlib.util.spec_from_file_location('resnet_flax_imagenet_config', IMAGENET_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = imagenet_config.get_config()
   config.model.update({**MODEL_DEFAULTS, **dict(fields)})
   if eval_crop_fraction is not None:
     config.data.eval_crop_fraction = float(eval_crop_fraction)
   return config
 
 
-def check_variables(expected: Mapping, found: Mapping, collection: str, model: str) -> None:
-  """Raises WeightsError naming the first leaf of `collection` missing, extra or of another
-  shape in `found` than in `expected` (trees of arrays or shape structs)."""
-  want = traverse_util.flatten_dict(dict(expected), sep='/')
-  have = traverse_util.flatten_dict(dict(found), sep='/')
-  for name, leaf in want.items():
-    if name not in have:
-      raise WeightsError(f'{collection}/{name} of {model} is missing from the converted weights')
-    if tuple(np.shape(have[name])) != tuple(leaf.shape):
-      raise WeightsError(f'{collection}/{name}: converted shape {tuple(np.shape(have[name]))}, '
-                         f'{model} expects {tuple(leaf.shape)}')
-  extra = sorted(set(have) - set(want))
-  if extra:
-    raise WeightsError(f'{collection}/{extra[0]} of the converted weights is not in {model} '
-                       f'({len(extra)} such arrays)')
-
-
 def training_state(config, params: Mapping, batch_stats: Mapping) -> TrainState:
   """The host (numpy) training state of `config` at step 0 holding `params` and `batch_stats`:
   the structure the trainer builds for `config` (checked), a fresh optimizer state and EMA."""
-  configuration.validate(config)
+  config_lib.validate(config)
   fields = dict(config.model)
   model = create_model({**fields, 'dtype': config.dtype})
-  tx = trainer.build_optimizer(config, IMAGENET_TRAIN_EXAMPLES)[2]
+  tx = build_optimizer(config, IMAGENET_TRAIN_EXAMPLES)[2]
   size = config.data.image_size or default_image_size(fields)
   use_ema = config.ema_decay > 0
 
@@ -80,8 +57,11 @@ def training_state(config, params: Mapping, batch_stats: Mapping) -> TrainState:
       model, tx, seed=config.seed, image_shape=(size, size, config.data.channels or 3),
       use_ema=use_ema))
   name = fields.get('name') or 'the model'
-  check_variables(template.params, params, 'params', name)
-  check_variables(template.batch_stats, batch_stats, 'batch_stats', name)
+  for collection, expected, found in (('params', template.params, params),
+                                      ('batch_stats', template.batch_stats, batch_stats)):
+    mismatch = tree.shape_mismatch(expected, found)
+    if mismatch:
+      raise WeightsError(f'the converted {collection} do not fit {name}: {mismatch}')
 
   def host(tree, like):
     return jax.tree.map(lambda x, t: np.array(x, dtype=t.dtype), dict(tree), dict(like))
@@ -107,7 +87,7 @@ def save_pretrained(out_dir: str, config, params: Mapping, batch_stats: Mapping,
   `config` as its config. Its meta holds `source` (JSON: where the weights came from) and, as a
   run's checkpoint does, the data facts inference reads (input image shape, class names).
   Returns the checkpoint's folder. An `out_dir` that already holds checkpoints is refused."""
-  directory = checkpointing.checkpoint_dir(config, out_dir)
+  directory = rundir.checkpoint_dir(config, out_dir)
   if os.path.isdir(directory) and os.listdir(directory):
     raise WeightsError(f'{out_dir} already holds checkpoints ({directory}); write to a new '
                        f'folder')
@@ -115,12 +95,11 @@ def save_pretrained(out_dir: str, config, params: Mapping, batch_stats: Mapping,
   if class_names is not None and len(class_names) != num_classes:
     raise WeightsError(f'{len(class_names)} class names for a model of {num_classes} classes')
   state = training_state(config, params, batch_stats)
-  data = inference.derive_data_info(config.data)
-  meta = {'pretrained': dict(source),
-          'data': {'image_shape': [int(d) for d in data.image_shape],
-                   'host_preprocess': bool(data.host_preprocess), 'num_classes': num_classes,
-                   'class_names': list(class_names) if class_names is not None else None}}
-  store = checkpointing.Checkpoints(directory, keep=1)
+  data = data_info.derive(config.data)
+  data.num_classes = num_classes
+  data.class_names = list(class_names) if class_names is not None else None
+  meta = {'pretrained': dict(source), 'data': data.to_meta()}
+  store = Checkpoints(directory, keep=1)
   try:
     store.save(0, state, meta=meta, config=config, metrics=None)
     store.wait()

@@ -29,7 +29,7 @@ import numpy as np
 
 from resnet_flax.models import (MODEL_DEFAULTS, NAMES, create_model, default_image_size,
                                 model_fields, unit_layer)
-from resnet_flax.weights import WeightsError
+from resnet_flax.errors import WeightsError
 
 # registry name -> keras.applications constructor
 KERAS_APPLICATIONS = {

@@ -28,14 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_flax.models import NAMES, create_model, model_fields, unit_layer
-from resnet_flax.weights import WeightsError, torch_files
+from resnet_flax.models import create_model, model_fields, unit_layer
+from resnet_flax.errors import WeightsError, first_line
+from resnet_flax.weights import torch_files
 
-# torchvision.models names; all but resnext101_64x4d are registry names with the same fields
+# torchvision.models names, all registry names with the same fields
 TORCHVISION_NAMES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
                      'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d',
                      'wide_resnet50_2', 'wide_resnet101_2')
-_EXTRA_FIELDS = {'resnext101_64x4d': ('resnext101_32x8d', {'groups': 64, 'width_per_group': 4})}
 _LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
            'var': 'running_var'}
 _UNUSED_SUFFIX = '.num_batches_tracked'
@@ -46,15 +46,7 @@ def torchvision_fields(name: str) -> dict[str, Any]:
   if name not in TORCHVISION_NAMES:
     raise WeightsError(f'{name!r} is not a torchvision ResNet; known: '
                        f'{", ".join(TORCHVISION_NAMES)}')
-  if name in NAMES:
-    return model_fields(name)
-  base, overrides = _EXTRA_FIELDS[name]
-  return {**model_fields(base), **overrides, 'name': name}
-
-
-def _first_line(error: BaseException) -> str:
-  lines = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {lines[0] if lines else ""}'
+  return model_fields(name)
 
 
 def _unwrap(loaded: Any, path: str) -> dict[str, Any]:
@@ -86,7 +78,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
       return dict(load_file(path))
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported in one line
-      raise WeightsError(f'{path} is not a readable .safetensors file ({_first_line(e)})') from None
+      raise WeightsError(f'{path} is not a readable .safetensors file ({first_line(e)})') from None
   if not path.endswith(('.pth', '.pt')):
     raise WeightsError(f'{path}: unknown weights file type; expected .pth, .pt or .safetensors')
   try:
@@ -127,7 +119,7 @@ def download(model_or_url: str) -> str:
     try:
       torch.hub.download_url_to_file(url, path, prefix[1] if prefix else None)
     except Exception as e:  # noqa: BLE001 - no network, a bad address, a bad hash
-      raise WeightsError(f'cannot download {url} ({_first_line(e)})') from None
+      raise WeightsError(f'cannot download {url} ({first_line(e)})') from None
   return path
 
 

@@ -1,0 +1,195 @@
+"""The checkpoint store of a run (orbax-checkpoint): save asynchronously, list, restore with
+fall-back. It is the one module that knows the checkpoint layout.
+
+A run keeps its checkpoints in one folder (`rundir.checkpoint_dir`), one sub-folder per step,
+managed by an `orbax.checkpoint.CheckpointManager`. Each checkpoint holds three items:
+
+* `state`: the whole `TrainState` (step, params, batch_stats, opt_state, EMA, rng) as host
+  (numpy) arrays, so it restores onto any device count and either parallelism mode: restore to
+  host arrays, then `par.put_state`;
+* `meta` (JSON): the step, which is also the data position (train batches are a pure function
+  of (seed, step)), the open train-metric window (sums over the steps since the last log), the
+  last eval metrics and the fine-tuning report, so that a resumed run continues exactly, and
+  `data` (`data.info.DataInfo`) for inference; the loop's own entries are written and read
+  by `train.loop_state`;
+* `config` (JSON): the config the run was trained with.
+
+Saves are asynchronous (training goes on while orbax writes) and atomic: orbax writes into a
+`<step>.orbax-checkpoint-tmp*` folder and renames it when complete, so a checkpoint half-written
+when the process died is never listed. A checkpoint that is listed but cannot be read is moved
+aside to `<checkpoint_dir>.skipped/` with a warning, and the previous one is used.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from typing import Callable, Optional
+
+
+def _tensorflow_findable() -> bool:
+  try:
+    return importlib.util.find_spec('tensorflow') is not None
+  except (ImportError, ValueError):
+    return False
+
+
+# orbax's paths (etils.epath) ask whether TensorFlow is installed; where it is not, say so once
+# here, so that nothing on the training path looks for it again.
+if not _tensorflow_findable():
+  os.environ.setdefault('EPATH_USE_TF', 'false')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from orbax.checkpoint import checkpoint_managers  # noqa: E402
+
+from resnet_flax.checkpoint.compat import config_to_dict  # noqa: E402
+from resnet_flax.errors import CheckpointError, first_line  # noqa: E402
+
+ITEMS = ('state', 'meta', 'config')
+META_VERSION = 1
+
+
+class _QuietOrbax(logging.Filter):
+  """Keeps orbax's per-save INFO lines out of the run's output (warnings still show)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    return record.levelno >= logging.WARNING and 'read only' not in str(record.msg).replace(
+        '_', ' ')
+
+
+logging.getLogger('absl').addFilter(_QuietOrbax())
+
+
+def _write_error(path: str, error: BaseException) -> CheckpointError:
+  return CheckpointError(
+      f'cannot write checkpoints to {path} ({first_line(error)}); point --workdir or '
+      f'--config.checkpoint_dir at a writable folder with free space (checkpoints saved '
+      f'before are untouched)')
+
+
+class Checkpoints:
+  """The checkpoints of one run: save (asynchronously), list, restore with fall-back."""
+
+  def __init__(self, directory: str, *, keep: int = 3, best_metric: str = 'eval_top1',
+               best_mode: str = 'max', read_only: bool = False, log: Callable = print):
+    self.directory = directory
+    self.best_metric = best_metric
+    self.log = log
+    worst = -float('inf') if best_mode == 'max' else float('inf')
+
+    def metric(metrics) -> float:
+      value = (metrics or {}).get(best_metric)
+      return worst if value is None or not np.isfinite(value) else float(value)
+
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(get_metric_fn=metric, reverse=best_mode == 'min', n=1,
+                                  keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=None if read_only else policy, best_fn=metric, best_mode=best_mode,
+        cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=True)
+    try:
+      if not read_only:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f'.write-test-{os.getpid()}')
+        with open(probe, 'w') as f:
+          f.write('ok')
+        os.remove(probe)
+      self.manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    except OSError as e:
+      raise _write_error(directory, e) from None
+
+  # -- listing
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  # -- saving
+  def save(self, step: int, host_state, *, meta: dict, config, metrics: Optional[dict]) -> None:
+    """Starts an asynchronous save of `host_state` (numpy arrays) at `step`."""
+    meta = {'version': META_VERSION, 'step': int(step), 'data_position': int(step), **meta}
+    try:
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta),
+          config=ocp.args.JsonSave(config_to_dict(config))),
+          metrics={k: float(v) for k, v in (metrics or {}).items()}, force=True)
+    except Exception as e:  # noqa: BLE001 - any failure to write is reported in one line
+      raise _write_error(self.directory, e) from None
+
+  def wait(self) -> None:
+    """Blocks until the pending save is on disk (raises CheckpointError if it failed)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise _write_error(self.directory, e) from None
+
+  def close(self) -> None:
+    try:
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001
+      raise _write_error(self.directory, e) from None
+
+  def delete_all(self) -> None:
+    for step in self.steps():
+      self.manager.delete(step)
+    self.manager.reload()
+
+  # -- reading
+  def read_config(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+
+  def restore(self, step: int, template=None):
+    """(host state, meta, config dict) of `step`; with `template` (a host state of the right
+    structure) the state comes back as that structure, else as nested dicts."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore()))
+    state = restored['state']
+    state = jax.tree.map(np.asarray, state)
+    return state, dict(restored['meta']), dict(restored['config'])
+
+  def set_aside(self, step: int, why: str) -> None:
+    """Moves an unreadable checkpoint out of the way (kept for inspection), with a warning."""
+    aside = f'{self.directory}.skipped'
+    target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    self.log(f'warning: checkpoint {step} in {self.directory} cannot be read ({why}); '
+             f'skipped (moved to {target}), using the previous one')
+
+  def restore_latest(self, template, check_config: Optional[Callable[[dict], None]] = None):
+    """The newest readable checkpoint as (step, host state, meta, config dict), or None.
+
+    `check_config(saved_config_dict)` may raise to refuse a checkpoint (e.g. an incompatible
+    config): that error propagates. A checkpoint that cannot be read is set aside with a
+    warning and the previous one is tried.
+    """
+    for step in reversed(self.steps()):
+      try:
+        saved_config = self.read_config(step)
+      except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
+        self.set_aside(step, first_line(e))
+        continue
+      if check_config is not None:
+        check_config(saved_config)
+      try:
+        state, meta, saved_config = self.restore(step, template)
+      except Exception as e:  # noqa: BLE001
+        self.set_aside(step, first_line(e))
+        continue
+      return step, state, meta, saved_config
+    return None
+
+

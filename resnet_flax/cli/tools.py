@@ -1,0 +1,213 @@
+"""`resnet-flax summary`, `resnet-flax benchmark` and `resnet-flax input-benchmark`: model
+statistics, step throughput on synthetic data, input-pipeline throughput."""
+
+import argparse
+import json
+import sys
+
+from resnet_flax.cli import common
+from resnet_flax.errors import UserError
+
+
+def _fmt(value, digits: int = 4) -> str:
+  if value is None:
+    return 'n/a'
+  if isinstance(value, float):
+    return f'{value:.{digits}g}' if abs(value) < 1e3 else f'{value:,.0f}'
+  if isinstance(value, int) and not isinstance(value, bool):
+    return f'{value:,}'
+  return str(value)
+
+
+def _table(rows) -> str:
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+def parse_value(text: str):
+  """'12' -> 12, '0.5' -> 0.5, 'true'/'false' -> bool, 'none' -> None, '3,4,6,3' -> tuple."""
+  lowered = text.strip().lower()
+  if lowered in ('true', 'false'):
+    return lowered == 'true'
+  if lowered in ('none', 'null'):
+    return None
+  if ',' in text:
+    return tuple(parse_value(part) for part in text.split(',') if part.strip())
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return text
+
+
+def human(n: float) -> str:
+  for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
+    if abs(n) >= scale:
+      return f'{n / scale:.2f}{unit}'
+  return str(int(n))
+
+
+def summary_table(summary: dict) -> str:
+  header = ('Part', 'Output shape', 'Params', 'MACs')
+  rows = [(r['name'], str(tuple(r['output_shape'])), f"{r['params']:,}", human(r['macs']))
+          for r in summary['stages']]
+  widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+  line = '  '.join('{:<%d}' % w if i < 2 else '{:>%d}' % w for i, w in enumerate(widths))
+  rule = '-' * (sum(widths) + 2 * (len(widths) - 1))
+  name = summary['name'] or '(config)'
+  if summary.get('config_overrides'):
+    name += f" ({', '.join(summary['config_overrides'])})"
+  out = [f"Model: {name}   input: {summary['image_size']}x{summary['image_size']}",
+         rule, line.format(*header), rule]
+  out += [line.format(*row) for row in rows]
+  out += [rule,
+          f"Trainable params:  {summary['params']:,} ({human(summary['params'])})",
+          f"BatchNorm stats:   {summary['batch_stats']:,}",
+          f"MACs per image:    {summary['macs']:,} ({human(summary['macs'])})"]
+  return '\n'.join(out)
+
+
+def summary(argv=None) -> int:
+  """Parameters, BatchNorm statistics and MACs of a model, per stage and in total:
+  `resnet-flax summary resnet50 [--set depth=101 --set version=v2] [--image-size 160] [--json]`.
+  Nothing is materialised: shapes come from `jax.eval_shape`, MACs from the traced jaxpr."""
+  parser = argparse.ArgumentParser(prog='resnet-flax summary',
+                                   description=summary.__doc__.split('\n')[0])
+  parser.add_argument('name', help='registered model name (e.g. resnet50, resnet20)')
+  parser.add_argument('--image-size', type=int, default=None,
+                      help='input height and width (default: 224 ImageNet family, 32 CIFAR)')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='override a model config field (repeatable), e.g. depth=101')
+  parser.add_argument('--json', action='store_true', help='print one JSON object')
+  args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+  from resnet_flax.models import model_fields
+  from resnet_flax.tools import model_stats
+  try:
+    cfg = model_fields(args.name)
+    for item in args.set:
+      field, sep, value = item.partition('=')
+      if not sep or not field.strip():
+        raise UserError(f'--set expects FIELD=VALUE, got {item!r}')
+      cfg[field.strip()] = parse_value(value)
+    result = model_stats.summarize(cfg, args.image_size)
+  except UserError as e:
+    return common.report_error(e)
+  result['config_overrides'] = list(args.set)
+  print(json.dumps(result) if args.json else summary_table(result))
+  return 0
+
+
+# --- benchmark --------------------------------------------------------------------------------
+
+def benchmark_table(r: dict) -> str:
+  def ms(prefix):
+    return (f"{_fmt(r[prefix + '_median'])} ms  (p10 {_fmt(r[prefix + '_p10'])}, "
+            f"p90 {_fmt(r[prefix + '_p90'])})")
+  mem = r['peak_memory_bytes']
+  return _table([
+      ('model', f"{r['model']}  ({_fmt(r['num_params'])} parameters)"),
+      ('image size', f"{r['image_size']} px"),
+      ('batch (train / infer)', f"{r['batch_size']} / {r['eval_batch_size']}"),
+      ('devices', f"{r['num_devices']} x {r['device_kind']} ({r['backend']}, "
+                  f"{r['parallelism']})"),
+      ('JAX', r['jax_version']),
+      ('dtype', r['dtype']),
+      ('steps (timed, warmup)', f"{r['steps']}, {r['warmup']}"),
+      ('train compile', f"{_fmt(r['compile_s'])} s"),
+      ('train step', ms('train_step_ms')),
+      ('train images/s', f"{_fmt(r['train_images_per_sec'])}  "
+                         f"({_fmt(r['train_images_per_sec_per_device'])} per device)"),
+      ('infer compile', f"{_fmt(r['infer_compile_s'])} s"),
+      ('infer step', ms('infer_step_ms')),
+      ('infer images/s', _fmt(r['infer_images_per_sec'])),
+      ('peak memory', 'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'),
+      ('MACs / image', f"{r['macs_per_image'] / 1e9:.4g} G (forward)"),
+      ('train TFLOP/s', f"{_fmt(r['train_tflops_achieved'])}  (3 x 2 x MACs per image)"),
+      ('infer TFLOP/s', f"{_fmt(r['infer_tflops_achieved'])}  (2 x MACs per image)"),
+      ('peak TFLOP/s / device', _fmt(r['peak_tflops_per_device'])),
+      ('MFU (train / infer)', 'n/a (unknown peak; pass --peak-tflops)' if r['mfu'] is None
+       else f"{100 * r['mfu']:.1f}% / {100 * r['infer_mfu']:.1f}%"),
+  ])
+
+
+def benchmark(argv=None) -> None:
+  """Training and inference throughput of a config's model, on synthetic data:
+  `resnet-flax benchmark --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--steps 20]
+  [--warmup 3] [--peak-tflops T] [--json]` (see resnet_flax/tools/benchmarking.py)."""
+  from absl import app, flags
+
+  def define():
+    common.define_config_flag()
+    flags.DEFINE_integer('steps', 20, 'Timed steps (train and inference each).')
+    flags.DEFINE_integer('warmup', 3, 'Untimed steps after the compiling first call.')
+    flags.DEFINE_float('peak-tflops', None, 'Peak TFLOP/s of one device for the MFU (default: '
+                       'the known figure for the device kind and compute dtype, if any).')
+    flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
+
+  def run(args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+    from resnet_flax.tools import benchmarking
+    fv = flags.FLAGS
+    peak = None if fv['peak-tflops'].value is None else fv['peak-tflops'].value * 1e12
+    try:
+      result = benchmarking.benchmark(fv.config, steps=fv.steps, warmup=fv.warmup,
+                                      peak_flops=peak)
+    except (UserError, ValueError) as e:
+      return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
+    print(json.dumps(result) if fv.json else benchmark_table(result))
+    return 0
+
+  common.run_absl(run, argv, define)
+
+
+# --- input benchmark --------------------------------------------------------------------------
+
+def input_table(r: dict) -> str:
+  return _table([
+      ('data', f"{r['source']} {r['name'] if r['source'] == 'tfds' else r['dir']} "
+               f"({r['split']}, {r['num_examples']:,} examples)"),
+      ('back end / preset', f"{r['backend']} / {r['preprocess']}"),
+      ('batch', f"{r['batch_size']} x {tuple(r['image_shape'])} uint8"),
+      ('batches (timed, warmup)', f"{r['batches']}, {r['warmup']}"),
+      ('import back end', f"{r['import_s']:.2f} s"),
+      ('build sources', f"{r['build_s']:.2f} s  (train and eval)"),
+      ('first batch', f"{r['first_batch_s']:.2f} s"),
+      ('images/s', f"{r['images_per_sec']:,.0f}"),
+      ('images/s per core', f"{r['images_per_sec_per_core']:,.0f}  ({r['threads_used']} of "
+                            f"{r['cores']} cores)"),
+      ('CPU busy', f"{r['cpu_utilisation']:.2f} cores"),
+      ('images per CPU-second', f"{r['images_per_cpu_second']:,.0f}"
+                                if r['images_per_cpu_second'] else 'n/a'),
+  ])
+
+
+def input_benchmark(argv=None) -> None:
+  """Input-pipeline throughput of a config's data, without any model: `resnet-flax
+  input-benchmark --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--batches 50] [--warmup 5]
+  [--split train|eval] [--json]` (see resnet_flax/tools/input_benchmark.py)."""
+  from absl import app, flags
+
+  def define():
+    common.define_config_flag()
+    flags.DEFINE_integer('batches', 50, 'Timed batches.')
+    flags.DEFINE_integer('warmup', 5, 'Untimed batches after the first one.')
+    flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'Which pipeline to measure.')
+    flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
+
+  def run(args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+    from resnet_flax.tools import input_benchmark as pipeline
+    fv = flags.FLAGS
+    try:
+      result = pipeline.measure(fv.config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
+    except UserError as e:
+      return common.report_error(e)
+    print(json.dumps(result, indent=2) if fv.json else input_table(result))
+    return 0
+
+  common.run_absl(run, argv, define)

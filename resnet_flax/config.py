@@ -1,0 +1,214 @@
+"""The training config: the schema (every field with its default) and validation before anything
+compiles.
+
+`base_config()` returns a `ConfigDict` holding every field a run reads. Each section's defaults
+are owned by the layer that reads it (`models.MODEL_DEFAULTS` via the resnet20 name,
+`data.source.DATA_DEFAULTS`, `optim.OPTIMIZER_DEFAULTS`, `optim.SCHEDULE_DEFAULTS`); the
+run-level fields and `distributed` are owned here. Files in `configs/` start from it and change
+what they need, so a field is never missing and a typo in a config file is caught.
+`validate(config)` checks values and raises `ConfigError` with one line that names the field and
+the allowed values; it builds the model description once (no weights).
+"""
+
+import math
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+
+from resnet_flax import optim, transfer, tree
+from resnet_flax.data import source as data_source
+from resnet_flax.data import splits
+from resnet_flax.errors import ConfigError
+from resnet_flax.models import registry
+
+PARALLELISM = ('jit', 'pmap')
+NAN_POLICIES = ('stop', 'skip_step')
+BEST_METRICS = ('eval_top1', 'eval_top5', 'eval_loss')
+ON_EXISTING_RUN = ('resume', 'restart', 'error')
+
+
+def flatten(config_dict: dict) -> dict:
+  """A nested config dict (e.g. a saved config.json) as {'model.depth': 20, ...}; lists become
+  tuples, as ConfigDict fields hold them."""
+  return {k: tuple(v) if isinstance(v, list) else v
+          for k, v in tree.flatten(config_dict, sep='.').items()}
+
+
+# model fields that describe the task, not the network: a model name selected on the command
+# line keeps the config's values of these
+TASK_MODEL_FIELDS = ('num_classes', 'include_top', 'pooling', 'head_hidden', 'dtype',
+                     'param_dtype')
+
+
+def select_model_name(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+  """`--config.model.name=NAME` on the command line (`overrides`: the flattened command-line
+  values) selects that registry name's model fields; the config's task fields
+  (`TASK_MODEL_FIELDS`) stay, and the other model fields given on the command line override the
+  name's ('resnet56 with version=v2'). An unknown name is a ConfigError with the closest names."""
+  if 'model.name' not in overrides:
+    return
+  fields = registry.model_fields(config.model.name)
+  given = {key.split('.', 1)[1] for key in overrides if key.startswith('model.')}
+  for key, value in fields.items():
+    if key not in given and key not in TASK_MODEL_FIELDS:
+      config.model[key] = value
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field of a training config, with defaults (ResNet-20 on the bundled digits)."""
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(registry.model_fields('resnet20'))
+
+  c.data = ml_collections.ConfigDict(dict(data_source.DATA_DEFAULTS))
+
+  c.batch_size = 128              # global, over all devices and processes
+  c.eval_batch_size = 0           # 0: batch_size
+  c.num_epochs = 1.0              # training length, unless num_train_steps > 0
+  c.num_train_steps = -1
+
+  c.optimizer = ml_collections.ConfigDict(dict(optim.OPTIMIZER_DEFAULTS))
+  c.schedule = ml_collections.ConfigDict(dict(optim.SCHEDULE_DEFAULTS))
+
+  c.dtype = 'float32'             # compute precision: bfloat16 = mixed precision (f32 params,
+                                  # optimizer state, BatchNorm statistics, loss)
+  c.label_smoothing = 0.0
+  c.ema_decay = 0.0               # 0: no EMA; else eval uses the EMA of params and batch_stats
+  c.seed = 0
+  c.parallelism = 'jit'           # jit (Mesh + NamedSharding) | pmap
+  c.nan_policy = 'stop'           # stop | skip_step
+
+  c.log_every_steps = 50
+  c.log_grad_norms = False        # also log each stage's gradient norm (grad_norm_stage1, ...)
+  c.eval_every_steps = -1         # -1: once per epoch (and always at the end)
+  c.log_tensorboard = True        # when a TensorBoard writer is importable
+  c.progress_bar = True           # only drawn on a terminal
+
+  # checkpoints (orbax) and resuming, see docs/TRAINING.md
+  c.checkpoint_every_steps = -1   # -1: once per epoch; always at the end and on SIGTERM
+  c.checkpoint_dir = ''           # '': WORKDIR/checkpoints
+  c.keep_checkpoints = 3          # the latest N, plus the best by best_metric
+  c.best_metric = 'eval_top1'     # eval_top1 | eval_top5 | eval_loss
+  c.best_mode = 'max'             # max | min
+  c.on_existing_run = 'resume'    # resume | restart (delete its checkpoints) | error
+  c.init_from = ''                # fine-tune: a run workdir or a checkpoint path (params and
+  c.init_from_step = -1           # batch_stats only); -1: its latest checkpoint
+  c.freeze = ''                   # transfer learning: '' (train all) | backbone (all but the
+                                  # head) | a regex over parameter paths ('stem|stage1'); frozen
+                                  # parameters and their BatchNorm statistics stay fixed
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ''  # HOST:PORT; '' = single process or auto-detect
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.auto = False      # jax.distributed.initialize() auto-detection (SLURM, TPU...)
+  c.distributed.heartbeat_timeout_s = 30       # a process silent this long counts as lost:
+  c.distributed.initialization_timeout_s = 300  # the others abort (see docs/MULTIHOST.md)
+  return c
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+  raise ConfigError(f'config.{field}={value!r}: {why}')
+
+
+def _check_choice(config, field: str, allowed) -> None:
+  node = config
+  for part in field.split('.'):
+    node = node[part]
+  if node not in allowed:
+    _fail(field, node, 'allowed: ' + ', '.join(map(repr, allowed)))
+
+
+def _check_keys(config, reference, prefix='') -> None:
+  for key in config.keys():
+    if key not in reference:
+      known = ', '.join(sorted(reference.keys()))
+      raise ConfigError(f'config.{prefix}{key} is not a known field; known here: {known}')
+    value, ref = config[key], reference[key]
+    if isinstance(ref, ml_collections.ConfigDict) and key != 'model':
+      _check_keys(value, ref, f'{prefix}{key}.')
+
+
+def _check_freeze(config, model) -> None:
+  """config.freeze must freeze some but not all of the model's parameters (by path only; the
+  parameter paths do not depend on the input size)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jax.numpy.zeros((1, 64, 64, 3)), train=False))
+  transfer.frozen_mask(shapes['params'], config.freeze, model.head_names)
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> None:
+  """Raises ConfigError naming the first field that cannot work."""
+  _check_keys(config, base_config())
+  model = registry.create_model(config.model)
+  _check_choice(config, 'dtype', registry.DTYPES)
+  if config.model.dtype not in ('float32', config.dtype):
+    _fail('model.dtype', config.model.dtype,
+          f'training takes its precision from config.dtype; set --config.dtype='
+          f'{config.model.dtype} and leave model.dtype at float32')
+  if config.model.param_dtype != 'float32':
+    _fail('model.param_dtype', config.model.param_dtype,
+          'training keeps float32 parameters (mixed precision is config.dtype=bfloat16)')
+  _check_choice(config, 'data.source', data_source.SOURCES)
+  _check_choice(config, 'data.backend', data_source.BACKENDS)
+  _check_choice(config, 'data.preprocess', data_source.PRESETS)
+  _check_choice(config, 'data.on_bad_image', data_source.ON_BAD_IMAGE)
+  for field in ('train_split', 'eval_split'):
+    try:
+      splits.parse_split(config.data[field])
+    except ValueError as e:
+      _fail(f'data.{field}', config.data[field], str(e))
+  optim.optimizers.optimizer_fields(config.optimizer)
+  optim.schedules.schedule_fields(config.schedule, config.batch_size)
+  _check_choice(config, 'parallelism', PARALLELISM)
+  _check_choice(config, 'nan_policy', NAN_POLICIES)
+  _check_choice(config, 'best_metric', BEST_METRICS)
+  _check_choice(config, 'best_mode', ('max', 'min'))
+  _check_choice(config, 'on_existing_run', ON_EXISTING_RUN)
+  if config.checkpoint_every_steps == 0 or config.checkpoint_every_steps < -1:
+    _fail('checkpoint_every_steps', config.checkpoint_every_steps,
+          'must be a positive number of steps, or -1 for once per epoch')
+  if config.keep_checkpoints < 1:
+    _fail('keep_checkpoints', config.keep_checkpoints, 'must be at least 1')
+  if config.init_from_step < -1:
+    _fail('init_from_step', config.init_from_step, 'must be -1 (latest) or a saved step')
+  if config.freeze:
+    _check_freeze(config, model)
+  for field in ('batch_size', 'log_every_steps'):
+    if int(config[field]) <= 0:
+      _fail(field, config[field], 'must be a positive integer')
+  if config.batch_size % device_count:
+    _fail('batch_size', config.batch_size,
+          f'must be divisible by the {device_count} devices; use a multiple of {device_count}')
+  eval_bs = config.eval_batch_size or config.batch_size
+  if eval_bs < 0 or eval_bs % device_count:
+    _fail('eval_batch_size', config.eval_batch_size,
+          f'must be 0 (= batch_size) or a positive multiple of the {device_count} devices')
+  if config.eval_every_steps == 0 or config.eval_every_steps < -1:
+    _fail('eval_every_steps', config.eval_every_steps,
+          'must be a positive number of steps, or -1 for once per epoch')
+  if config.num_train_steps <= 0 and not (config.num_epochs > 0 and
+                                          math.isfinite(config.num_epochs)):
+    _fail('num_epochs', config.num_epochs,
+          'must be positive (or set num_train_steps to a positive number of steps)')
+  group = config.model.bn_group_size
+  if group:
+    per_device = config.batch_size // device_count
+    if per_device % group:
+      _fail('model.bn_group_size', group,
+            f'must divide the per-device batch of {per_device} examples')
+  if not 0.0 <= config.label_smoothing < 1.0:
+    _fail('label_smoothing', config.label_smoothing, 'must be in [0, 1)')
+  if not 0.0 <= config.ema_decay < 1.0:
+    _fail('ema_decay', config.ema_decay, 'must be in [0, 1) (0 disables the EMA)')
+  for field in ('shuffle_buffer', 'threadpool_size'):
+    if config.data[field] < 0:
+      _fail(f'data.{field}', config.data[field], 'must be >= 0')
+  if not 0.0 < config.data.eval_crop_fraction <= 1.0:
+    _fail('data.eval_crop_fraction', config.data.eval_crop_fraction,
+          'must be in (0, 1]: the center crop S over the resized shorter side (e.g. 224 / 256)')
+  if config.data.random_crop_pad < 0:
+    _fail('data.random_crop_pad', config.data.random_crop_pad, 'must be >= 0')
+  if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
+    _fail('data.std', config.data.std,
+          'data.mean and data.std need the same length (1 or one per channel) and std > 0')

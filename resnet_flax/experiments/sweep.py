@@ -1,0 +1,253 @@
+"""Sweeps: the cartesian product of config overrides, one training run per point.
+
+`--sweep model.depth=20,32,56 --sweep model.version=v1,v2` expands to six points in the order
+given (the last axis varies fastest). Each point trains in its own sub-workdir named after its
+overrides (`depth=20,version=v1`; the full field path where the last parts would clash), through
+`scripts/train.py` in a subprocess, so a crashed point does not take the sweep down and every
+point starts from a clean JAX. A point is finished when its `results.json` exists (the trainer
+writes it last); an interrupted point resumes from its checkpoints when the sweep runs again.
+
+`collect` reads every point's `results.json` and `metrics.jsonl` into rows; `write_tables`
+writes `results.csv` and `results.md` in the sweep directory.
+"""
+
+import csv
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+from resnet_flax import config as config_lib
+from resnet_flax import rundir
+from resnet_flax.errors import SweepError
+
+TRAIN_COMMAND = ('-m', 'resnet_flax', 'train')   # after the interpreter: the train command
+POINT_FILE = 'sweep_point.json'   # the point's overrides and the wall time spent on it
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+  """'model.depth=20,32' -> ('model.depth', ['20', '32']); checks the field exists."""
+  if '=' not in text:
+    raise SweepError(f'--sweep {text!r}: expected FIELD=V1,V2,... (e.g. model.depth=20,32,56)')
+  field, values = text.split('=', 1)
+  field = field.strip()
+  if field.startswith('config.'):
+    field = field[len('config.'):]
+  node = config_lib.base_config()
+  for part in field.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      raise SweepError(f'--sweep {text!r}: config has no field {field!r}')
+    node = node[part]
+  items = [v.strip() for v in values.split(',')]
+  if not items or any(not v for v in items):
+    raise SweepError(f'--sweep {text!r}: empty value in the list {values!r}')
+  if len(set(items)) != len(items):
+    raise SweepError(f'--sweep {text!r}: a value is repeated')
+  return field, items
+
+
+def expand(axes: Sequence[tuple[str, list[str]]]) -> list[dict[str, str]]:
+  """The cartesian product of the axes, as {field: value} dicts in axis order."""
+  fields = [f for f, _ in axes]
+  if len(set(fields)) != len(fields):
+    raise SweepError(f'a field is swept twice: {", ".join(fields)}')
+  return [dict(zip(fields, combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def _short_names(fields: Sequence[str]) -> dict[str, str]:
+  """Each field's last path part, or the full path where last parts clash."""
+  last = [f.rsplit('.', 1)[-1] for f in fields]
+  return {f: (s if last.count(s) == 1 else f) for f, s in zip(fields, last)}
+
+
+def point_name(point: dict[str, str]) -> str:
+  """The sub-workdir name of a point: 'depth=20,version=v1'."""
+  short = _short_names(list(point))
+  parts = []
+  for field, value in point.items():
+    safe = re.sub(r'[^A-Za-z0-9._+\-]', '_', value)
+    parts.append(f'{short[field]}={safe}')
+  return ','.join(parts)
+
+
+def train_command(config_path: str, workdir: str, point: dict[str, str],
+                  extra: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+  """The train.py command line of a point; `extra` overrides come after the point's own
+  (so `--config.X` passed to the sweep applies to every point, but cannot undo a swept field)."""
+  swept = {f'--config.{f}' for f in point}
+  for arg in extra:
+    if arg.split('=', 1)[0] in swept:
+      raise SweepError(f'{arg}: this field is swept; remove it or drop the --sweep axis')
+  return ([python, *TRAIN_COMMAND, '--config', config_path, '--workdir', workdir]
+          + [f'--config.{f}={v}' for f, v in point.items()] + list(extra))
+
+
+def point_status(workdir: str) -> str:
+  """'finished' (results.json), 'interrupted' (has checkpoints or metrics) or 'pending'."""
+  if os.path.isfile(rundir.path(workdir, rundir.RESULTS_FILE)):
+    return 'finished'
+  if os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS)) or os.path.isfile(
+      rundir.path(workdir, rundir.METRICS_FILE)):
+    return 'interrupted'
+  return 'pending'
+
+
+def _read_point_file(workdir: str) -> dict:
+  try:
+    with open(os.path.join(workdir, POINT_FILE)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _write_point_file(workdir: str, record: dict) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, POINT_FILE + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, POINT_FILE))
+
+
+def run_point(command: list[str], workdir: str, point: dict[str, str], *,
+              log=print) -> int:
+  """Runs one point's training in a subprocess; returns its exit code. SIGINT/SIGTERM to the
+  sweep are passed on as SIGTERM, so the point saves a checkpoint and can be resumed."""
+  record = _read_point_file(workdir)
+  record.update({'point': point, 'command': shlex.join(command)})
+  _write_point_file(workdir, record)
+  start = time.time()
+  child = subprocess.Popen(command)
+  forwarded = {}
+
+  def forward(signum, frame):
+    forwarded['signal'] = signum
+    child.send_signal(signal.SIGTERM)
+
+  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    code = child.wait()
+  finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
+  record['wall_time_s'] = round(record.get('wall_time_s', 0.0) + time.time() - start, 1)
+  record['exit_code'] = code
+  _write_point_file(workdir, record)
+  if forwarded:
+    log(f'sweep: stopped by signal {forwarded["signal"]}; run the same command to resume')
+    raise KeyboardInterrupt
+  return code
+
+
+def _error(top1) -> Optional[float]:
+  return None if top1 is None else round(100.0 * (1.0 - top1), 2)
+
+
+def point_row(workdir: str, point: dict[str, str]) -> dict:
+  """One table row: the swept fields, then the run's numbers (errors in percent)."""
+  row = dict(point)
+  status = point_status(workdir)
+  results = (rundir.read_results(workdir) or {}) if status == 'finished' else {}
+  metrics = rundir.read_metrics(workdir)
+  evals = [m for m in metrics if m.get('eval_top1') is not None]
+  trains = [m for m in metrics if m.get('train_loss') is not None]
+  best = max(evals, key=lambda m: m['eval_top1']) if evals else None
+  row.update({
+      'status': status,
+      'params': results.get('num_params'),
+      'top1_error': _error(results.get('eval_top1')),
+      'top5_error': _error(results.get('eval_top5')),
+      'best_top1_error': _error(best['eval_top1']) if best else None,
+      'best_step': best['step'] if best else None,
+      'train_loss': round(trains[-1]['train_loss'], 4) if trains else None,
+      'steps': results.get('steps', trains[-1]['step'] if trains else None),
+      'wall_time_s': _read_point_file(workdir).get('wall_time_s'),
+      'images_per_sec': (round(results['images_per_sec'], 1)
+                         if results.get('images_per_sec') else None),
+  })
+  return row
+
+
+def collect(sweep_dir: str, points: Optional[list[dict]] = None) -> list[dict]:
+  """Rows for the given points, or for every sub-workdir with a point file (sorted by name)."""
+  if points is None:
+    points = []
+    for name in sorted(os.listdir(sweep_dir)):
+      record = _read_point_file(os.path.join(sweep_dir, name))
+      if record.get('point'):
+        points.append(record['point'])
+  return [point_row(os.path.join(sweep_dir, point_name(p)), p) for p in points]
+
+
+COLUMN_TITLES = {
+    'status': 'status', 'params': 'params', 'top1_error': 'top-1 err %',
+    'top5_error': 'top-5 err %', 'best_top1_error': 'best top-1 err %', 'best_step': 'best at step',
+    'train_loss': 'train loss', 'steps': 'steps', 'wall_time_s': 'wall s',
+    'images_per_sec': 'images/s',
+}
+
+
+def _cell(value) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+    return f'{value:,}'
+  return str(value)
+
+
+def write_tables(sweep_dir: str, rows: list[dict]) -> tuple[str, str]:
+  """Writes results.csv (raw values) and results.md (a Markdown table); returns both paths."""
+  if not rows:
+    raise SweepError(f'{sweep_dir}: no sweep points found')
+  columns = list(rows[0])
+  csv_path = os.path.join(sweep_dir, 'results.csv')
+  with open(csv_path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  md_path = os.path.join(sweep_dir, 'results.md')
+  titles = [COLUMN_TITLES.get(c, c) for c in columns]
+  lines = ['| ' + ' | '.join(titles) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
+  lines += ['| ' + ' | '.join(_cell(r[c]) for c in columns) + ' |' for r in rows]
+  with open(md_path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return csv_path, md_path
+
+
+def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[str]]],
+              extra: Sequence[str] = (), *, dry_run: bool = False, log=print,
+              python: str = sys.executable) -> int:
+  """Runs every unfinished point in order and writes the tables; returns the number of points
+  that failed (0 when all finished). `dry_run` prints one command per line and runs nothing."""
+  if not os.path.isfile(config_path):
+    raise SweepError(f'--config {config_path}: no such file')
+  points = expand(axes)
+  commands = [train_command(config_path, os.path.join(sweep_dir, point_name(p)), p, extra,
+                            python=python) for p in points]
+  if dry_run:
+    for command in commands:
+      log(shlex.join(command))
+    return 0
+  os.makedirs(sweep_dir, exist_ok=True)
+  failed = 0
+  for i, (point, command) in enumerate(zip(points, commands)):
+    workdir = os.path.join(sweep_dir, point_name(point))
+    status = point_status(workdir)
+    if status == 'finished':
+      log(f'sweep: [{i + 1}/{len(points)}] {point_name(point)}: finished, skipped')
+      continue
+    log(f'sweep: [{i + 1}/{len(points)}] {point_name(point)}: '
+        f'{"resuming" if status == "interrupted" else "starting"}')
+    code = run_point(command, workdir, point, log=log)
+    if code != 0:
+      failed += 1
+      log(f'sweep: {point_name(point)} failed (exit code {code}); see {workdir}')
+    write_tables(sweep_dir, collect(sweep_dir, points))
+  _, md_path = write_tables(sweep_dir, collect(sweep_dir, points))
+  log(f'sweep: {len(points) - failed} of {len(points)} points finished; table in {md_path}')
+  return failed

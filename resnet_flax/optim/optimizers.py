@@ -1,0 +1,136 @@
+"""Optimizers built from `config.optimizer` (fields and defaults: `OPTIMIZER_DEFAULTS`), over optax.
+
+Weight decay has two modes. 'l2': the optimizer applies no decay, and the train step adds
+`weight_decay * l2_penalty(params, mask)` to the loss, whose gradient is `wd * w` (the original
+ResNet recipe: SGD with momentum on the gradient of loss + L2). 'decoupled': the decay is
+applied inside the optimizer, outside the momentum / adaptive statistics (SGDW, AdamW, LARS's
+own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1 (BatchNorm
+scales and biases, dense biases) is not decayed, in both modes.
+"""
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from resnet_flax import fields
+
+OPTIMIZER_DEFAULTS = {
+    'name': 'sgd',             # 'sgd', 'adamw' or 'lars'
+    'momentum': 0.9,           # sgd and lars
+    'nesterov': False,         # sgd and lars
+    'b1': 0.9,                 # adamw
+    'b2': 0.999,
+    'eps': 1e-8,
+    'weight_decay': 1e-4,
+    'weight_decay_mode': 'l2',  # 'l2' (penalty added to the loss by the caller) or 'decoupled'
+    'weight_decay_exclude': 'none',  # 'none' or 'bn_and_bias' (leaves with ndim <= 1)
+    'grad_clip_norm': 0.0,     # 0 = off; else clip the global gradient norm first
+    'lars_trust_coefficient': 0.001,
+    'lars_eps': 0.0,
+}
+
+OPTIMIZERS = ('sgd', 'adamw', 'lars')
+WEIGHT_DECAY_MODES = ('l2', 'decoupled')
+WEIGHT_DECAY_EXCLUDES = ('bn_and_bias', 'none')
+
+
+def weight_decay_mask(params: Any, exclude: str) -> Any:
+  """A pytree of bools like `params`: True = decayed.
+
+  exclude='bn_and_bias' leaves out every parameter with ndim <= 1 (BatchNorm scale and bias,
+  dense / conv biases); exclude='none' decays everything.
+  """
+  fields.choice({'weight_decay_exclude': exclude}, 'optimizer', 'weight_decay_exclude',
+                WEIGHT_DECAY_EXCLUDES)
+  if exclude == 'none':
+    return jax.tree.map(lambda _: True, params)
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def l2_penalty(params: Any, mask: Any = None) -> jax.Array:
+  """0.5 * the sum of squares of the masked leaves (all leaves if mask is None), in float32.
+
+  The caller multiplies by the weight decay, so the gradient of `wd * l2_penalty` is `wd * w`.
+  """
+  if mask is None:
+    mask = jax.tree.map(lambda _: True, params)
+  terms = jax.tree.map(
+      lambda p, m: jnp.sum(jnp.square(jnp.asarray(p, jnp.float32))) if m
+      else jnp.zeros((), jnp.float32), params, mask)
+  return 0.5 * sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def optimizer_fields(optimizer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The optimizer fields (defaults filled in), each checked."""
+  cfg = fields.merged(optimizer_cfg, OPTIMIZER_DEFAULTS, 'optimizer')
+  fields.choice(cfg, 'optimizer', 'name', OPTIMIZERS)
+  fields.choice(cfg, 'optimizer', 'weight_decay_mode', WEIGHT_DECAY_MODES)
+  fields.choice(cfg, 'optimizer', 'weight_decay_exclude', WEIGHT_DECAY_EXCLUDES)
+  fields.number(cfg, 'optimizer', 'momentum', low=0.0, high=1.0, high_open=True)
+  fields.boolean(cfg, 'optimizer', 'nesterov')
+  fields.number(cfg, 'optimizer', 'b1', low=0.0, high=1.0, high_open=True)
+  fields.number(cfg, 'optimizer', 'b2', low=0.0, high=1.0, high_open=True)
+  fields.number(cfg, 'optimizer', 'eps', low=0.0)
+  fields.number(cfg, 'optimizer', 'weight_decay', low=0.0)
+  fields.number(cfg, 'optimizer', 'grad_clip_norm', low=0.0)
+  fields.number(cfg, 'optimizer', 'lars_trust_coefficient', low=0.0, low_open=True)
+  fields.number(cfg, 'optimizer', 'lars_eps', low=0.0)
+  return cfg
+
+
+
+def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSchedule,
+                    params: Any = None) -> optax.GradientTransformation:
+  """The optax optimizer of a config, with `schedule` as its learning rate.
+
+  'sgd': (Nesterov) momentum on the gradient, scaled by the lr; in 'decoupled' mode SGDW:
+  `update = -lr * (momentum_buffer + wd * w)` with the decay outside the momentum.
+  'adamw': Adam; in 'decoupled' mode optax.adamw's decay (`-lr * wd * w`).
+  'lars': optax.lars; in 'decoupled' mode with its own weight decay, and with
+  weight_decay_exclude='bn_and_bias' the excluded leaves also skip the trust ratio.
+  In 'l2' mode no optimizer decays: the caller adds `l2_coefficient(cfg) * l2_penalty` to the loss.
+
+  The decay mask is handed to optax as a callable, so the optimizer can be built before the
+  parameters exist. `params`, when given, is only used to check the mask on them now.
+  """
+  cfg = optimizer_fields(optimizer_cfg)
+  name = cfg['name']
+  decoupled = cfg['weight_decay_mode'] == 'decoupled'
+  wd = float(cfg['weight_decay']) if decoupled else 0.0
+  exclude = cfg['weight_decay_exclude']
+  momentum = float(cfg['momentum'])
+  nesterov = cfg['nesterov']
+
+  mask: Optional[Callable[[Any], Any]] = None
+  if exclude != 'none':
+    def mask(tree):
+      return weight_decay_mask(tree, exclude)
+    if params is not None:
+      mask(params)
+
+  if name == 'sgd':
+    parts = []
+    if momentum > 0:
+      parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd, mask=mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(*parts)
+  elif name == 'adamw':
+    tx = optax.adamw(schedule, b1=float(cfg['b1']), b2=float(cfg['b2']), eps=float(cfg['eps']),
+                     weight_decay=wd, mask=mask if wd > 0 else None)
+  else:
+    tx = optax.lars(schedule, weight_decay=wd,
+                    weight_decay_mask=True if mask is None else mask,
+                    trust_coefficient=float(cfg['lars_trust_coefficient']),
+                    eps=float(cfg['lars_eps']),
+                    trust_ratio_mask=True if mask is None else mask,
+                    momentum=momentum, nesterov=nesterov)
+
+  clip = float(cfg['grad_clip_norm'])
+  if clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx
+

@@ -1,0 +1,127 @@
+"""The run folder: the one place that names its files and reads or writes them.
+
+A run's workdir holds `config.json` (the config it was started with), `metrics.jsonl` (one JSON
+object per log or eval event, always with `step` and `epoch`), `results.json` (written last, when
+the run is complete), TensorBoard files, and the checkpoints folder (`checkpoints/`, or
+`config.checkpoint_dir`). The trainer writes these; sweeps, plots, evaluation and inference
+read them through the functions here.
+"""
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+from resnet_flax.errors import CheckpointError
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+RESULTS_FILE = 'results.json'
+CHECKPOINTS = 'checkpoints'
+TENSORBOARD = 'tensorboard'
+
+
+def path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def checkpoint_dir(config, workdir: str) -> str:
+  """The checkpoints folder of a run: `config.checkpoint_dir`, else WORKDIR/checkpoints."""
+  return os.path.abspath(os.path.expanduser(config.checkpoint_dir or
+                                            os.path.join(workdir, CHECKPOINTS)))
+
+
+def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[int]]:
+  """(checkpoints folder, step or None for the latest) for a run workdir, a checkpoints folder
+  or one step's folder."""
+  where = os.path.abspath(os.path.expanduser(where))
+  if not os.path.isdir(where):
+    raise CheckpointError(f'{where}: no such folder (expected a run workdir, its checkpoints '
+                          f'folder or a checkpoint folder)')
+  name = os.path.basename(where.rstrip('/'))
+  if name.isdigit() and os.path.isdir(os.path.join(where, 'state')):
+    return os.path.dirname(where), int(name)
+  if os.path.isdir(os.path.join(where, CHECKPOINTS)):
+    directory = os.path.join(where, CHECKPOINTS)
+    saved = read_config(where)
+    if saved:
+      directory = saved.get('checkpoint_dir') or directory
+    return directory, (step if step >= 0 else None)
+  return where, (step if step >= 0 else None)
+
+
+def _read_json(workdir: str, name: str) -> Optional[dict]:
+  file_path = path(workdir, name)
+  if not os.path.isfile(file_path):
+    return None
+  with open(file_path) as f:
+    return json.load(f)
+
+
+def read_config(workdir: str) -> Optional[dict]:
+  """The run's config.json as a dict, or None when there is none."""
+  return _read_json(workdir, CONFIG_FILE)
+
+
+def write_config(workdir: str, config) -> None:
+  with open(path(workdir, CONFIG_FILE), 'w') as f:
+    f.write(config.to_json(indent=2))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The events of metrics.jsonl (a line cut short by a kill is skipped)."""
+  metrics_path = path(workdir, METRICS_FILE)
+  records = []
+  if os.path.isfile(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          try:
+            records.append(json.loads(line))
+          except ValueError:
+            pass   # a line cut by a kill: the rest of the file is still good
+  return records
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops the events after `last_step` from metrics.jsonl (a resumed run writes them again)."""
+  metrics_path = path(workdir, METRICS_FILE)
+  if not os.path.isfile(metrics_path):
+    return
+  kept = [json.dumps(r) + '\n' for r in read_metrics(workdir)
+          if isinstance(r.get('step'), int) and r['step'] <= last_step]
+  with open(metrics_path, 'w') as f:
+    f.writelines(kept)
+
+
+def _json_safe(value: Any) -> Any:
+  """NaN and infinities as None (strict JSON has no NaN), recursively."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def write_results(workdir: str, results: dict) -> str:
+  """Writes results.json (strict JSON: a non-finite number is null) atomically."""
+  results_path = path(workdir, RESULTS_FILE)
+  tmp = results_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(_json_safe(results), f, indent=2, allow_nan=False)
+  os.replace(tmp, results_path)
+  return results_path
+
+
+def read_results(workdir: str) -> Optional[dict]:
+  """The run's results.json as a dict, or None before the run completed."""
+  return _read_json(workdir, RESULTS_FILE)
+
+
+def remove_results(workdir: str) -> None:
+  results_path = path(workdir, RESULTS_FILE)
+  if os.path.isfile(results_path):
+    os.remove(results_path)

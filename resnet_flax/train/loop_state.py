@@ -1,0 +1,36 @@
+"""What the loop carries across a checkpoint besides the `TrainState`: the one place that writes
+and reads the loop's entries of the checkpoint meta.
+
+The train-metric window left open at the checkpoint (sums since the last log event, and how many
+steps they cover), the last eval metrics, the fine-tuning report, the planned length, and the
+data facts inference needs. With them a resumed run logs, evaluates and ends as the
+uninterrupted one would.
+"""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from resnet_flax.data.info import DataInfo
+
+
+@dataclasses.dataclass
+class LoopState:
+  window: Optional[dict] = None       # train-metric sums since the last log (host floats)
+  window_steps: int = 0
+  eval_metrics: dict = dataclasses.field(default_factory=dict)
+  init_report: Optional[dict] = None  # checkpoint.pretrained.InitReport.to_dict()
+
+  def to_meta(self, *, total_steps: int, data: Optional[DataInfo]) -> dict:
+    return {'window': self.window, 'window_steps': int(self.window_steps),
+            'eval_metrics': dict(self.eval_metrics), 'init_from': self.init_report,
+            'total_steps': int(total_steps), 'data': data.to_meta() if data else None}
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> 'LoopState':
+    window = meta.get('window')
+    return cls(window={k: np.float32(v) for k, v in window.items()} if window else None,
+               window_steps=int(meta.get('window_steps', 0)),
+               eval_metrics=dict(meta.get('eval_metrics') or {}),
+               init_report=meta.get('init_from'))

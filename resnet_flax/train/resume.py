@@ -1,0 +1,73 @@
+"""Where a run starts: from the latest readable checkpoint of its workdir (exactly), from scratch,
+or from another run's weights (`config.init_from`, fine-tuning). `config.on_existing_run` says
+what to do with checkpoints that are already there.
+"""
+
+import jax
+import numpy as np
+
+from resnet_flax.checkpoint import compat, pretrained
+from resnet_flax.errors import CheckpointError, ConfigError
+from resnet_flax.train.build import Run
+from resnet_flax.train.loop_state import LoopState
+
+
+def init_from_checkpoint(run: Run, path: str, step: int = -1):
+  """Fine-tuning: `run.state` with the params and batch_stats of a saved run whose names and
+  shapes match (the rest keeps its fresh initialisation); a fresh optimizer state and EMA.
+  Returns (state on the devices, pretrained.InitReport)."""
+  host = jax.device_get(run.par.host_state(run.state))
+  params, stats, report = pretrained.load_pretrained(path, step, host.params, host.batch_stats)
+  host = host.replace(
+      params=params, batch_stats=stats, opt_state=jax.device_get(run.tx.init(params)),
+      ema_params=jax.tree.map(np.copy, params) if host.ema_params is not None else None,
+      ema_batch_stats=jax.tree.map(np.copy, stats) if host.ema_params is not None else None)
+  return run.par.put_state(host), report
+
+
+def resume_or_start(config, workdir: str, run: Run, ckpts):
+  """(device state, start step, LoopState, messages for the log)."""
+  messages = []
+  existing = ckpts.steps()
+  if existing and config.on_existing_run == 'error':
+    raise ConfigError(
+        f'{ckpts.directory} already holds checkpoints (steps {", ".join(map(str, existing))}) '
+        f'and config.on_existing_run=error; use another --workdir, or '
+        f'--config.on_existing_run=resume or restart')
+  if existing and config.on_existing_run == 'restart':
+    ckpts.delete_all()
+    messages.append(f'on_existing_run=restart: deleted the checkpoints in {ckpts.directory} '
+                    f'(steps {", ".join(map(str, existing))}); starting from step 0')
+  elif existing:
+    def check(saved_config):
+      diffs = compat.incompatible_fields(saved_config, config)
+      if diffs:
+        raise ConfigError(
+            f'{workdir} holds a run with an incompatible config: {"; ".join(diffs)}; resume '
+            f'with the same values, or pass --config.on_existing_run=restart to delete its '
+            f'checkpoints, or use another --workdir (to fine-tune from it: '
+            f'--config.init_from={workdir})')
+    template = jax.device_get(run.par.host_state(run.state))
+    restored = ckpts.restore_latest(template, check)
+    if restored is None:
+      raise CheckpointError(
+          f'{ckpts.directory}: none of the checkpoints (steps '
+          f'{", ".join(map(str, existing))}) can be read; pass '
+          f'--config.on_existing_run=restart to start over')
+    step, host, meta, saved_config = restored
+    changed = compat.changed_fields(saved_config, config)
+    note = (f'; changed since: {", ".join(changed[:8])}{" ..." if len(changed) > 8 else ""}'
+            if changed else '')
+    messages.append(f'resuming from checkpoint {step} in {ckpts.directory} (step {step} of '
+                    f'{run.plan.total_steps}){note}')
+    return run.par.put_state(host), step, LoopState.from_meta(meta), messages
+  state, loop_state = run.state, LoopState()
+  if config.init_from:
+    state, report = init_from_checkpoint(run, config.init_from, config.init_from_step)
+    messages.extend(report.lines())
+    loop_state.init_report = report.to_dict()
+  elif config.freeze:
+    messages.append(f'warning: freeze={config.freeze!r} without init_from: the frozen '
+                    f'parameters keep their random initialisation (pass --config.init_from='
+                    f'RUN_DIR to load a trained backbone)')
+  return state, 0, loop_state, messages

@@ -1,0 +1,60 @@
+"""The weight converters behind `resnet-flax convert-weights`: each `--from` source is one function
+in `CONVERTERS` taking the parsed arguments (`source`, `model`, `input`, `download`, `out`,
+`eval_crop_fraction`) and returning the line to print. The frameworks are imported only by the
+converter that needs them."""
+
+import os
+from urllib.parse import urlparse
+
+from resnet_flax.errors import WeightsError
+from resnet_flax.weights import export_checkpoint
+
+
+def convert_torchvision(args) -> str:
+  """torchvision state dict -> checkpoint; returns the summary line."""
+  from resnet_flax.weights import torchvision_import as tv
+  if bool(args.input) == args.download:
+    raise WeightsError('pass either --in FILE_OR_URL or --download')
+  tv.torchvision_fields(args.model)   # an unknown name fails before any download
+  if args.download:
+    path = tv.download(args.model)
+  elif urlparse(args.input).scheme in ('http', 'https'):
+    path = tv.download(args.input)
+  else:
+    path = args.input
+  fields, params, batch_stats = tv.convert_torchvision(args.model, tv.read_state_dict(path))
+  config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
+  names = tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
+  checkpoint = export_checkpoint.save_pretrained(
+      args.out, config, params, batch_stats, class_names=names,
+      source={'from': 'torchvision', 'model': args.model, 'file': os.path.basename(path)})
+  return f'{args.model}: {os.path.basename(path)} -> {checkpoint}'
+
+
+def convert_keras(args) -> str:
+  """Keras applications weights (.h5, .weights.h5, .keras) -> checkpoint; the stored config
+  holds Keras' input convention (caffe or tf mode) as mean/std of the RGB pipeline."""
+  from resnet_flax.weights import keras_import
+  if bool(args.input) == args.download:
+    raise WeightsError('pass either --in FILE (.h5, .weights.h5, .keras) or --download')
+  source = args.input
+  if args.download:   # Keras fetches its 'imagenet' weights into ~/.keras (needs internet)
+    fields, app_name = keras_import.resolve_name(args.model)
+    import keras
+    source = getattr(keras.applications, app_name)(weights='imagenet')
+  fields, params, batch_stats = keras_import.convert_keras(args.model, source)
+  params, mean, std = keras_import.rgb_input_convention(fields, params)
+  config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
+  config.data.mean, config.data.std = mean, std
+  checkpoint = export_checkpoint.save_pretrained(
+      args.out, config, params, batch_stats,
+      source={'from': 'keras', 'model': args.model,
+              'file': os.path.basename(args.input) if args.input else 'imagenet'})
+  return f'{args.model}: {args.input or "keras imagenet weights"} -> {checkpoint}'
+
+
+# --from value -> converter(args) returning the line to print
+CONVERTERS = {
+    'torchvision': convert_torchvision,
+    'keras': convert_keras,
+}
