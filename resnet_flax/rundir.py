@@ -7,18 +7,23 @@ the run is complete), TensorBoard files, and the checkpoints folder (`checkpoint
 read them through the functions here.
 """
 
+import datetime
+import fcntl
 import json
 import math
 import os
+import socket
 from typing import Any, Optional
 
-from resnet_flax.errors import CheckpointError
+from resnet_flax.errors import CheckpointError, WorkdirError, first_line
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
+LOCK_FILE = '.lock'           # held by the one run that owns the folder
+ERRORS_FILE = 'errors.log'    # full tracebacks of background failures (checkpoint writes)
 
 
 def path(workdir: str, name: str) -> str:
@@ -125,3 +130,71 @@ def remove_results(workdir: str) -> None:
   results_path = path(workdir, RESULTS_FILE)
   if os.path.isfile(results_path):
     os.remove(results_path)
+
+
+class WorkdirLock:
+  """Exclusive ownership of a run folder: an OS file lock (`flock`) on WORKDIR/.lock, held while
+  a run trains. The OS releases it when the process ends, however it ends, so a SIGKILLed run
+  never leaves a stale lock. The file records the holder (host, pid, start time) for the
+  message a second run gets. Creating it is also the first check that the workdir is usable.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._fd: Optional[int] = None
+
+  def acquire(self) -> 'WorkdirLock':
+    workdir = self.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise WorkdirError(f'--workdir {workdir} is a file, not a folder; give a folder (it is '
+                         f'created when missing)')
+    lock_path = path(workdir, LOCK_FILE)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(f'--workdir {workdir} cannot be written ({first_line(e)}); point '
+                         f'--workdir at a writable folder') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = _holder(fd)
+      os.close(fd)
+      raise WorkdirError(f'{workdir} is in use by another run ({holder}); a folder holds one '
+                         f'run at a time: wait for that run to end or stop it, or use another '
+                         f'--workdir') from None
+    record = {'host': socket.gethostname(), 'pid': os.getpid(),
+              'started': datetime.datetime.now().isoformat(timespec='seconds')}
+    try:
+      os.ftruncate(fd, 0)
+      os.write(fd, json.dumps(record).encode())
+    except OSError as e:
+      os.close(fd)
+      raise WorkdirError(f'--workdir {workdir} cannot be written ({first_line(e)}); point '
+                         f'--workdir at a writable folder with free space') from None
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> 'WorkdirLock':
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def _holder(fd: int) -> str:
+  """'host H, pid P, started T' of the lock file's record (as far as it was written)."""
+  try:
+    record = json.loads(os.pread(fd, 4096, 0).decode() or '{}')
+  except (OSError, ValueError):
+    record = {}
+  if not record:
+    return 'holder not recorded yet'
+  return (f'host {record.get("host", "?")}, pid {record.get("pid", "?")}, started '
+          f'{record.get("started", "?")}')

@@ -9,24 +9,37 @@ import numpy as np
 
 from resnet_flax import rundir, tree
 from resnet_flax.checkpoint.store import Checkpoints
-from resnet_flax.errors import CheckpointError
+from resnet_flax.errors import CheckpointError, first_line
 
 
-def load_checkpoint(path: str, step: int = -1, template=None):
-  """(step, host state, meta, config dict) of a saved checkpoint (the latest unless `step` or
-  the path names one); read-only."""
+def load_checkpoint(path: str, step: int = -1, template=None, log=print):
+  """(step, host state, meta, config dict) of a saved checkpoint; read-only. The latest
+  readable one unless `step` or the path names one: an unreadable latest checkpoint is skipped
+  with a warning (`log`), as a resumed run skips it."""
   directory, step_or_none = rundir.resolve_checkpoint_path(path, step)
-  store = Checkpoints(directory, read_only=True)
-  steps = store.steps()
-  if not steps:
-    raise CheckpointError(f'{directory}: holds no complete checkpoint')
-  chosen = steps[-1] if step_or_none is None else step_or_none
-  if chosen not in steps:
-    raise CheckpointError(f'{directory}: no checkpoint at step {chosen}; saved steps: '
-                          f'{", ".join(map(str, steps))}')
-  state, meta, config = store.restore(chosen, template)
-  store.manager.close()
-  return chosen, state, meta, config
+  store = Checkpoints(directory, read_only=True, log=log)
+  try:
+    steps = store.steps()
+    if not steps:
+      raise CheckpointError(f'{directory}: holds no complete checkpoint')
+    if step_or_none is None:
+      restored = store.restore_latest(template)
+      if restored is None:
+        raise CheckpointError(f'{directory}: none of the checkpoints (steps '
+                              f'{", ".join(map(str, steps))}) can be read')
+      return restored
+    if step_or_none not in steps:
+      raise CheckpointError(f'{directory}: no checkpoint at step {step_or_none}; saved steps: '
+                            f'{", ".join(map(str, steps))}')
+    try:
+      state, meta, config = store.restore(step_or_none, template)
+    except Exception as e:  # noqa: BLE001 - orbax's errors for unreadable folders vary
+      raise CheckpointError(f'{directory}: checkpoint {step_or_none} cannot be read '
+                            f'({first_line(e)}); pass another --step, or none for the latest '
+                            f'readable one') from None
+    return step_or_none, state, meta, config
+  finally:
+    store.manager.close()
 
 
 @dataclasses.dataclass

@@ -17,14 +17,18 @@ managed by an `orbax.checkpoint.CheckpointManager`. Each checkpoint holds three 
 Saves are asynchronous (training goes on while orbax writes) and atomic: orbax writes into a
 `<step>.orbax-checkpoint-tmp*` folder and renames it when complete, so a checkpoint half-written
 when the process died is never listed. A checkpoint that is listed but cannot be read is moved
-aside to `<checkpoint_dir>.skipped/` with a warning, and the previous one is used.
+aside to `<checkpoint_dir>.skipped/` with a warning (left in place when the store is read-only:
+evaluation, prediction), and the previous one is used.
 """
 
 import importlib.util
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
+import traceback
 from typing import Callable, Optional
 
 
@@ -52,24 +56,65 @@ ITEMS = ('state', 'meta', 'config')
 META_VERSION = 1
 
 
+_BACKGROUND = (f'{os.sep}orbax{os.sep}', f'{os.sep}asyncio{os.sep}', f'{os.sep}etils{os.sep}')
+
+
 class _QuietOrbax(logging.Filter):
-  """Keeps orbax's per-save INFO lines out of the run's output (warnings still show)."""
+  """Keeps orbax's per-save INFO lines out of the run's output; with a `target` file, its
+  warnings and errors (tracebacks of failed background writes, often hundreds of lines) go to
+  that file instead of the terminal (the run reports the failure in one line)."""
+  target: Optional[str] = None
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+    if not any(part in record.pathname for part in _BACKGROUND):
       return True
-    return record.levelno >= logging.WARNING and 'read only' not in str(record.msg).replace(
-        '_', ' ')
+    if record.levelno < logging.WARNING or 'read only' in str(record.msg).replace('_', ' '):
+      return False
+    if self.target is None:
+      return True
+    _append(self.target, logging.Formatter('%(asctime)s %(levelname)s %(pathname)s:%(lineno)d '
+                                           '%(message)s').format(record))
+    return False
 
 
-logging.getLogger('absl').addFilter(_QuietOrbax())
+_QUIET = _QuietOrbax()
+for _name in ('absl', 'asyncio'):
+  logging.getLogger(_name).addFilter(_QUIET)
 
 
-def _write_error(path: str, error: BaseException) -> CheckpointError:
+def _append(path: str, text: str) -> None:
+  try:
+    with open(path, 'a') as f:
+      f.write(text.rstrip('\n') + '\n')
+  except OSError:   # the disk that failed the checkpoint may fail this too: nothing to add
+    pass
+
+
+def divert_background_errors(path: str) -> None:
+  """From now on, the tracebacks of orbax's background threads (a failed asynchronous write,
+  its event loop shutting down) are appended to `path` instead of flooding the terminal."""
+  _QUIET.target = path
+
+  def thread_hook(args):
+    _append(path, ''.join(traceback.format_exception(args.exc_type, args.exc_value,
+                                                     args.exc_traceback)))
+
+  def unraisable_hook(unraisable):
+    _append(path, f'{unraisable.err_msg or "Exception ignored"}: {unraisable.object!r}\n' +
+            ''.join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                               unraisable.exc_traceback)))
+
+  threading.excepthook = thread_hook
+  sys.unraisablehook = unraisable_hook
+
+
+def _write_error(path: str, error: BaseException, step: Optional[int] = None) -> CheckpointError:
+  what = f'checkpoint {step}' if step is not None else 'checkpoints'
+  details = f'; full traceback in {_QUIET.target}' if _QUIET.target else ''
   return CheckpointError(
-      f'cannot write checkpoints to {path} ({first_line(error)}); point --workdir or '
+      f'cannot write {what} to {path} ({first_line(error)}); point --workdir or '
       f'--config.checkpoint_dir at a writable folder with free space (checkpoints saved '
-      f'before are untouched)')
+      f'before are untouched{details})')
 
 
 class Checkpoints:
@@ -78,6 +123,8 @@ class Checkpoints:
   def __init__(self, directory: str, *, keep: int = 3, best_metric: str = 'eval_top1',
                best_mode: str = 'max', read_only: bool = False, log: Callable = print):
     self.directory = directory
+    self.read_only = read_only
+    self._saving: Optional[int] = None   # the step of the latest save started
     self.best_metric = best_metric
     self.log = log
     worst = -float('inf') if best_mode == 'max' else float('inf')
@@ -115,7 +162,9 @@ class Checkpoints:
 
   # -- saving
   def save(self, step: int, host_state, *, meta: dict, config, metrics: Optional[dict]) -> None:
-    """Starts an asynchronous save of `host_state` (numpy arrays) at `step`."""
+    """Starts an asynchronous save of `host_state` (numpy arrays) at `step`, after the previous
+    save ended (a failure of that one is reported as its own)."""
+    self.wait()
     meta = {'version': META_VERSION, 'step': int(step), 'data_position': int(step), **meta}
     try:
       self.manager.save(int(step), args=ocp.args.Composite(
@@ -123,14 +172,23 @@ class Checkpoints:
           config=ocp.args.JsonSave(config_to_dict(config))),
           metrics={k: float(v) for k, v in (metrics or {}).items()}, force=True)
     except Exception as e:  # noqa: BLE001 - any failure to write is reported in one line
-      raise _write_error(self.directory, e) from None
+      raise _write_error(self.directory, e, step) from None
+    self._saving = int(step)
+
+  def check(self) -> None:
+    """Raises CheckpointError when an asynchronous save that has ended failed (cheap, without
+    waiting for a save in progress)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise _write_error(self.directory, e, self._saving) from None
 
   def wait(self) -> None:
     """Blocks until the pending save is on disk (raises CheckpointError if it failed)."""
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
-      raise _write_error(self.directory, e) from None
+      raise _write_error(self.directory, e, self._saving) from None
 
   def close(self) -> None:
     try:
@@ -158,38 +216,41 @@ class Checkpoints:
     state = jax.tree.map(np.asarray, state)
     return state, dict(restored['meta']), dict(restored['config'])
 
-  def set_aside(self, step: int, why: str) -> None:
-    """Moves an unreadable checkpoint out of the way (kept for inspection), with a warning."""
-    aside = f'{self.directory}.skipped'
-    target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    if jax.process_index() == 0:
-      os.makedirs(aside, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
-    self.manager.reload()
+  def skip_unreadable(self, step: int, why: str) -> None:
+    """Leaves an unreadable checkpoint out, with a warning. A writable store moves it aside
+    (kept for inspection, so that the next save does not trip on it); a read-only one (an
+    evaluation, a prediction) leaves the files alone."""
+    where = ''
+    if not self.read_only:
+      aside = f'{self.directory}.skipped'
+      target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+      if jax.process_index() == 0:
+        os.makedirs(aside, exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+      self.manager.reload()
+      where = f' (moved to {target})'
     self.log(f'warning: checkpoint {step} in {self.directory} cannot be read ({why}); '
-             f'skipped (moved to {target}), using the previous one')
+             f'skipped{where}, using the previous one')
 
   def restore_latest(self, template, check_config: Optional[Callable[[dict], None]] = None):
     """The newest readable checkpoint as (step, host state, meta, config dict), or None.
 
     `check_config(saved_config_dict)` may raise to refuse a checkpoint (e.g. an incompatible
-    config): that error propagates. A checkpoint that cannot be read is set aside with a
-    warning and the previous one is tried.
+    config): that error propagates. A checkpoint that cannot be read is skipped with a
+    warning (`skip_unreadable`) and the previous one is tried.
     """
     for step in reversed(self.steps()):
       try:
         saved_config = self.read_config(step)
       except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
-        self.set_aside(step, first_line(e))
+        self.skip_unreadable(step, first_line(e))
         continue
       if check_config is not None:
         check_config(saved_config)
       try:
         state, meta, saved_config = self.restore(step, template)
       except Exception as e:  # noqa: BLE001
-        self.set_aside(step, first_line(e))
+        self.skip_unreadable(step, first_line(e))
         continue
       return step, state, meta, saved_config
     return None
-
-

@@ -2,8 +2,10 @@
 saved model without training.
 
 The config is the run's (`DIR/config.json`, else the one saved in the checkpoint); overrides
-apply on top, e.g. `--config.data.eval_split=train[:100]`. Prints top-1, top-5 and loss and
-writes them to `DIR/eval_STEP.json`. The latest checkpoint unless --checkpoint names a step.
+apply on top, e.g. `--config.data.eval_split=train[:100]`. Prints top-1, top-5 and loss, then
+writes them to `DIR/eval_STEP.json` (a folder that cannot be written gets a one-line warning).
+The latest readable checkpoint unless --checkpoint names a step: an unreadable latest one is
+skipped with a warning, as training skips it.
 """
 
 import json
@@ -11,7 +13,7 @@ import os
 import sys
 
 from resnet_flax.cli import common
-from resnet_flax.errors import UserError
+from resnet_flax.errors import UserError, first_line
 
 
 def _argv_value(argv, name: str):
@@ -44,32 +46,36 @@ def main(argv=None) -> None:
     print(f'error: --workdir {workdir_arg}: no such directory', file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
   from absl import app, flags
-  from ml_collections import config_flags
   from resnet_flax.checkpoint import compat
+  try:
+    base = compat.config_from_dict(_run_config(workdir_arg, _argv_value(argv, 'checkpoint')))
+  except UserError as e:
+    sys.exit(common.report_error(e))
 
   def define():
-    config_flags.DEFINE_config_dict(
-        'config', compat.config_from_dict(_run_config(workdir_arg,
-                                                      _argv_value(argv, 'checkpoint'))),
-        'The run config (overridable with --config.FIELD=VALUE).')
     flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints.')
     flags.DEFINE_integer('checkpoint', -1, 'Step of the checkpoint (-1: latest).')
 
-  def run(args):
+  def run(cfg, _, args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
     from resnet_flax.train import loop
-    cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    workdir = flags.FLAGS.workdir
     try:
       step, metrics = loop.evaluate_checkpoint(cfg, workdir, flags.FLAGS.checkpoint)
     except UserError as e:
       return common.report_error(e)
     result = {'step': step, 'eval_split': cfg.data.eval_split, **metrics}
     path = os.path.join(workdir, f'eval_{step}.json')
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=2)
     print(f'checkpoint {step}, split {cfg.data.eval_split}: top-1 {metrics["eval_top1"]:.4f} '
-          f'top-5 {metrics["eval_top5"]:.4f} loss {metrics["eval_loss"]:.4f} ({path})')
+          f'top-5 {metrics["eval_top5"]:.4f} loss {metrics["eval_loss"]:.4f}', flush=True)
+    try:   # the metrics are out already: a folder that cannot be written only loses the file
+      with open(path, 'w') as f:
+        json.dump(result, f, indent=2)
+      print(f'written to {path}')
+    except OSError as e:
+      print(f'warning: cannot write {path} ({first_line(e)}); the metrics above are not saved',
+            file=sys.stderr)
     return 0
 
-  common.run_absl(run, argv, define)
+  common.run_absl(run, argv, define, base=base)

@@ -6,25 +6,29 @@ number it uses comes from the config (durations, intervals, batch sizes) or from
 (`rundir`: `results.json` next to `config.json` and `metrics.jsonl`).
 
 Checkpoints: the loop saves at `checkpoint_every_steps`, at the end and on SIGTERM, only after
-the finite flags of every step up to the saved one were checked. A workdir holding checkpoints
-is resumed from the latest readable one, exactly (`resume.resume_or_start`, `LoopState`).
+the finite flags of every step up to the saved one were checked, and stops at the step after an
+asynchronous save that failed (the tracebacks of orbax's background threads go to the run's
+`errors.log`). A workdir holding checkpoints is resumed from the latest readable one, exactly
+(`resume.resume_or_start`, `LoopState`). One run at a time owns a workdir (`own_workdir`).
 """
 
 import math
-import os
 import time
 from typing import Optional
 
 import jax
 import numpy as np
 
+from resnet_flax import config as config_lib
 from resnet_flax import rundir
+from resnet_flax.checkpoint import store
 from resnet_flax.checkpoint.pretrained import load_checkpoint
 from resnet_flax.checkpoint.store import Checkpoints
-from resnet_flax.errors import CheckpointError
+from resnet_flax.errors import CheckpointError, WorkdirError
 from resnet_flax.models.registry import describe as describe_model
+from resnet_flax.train import distributed, parallel
 from resnet_flax.train.build import Run, build_run
-from resnet_flax.train.loop_state import LoopState
+from resnet_flax.train.loop_state import LoopState, add_timing
 from resnet_flax.train.metrics_log import MetricsLog, Throughput
 from resnet_flax.train.preemption import Preempted, Preemption
 from resnet_flax.train.resume import resume_or_start
@@ -113,11 +117,25 @@ class TrainingLoop:
     window = self.window
     host_window = ({k: float(v) for k, v in par.host_metrics(window).items()}
                    if window is not None else None)
-    saved = LoopState(host_window, loop.window_steps, loop.eval_metrics, loop.init_report)
+    saved = LoopState(host_window, loop.window_steps, loop.eval_metrics, loop.init_report,
+                      self.timing())
     self.ckpts.save(self.step, _host_copy(par, state), config=self.config,
                     metrics=loop.eval_metrics if at_eval else None,
                     meta=saved.to_meta(total_steps=self.run.plan.total_steps,
                                        data=self.run.data_info))
+
+  def _check_saves(self, then=None) -> None:
+    """Raises the CheckpointError of a failed asynchronous save (or of `then()`), saying where
+    training stopped."""
+    try:
+      self.ckpts.check()
+      if then is not None:
+        then()
+    except CheckpointError as e:
+      latest = self.ckpts.latest_step()
+      raise CheckpointError(f'{e}; training stopped at step {self.step}, '
+                            + (f'the latest complete checkpoint is {latest}' if latest
+                               is not None else 'no checkpoint is complete')) from None
 
   def log_window(self, state, at_eval: bool) -> None:
     """Writes the train metrics of the window (and evaluates at eval steps)."""
@@ -168,12 +186,13 @@ class TrainingLoop:
       at_eval = self.step % plan.eval_every == 0 or self.step == plan.total_steps
       at_log = self.step % plan.log_every == 0 or at_eval
       if at_log:
+        self._check_saves()    # a background save that failed stops the run, saying so
         self.log_window(state, at_eval)
       preempted = (preemption.requested(at_log, jax.process_count())
                    and self.step < plan.total_steps)
       if (self.step % plan.checkpoint_every == 0 or self.step == plan.total_steps
           or preempted):
-        self.save(state, at_eval)
+        self._check_saves(lambda: self.save(state, at_eval))
       if preempted:
         self.ckpts.wait()
         self.log.info(f'SIGTERM: saved checkpoint {self.step} in {self.ckpts.directory}; '
@@ -182,79 +201,121 @@ class TrainingLoop:
         raise Preempted(self.step)
     return state
 
-  def results(self) -> dict:
-    train_time = time.perf_counter() - self.train_start
+  def timing(self) -> dict:
+    """The time spent so far: the saved segments' and this one's (see `LoopState.timing`)."""
     throughput = self.throughput
+    return add_timing(self.loop.timing, {
+        'train_time_s': time.perf_counter() - self.train_start,
+        'compile_time_s': self.compile_s or 0.0, 'images': throughput.total_images,
+        'throughput_time_s': throughput.total_time, 'data_wait_s': self.total_wait})
+
+  def results(self) -> dict:
+    timing = self.timing()
     return {**self.loop.eval_metrics, 'steps': self.step,
-            'train_time_s': round(train_time, 2),
-            'compile_time_s': round(self.compile_s or 0.0, 2),
-            'images_per_sec': throughput.mean, 'num_params': self.run.num_params,
-            'data_wait_fraction': (self.total_wait / throughput.total_time
-                                   if throughput.total_time else None),
+            'train_time_s': round(timing['train_time_s'], 2),
+            'compile_time_s': round(timing['compile_time_s'], 2),
+            'images_per_sec': (timing['images'] / timing['throughput_time_s']
+                               if timing['throughput_time_s'] else None),
+            'num_params': self.run.num_params,
+            'data_wait_fraction': (timing['data_wait_s'] / timing['throughput_time_s']
+                                   if timing['throughput_time_s'] else None),
             'num_devices': self.run.par.num_devices,
             'model': describe_model(self.config.model)}
+
+
+def own_workdir(workdir: str) -> rundir.WorkdirLock:
+  """The workdir's lock, taken by process 0; with several processes all of them learn (a
+  collective) whether it was taken, so that all stop together when another run holds it."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = rundir.WorkdirLock(workdir).acquire()
+    except WorkdirError as e:
+      error = e
+  if jax.process_count() > 1 and distributed.any_process(error is not None):
+    raise error or WorkdirError(f'{workdir}: process 0 could not take the run folder (its '
+                                f'message says why)')
+  if error is not None:
+    raise error
+  return lock
 
 
 def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
   """Trains as the config says, evaluating on the whole eval split; returns the results.
 
-  Resumes from the checkpoints in the workdir if there are any (see `config.on_existing_run`).
-  Raises `Preempted` (a SystemExit with code 0) after saving a checkpoint on SIGTERM.
+  The workdir belongs to this run while it trains (`rundir.WorkdirLock`); a second run on it is
+  refused. Resumes from the checkpoints in the workdir if there are any (see
+  `config.on_existing_run`); a run that is already complete keeps its results. Raises
+  `Preempted` (a SystemExit with code 0) after saving a checkpoint on SIGTERM.
   """
   is_main = jax.process_index() == 0
-  run = build_run(config, devices=devices)
-  plan, par = run.plan, run.par
+  par = parallel.create(config.parallelism, devices)
+  config_lib.validate(config, device_count=par.num_devices)
+  lock = own_workdir(workdir)     # before any set-up: a busy or unusable workdir fails first
   say = print if is_main else (lambda *args, **kwargs: None)
-  ckpts = open_checkpoints(config, workdir, log=say)
   log = None
   failed = True
   try:
-    state, first_step, loop_state, messages = resume_or_start(config, workdir, run, ckpts)
-    if is_main:
-      os.makedirs(workdir, exist_ok=True)
-      rundir.write_config(workdir, config)
-      rundir.truncate_metrics(workdir, first_step)
-      rundir.remove_results(workdir)
-    log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
-                     progress_bar=config.progress_bar, total_steps=plan.total_steps)
-    log.info(f'{describe_model(config.model) or "model"}: {run.num_params:,} parameters; '
-             f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
-             f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
-    if run.freeze is not None:
-      log.info(run.freeze.describe())
-    for message in messages:
-      log.info(message)
-    loop = TrainingLoop(config, run, ckpts, log, loop_state, first_step)
-    with Preemption() as preemption:
-      try:
-        state = loop.train(state, preemption)
-      except Preempted:
-        failed = False
-        raise
-    if first_step >= plan.total_steps:
-      log.info(f'the run was already complete at step {first_step}')
-      if not loop_state.eval_metrics:
-        loop_state.eval_metrics = evaluate(state, run.p_eval, par, run.eval_ds,
-                                           config.eval_batch_size or config.batch_size)
-    ckpts.wait()
-    failed = False
-  finally:
-    if log is not None:
-      log.close()
+    store.divert_background_errors(rundir.path(workdir, rundir.ERRORS_FILE))
+    ckpts = open_checkpoints(config, workdir, log=say)
     try:
-      ckpts.close()
-    except CheckpointError:
-      if not failed:
-        raise
-
-  results = loop.results()
-  if loop_state.init_report:
-    results['init_from'] = loop_state.init_report
-  if run.freeze is not None:
-    results['num_trainable_params'] = run.num_params - run.freeze.num_frozen
-  if is_main:
-    rundir.write_results(workdir, results)
-  return results
+      run = build_run(config, par=par)
+      plan = run.plan
+      state, first_step, loop_state, messages = resume_or_start(config, workdir, run, ckpts)
+      complete = first_step >= plan.total_steps
+      finished = rundir.read_results(workdir) if complete else None
+      if finished is not None:   # nothing to train: the results of the run stay as they are
+        say(f'the run in {workdir} was already complete at step {first_step}; its results '
+            f'({rundir.path(workdir, rundir.RESULTS_FILE)}) are unchanged')
+        failed = False
+        return finished
+      if is_main:
+        rundir.write_config(workdir, config)
+        rundir.truncate_metrics(workdir, first_step)
+        rundir.remove_results(workdir)
+      log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
+                       progress_bar=config.progress_bar, total_steps=plan.total_steps)
+      log.info(f'{describe_model(config.model) or "model"}: {run.num_params:,} parameters; '
+               f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
+               f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')
+      if run.freeze is not None:
+        log.info(run.freeze.describe())
+      for message in messages:
+        log.info(message)
+      loop = TrainingLoop(config, run, ckpts, log, loop_state, first_step)
+      with Preemption() as preemption:
+        try:
+          state = loop.train(state, preemption)
+        except Preempted:
+          failed = False
+          raise
+      if complete:
+        log.info(f'the run was already complete at step {first_step} (its results were '
+                 f'missing: written again)')
+        if not loop_state.eval_metrics:
+          loop_state.eval_metrics = evaluate(state, run.p_eval, par, run.eval_ds,
+                                             config.eval_batch_size or config.batch_size)
+      ckpts.wait()
+      failed = False
+    finally:
+      if log is not None:
+        log.close()
+      try:
+        ckpts.close()
+      except CheckpointError:
+        if not failed:
+          raise
+    results = loop.results()
+    if loop_state.init_report:
+      results['init_from'] = loop_state.init_report
+    if run.freeze is not None:
+      results['num_trainable_params'] = run.num_params - run.freeze.num_frozen
+    if is_main:
+      rundir.write_results(workdir, results)
+    return results
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def evaluate_checkpoint(config, workdir: str, step: int = -1, *, devices=None):

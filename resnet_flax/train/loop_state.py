@@ -2,9 +2,10 @@
 and reads the loop's entries of the checkpoint meta.
 
 The train-metric window left open at the checkpoint (sums since the last log event, and how many
-steps they cover), the last eval metrics, the fine-tuning report, the planned length, and the
-data facts inference needs. With them a resumed run logs, evaluates and ends as the
-uninterrupted one would.
+steps they cover), the last eval metrics, the fine-tuning report, the time the run has spent so
+far (over all its segments), the planned length, and the data facts inference needs. With them
+a resumed run logs, evaluates and ends as the uninterrupted one would, and its results count
+the time of every segment.
 """
 
 import dataclasses
@@ -21,11 +22,13 @@ class LoopState:
   window_steps: int = 0
   eval_metrics: dict = dataclasses.field(default_factory=dict)
   init_report: Optional[dict] = None  # checkpoint.pretrained.InitReport.to_dict()
+  timing: dict = dataclasses.field(default_factory=dict)   # Timing fields, summed over segments
 
   def to_meta(self, *, total_steps: int, data: Optional[DataInfo]) -> dict:
     return {'window': self.window, 'window_steps': int(self.window_steps),
             'eval_metrics': dict(self.eval_metrics), 'init_from': self.init_report,
-            'total_steps': int(total_steps), 'data': data.to_meta() if data else None}
+            'timing': dict(self.timing), 'total_steps': int(total_steps),
+            'data': data.to_meta() if data else None}
 
   @classmethod
   def from_meta(cls, meta: dict) -> 'LoopState':
@@ -33,4 +36,13 @@ class LoopState:
     return cls(window={k: np.float32(v) for k, v in window.items()} if window else None,
                window_steps=int(meta.get('window_steps', 0)),
                eval_metrics=dict(meta.get('eval_metrics') or {}),
-               init_report=meta.get('init_from'))
+               init_report=meta.get('init_from'), timing=dict(meta.get('timing') or {}))
+
+
+TIMING_FIELDS = ('train_time_s', 'compile_time_s', 'images', 'throughput_time_s',
+                 'data_wait_s')
+
+
+def add_timing(a: dict, b: dict) -> dict:
+  """The sums of two timing records (a resumed run adds its segment to the saved time)."""
+  return {k: a.get(k, 0) + b.get(k, 0) for k in TIMING_FIELDS}

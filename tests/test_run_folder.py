@@ -1,0 +1,228 @@
+"""A run folder belongs to one run: a second training on it is refused, a finished run keeps its
+results, a failed checkpoint write stops the run with one line (tracebacks to errors.log), and
+evaluation falls back past an unreadable checkpoint and survives a folder it cannot write."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import (REPO, config_text, metrics_events, run_command, saved_steps,
+                      subprocess_env, tiny_config, train_cmd, wait_for)
+from resnet_flax import rundir
+from resnet_flax.checkpoint import pretrained
+from resnet_flax.errors import CheckpointError, WorkdirError
+from resnet_flax.train import loop
+
+
+def _lock_holder(workdir):
+  """The lock record of a workdir, once its run wrote it."""
+  try:
+    return json.loads(open(os.path.join(workdir, rundir.LOCK_FILE)).read() or 'null')
+  except (OSError, ValueError):
+    return None
+
+
+def test_a_workdir_lock_excludes_a_second_holder(tmp_path):
+  with rundir.WorkdirLock(str(tmp_path / 'run')):
+    with pytest.raises(WorkdirError, match=rf'in use by another run \(host .*, pid {os.getpid()}'
+                                           r', started 20\d\d-'):
+      rundir.WorkdirLock(str(tmp_path / 'run')).acquire()
+  rundir.WorkdirLock(str(tmp_path / 'run')).acquire().release()   # released: free again
+
+
+@pytest.mark.slow
+def test_a_second_training_on_a_busy_workdir_is_refused(tmp_path):
+  """Two real processes on one workdir: the second exits 2 at once with one line naming the
+  holder; the first trains on undisturbed (then stops on SIGTERM, saving its checkpoint), and
+  the folder holds only its run."""
+  config = tmp_path / 'tiny.py'
+  config.write_text(config_text('memory', tmp_path))
+  workdir = tmp_path / 'run'
+  first = subprocess.Popen(train_cmd(config, workdir, '--config.num_train_steps=100000',
+                                     '--config.seed=1'),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=subprocess_env())
+  try:
+    assert wait_for(first, lambda: saved_steps(workdir)), first.stderr.read()[-2000:]
+    holder = _lock_holder(workdir)
+    second = run_command(train_cmd(config, workdir, '--config.model.depth=14',
+                                   '--config.seed=2'))
+    assert first.poll() is None, 'the first run ended before the second one was tried'
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate()
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert second.returncode == 2, second.stderr[-2000:]
+  line = second.stderr.strip().splitlines()[-1]
+  assert line == (f'workdir error: {workdir} is in use by another run (host {holder["host"]}, '
+                  f'pid {holder["pid"]}, started {holder["started"]}); a folder holds one run '
+                  f'at a time: wait for that run to end or stop it, or use another --workdir')
+  assert second.stdout == '' and holder['pid'] == first.pid
+  assert first.returncode == 0 and 'SIGTERM: saved checkpoint' in out, err[-2000:]
+  saved = json.load(open(workdir / 'config.json'))
+  assert (saved['seed'], saved['model']['depth']) == (1, 8)
+  steps = [e['step'] for e in metrics_events(workdir) if 'train_loss' in e]
+  assert steps == list(range(4, 4 * len(steps) + 1, 4))    # one run's events, in order
+  _, _, _, checkpoint_config = pretrained.load_checkpoint(str(workdir))
+  assert (checkpoint_config['seed'], checkpoint_config['model']['depth']) == (1, 8)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
+  config = tmp_path / 'tiny.py'
+  config.write_text(config_text('memory', tmp_path))
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(train_cmd(config, workdir), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, env=subprocess_env())
+  try:
+    assert wait_for(proc, lambda: saved_steps(workdir)), proc.stderr.read()[-2000:]
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  p = run_command(train_cmd(config, workdir))
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'resuming from checkpoint' in p.stdout
+
+
+def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=3)
+  first = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  before = {name: open(os.path.join(workdir, name), 'rb').read()
+            for name in (rundir.RESULTS_FILE, rundir.METRICS_FILE, rundir.CONFIG_FILE)}
+  again = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  assert again == first and first['train_time_s'] > 0 and first['images_per_sec'] > 0
+  assert 'already complete at step 3' in capsys.readouterr().out
+  for name, content in before.items():
+    assert open(os.path.join(workdir, name), 'rb').read() == content, name
+
+
+def test_results_of_a_resumed_run_count_every_segment(tmp_path):
+  workdir = str(tmp_path / 'run')
+  part = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2),
+                                 workdir, devices=jax.devices()[:1])
+  whole = loop.train_and_evaluate(tiny_config(num_train_steps=8, checkpoint_every_steps=2),
+                                  workdir, devices=jax.devices()[:1])
+  assert whole['steps'] == 8 and whole['train_time_s'] > part['train_time_s']
+
+
+def test_results_json_is_strict_json(tmp_path):
+  rundir.write_results(str(tmp_path), {'eval_loss': float('nan'), 'x': [1.0, float('inf')]})
+  text = open(tmp_path / rundir.RESULTS_FILE).read()
+
+  def refuse(constant):
+    raise ValueError(f'{constant} is not JSON')
+  assert json.loads(text, parse_constant=refuse) == {'eval_loss': None, 'x': [1.0, None]}
+
+
+def test_a_workdir_that_is_a_file_fails_before_any_set_up(tmp_path, monkeypatch):
+  from resnet_flax import data
+  monkeypatch.setattr(data, 'load_datasets', lambda *a: pytest.fail('data loaded first'))
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(WorkdirError, match='is a file, not a folder'):
+    loop.train_and_evaluate(tiny_config(), str(tmp_path / 'file'), devices=jax.devices()[:1])
+
+
+def _with_file_size_limit(limit, cmd):
+  """`cmd` in a process whose files cannot grow beyond `limit` bytes: a write beyond it fails
+  (EFBIG), as on a full disk. The limit is set by a small launcher that then execs `cmd`."""
+  launcher = ('import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+              f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); '
+              'os.execv(sys.argv[1], sys.argv[1:])')
+  return [sys.executable, '-c', launcher, *cmd]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tmp_path):
+  """Files are capped at 20 kB (as a full disk does, a checkpoint write fails in orbax's
+  background threads): one line on stderr naming the failed checkpoint and where training
+  stopped (the next log step or save at the latest), the tracebacks in errors.log."""
+  config = tmp_path / 'tiny.py'
+  config.write_text(config_text('memory', tmp_path))
+  workdir = tmp_path / 'run'
+  p = run_command(_with_file_size_limit(20_000, train_cmd(
+      config, workdir, '--config.checkpoint_every_steps=10', '--config.log_every_steps=1',
+      '--config.eval_every_steps=100')))
+  lines = [line for line in p.stderr.splitlines() if line.strip()]
+  assert p.returncode == 2 and len(lines) <= 2, p.stderr[-3000:]
+  assert lines[-1].startswith(f'checkpoint error: cannot write checkpoint 10 to '
+                              f'{workdir / "checkpoints"}')
+  assert f'full traceback in {workdir / "errors.log"}' in lines[-1]
+  stopped = int(lines[-1].split('training stopped at step ')[1].split(',')[0])
+  assert lines[-1].endswith(f'training stopped at step {stopped}, no checkpoint is complete')
+  assert 'Traceback' in open(workdir / 'errors.log').read()
+  trained = [e['step'] for e in metrics_events(workdir) if 'train_loss' in e]
+  assert 10 < stopped <= 20 and max(trained) <= stopped    # at the latest at the next save
+  assert saved_steps(workdir) == []
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('eval') / 'run'
+  loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2,
+                                      eval_every_steps=4), str(workdir),
+                          devices=jax.devices()[:1])
+  return workdir
+
+
+def _corrupt(workdir, step):
+  for root, _, files in os.walk(workdir / 'checkpoints' / str(step) / 'state'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+
+
+@pytest.mark.slow
+def test_evaluate_skips_an_unreadable_latest_checkpoint(finished_run, tmp_path):
+  import shutil
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  _corrupt(workdir, 4)
+  p = run_command([sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), '--workdir',
+                   str(workdir)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  warnings = [line for line in p.stdout.splitlines() + p.stderr.splitlines()
+              if line.startswith('warning: checkpoint 4')]
+  assert len(warnings) == 1 and 'skipped, using the previous one' in warnings[0]
+  assert 'checkpoint 2, split test: top-1' in p.stdout
+  assert os.path.isdir(workdir / 'checkpoints' / '4')   # evaluation moves nothing
+  p = run_command([sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), '--workdir',
+                   str(workdir), '--checkpoint', '4'])
+  assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+      'checkpoint error: ') and 'checkpoint 4 cannot be read' in p.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_prints_its_metrics_when_it_cannot_write_them(finished_run):
+  (finished_run / 'eval_4.json').mkdir()    # the file it writes cannot be created
+  p = run_command([sys.executable, os.path.join(REPO, 'scripts', 'evaluate.py'), '--workdir',
+                   str(finished_run)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert 'checkpoint 4, split test: top-1' in p.stdout
+  err = [line for line in p.stderr.splitlines() if line.strip()]
+  assert len(err) == 1 and err[0].startswith('warning: cannot write ') and 'eval_4.json' in err[0]
+
+
+def test_startup_noise_is_kept_out_of_the_output(tmp_path):
+  config = tmp_path / 'tiny.py'
+  config.write_text(config_text('memory', tmp_path))
+  p = run_command(train_cmd(config, tmp_path / 'run', '--config.num_train_steps=6'))
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'Unable to initialize backend' not in p.stdout + p.stderr
+  assert np.isfinite(json.load(open(tmp_path / 'run' / 'results.json'))['eval_loss'])
+
+
+def test_checkpoint_errors_do_not_call_themselves_config_errors(tmp_path):
+  bad = tmp_path / 'file.txt'
+  bad.write_text('x')
+  with pytest.raises(CheckpointError) as e:
+    loop.train_and_evaluate(tiny_config(checkpoint_dir=str(bad / 'ckpt')), str(tmp_path / 'r'),
+                            devices=jax.devices()[:1])
+  assert e.value.kind == 'checkpoint error'
