@@ -66,13 +66,14 @@ def test_negative_npz_label_names_the_file(tmp_path):
 
 
 def test_npz_label_beyond_the_model_classes_is_a_config_error(tmp_path):
-  """A label 10 in data meant for 10 classes: the data has 11 classes, and the run stops
-  before compiling with the fix (num_classes) named."""
+  """A label 10 in data meant for 10 classes: the run stops before compiling, naming the first
+  example that does not fit and the fix (num_classes)."""
   import jax
   path = _npz(tmp_path / 'eleven.npz', list(range(10)) * 3 + [10] * 2, list(range(10)))
   config = tiny_config(**{'data.source': 'npz', 'data.dir': path, 'data.image_size': 0,
                           'data.channels': 0, 'data.random_crop_pad': 0})
-  with pytest.raises(ConfigError, match='the data has 11 classes.*num_classes=11'):
+  with pytest.raises(ConfigError, match=r'example 30 .*has label 10, outside \[0, 10\).*'
+                                        r'num_classes=11 if the data has 11 classes'):
     build_run(config, devices=jax.devices()[:1])
 
 

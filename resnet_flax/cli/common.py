@@ -34,7 +34,7 @@ def default_workdir(config_path: str, root: str = 'runs') -> str:
 
 
 def unknown_override(argv: Sequence[str]) -> Optional[str]:
-  """The error line for the first `--config.FIELD=...` naming no field of the config schema.
+  """The message for the first `--config.FIELD=...` naming no field of the config schema.
 
   Every config file starts from `config.base_config()`, so its fields are the schema.
   Checked before the flags are defined, where ml_collections would raise a raw KeyError.
@@ -51,7 +51,7 @@ def unknown_override(argv: Sequence[str]) -> Optional[str]:
         close = difflib.get_close_matches(part, known, n=1)
         hint = f'; did you mean {".".join(done + close)}?' if close else ''
         where = 'config.' + '.'.join(done) if done else 'config'
-        return (f'config error: --config.{".".join(path)}: {where} has no field {part!r}{hint} '
+        return (f'--config.{".".join(path)}: {where} has no field {part!r}{hint} '
                 f'(known: {", ".join(known)})')
       node, done = node[part], done + [part]
   return None
@@ -114,64 +114,97 @@ def _config_args(args: Sequence[str]) -> list[str]:
           if a.startswith('--config=') or (a == '--config' and i + 1 < len(args))]
 
 
-def define_config_flag(default: str = configs.DEFAULT):
-  """The `--config FILE` flag (default: the quick start) with `--config.FIELD=V` overrides."""
-  from ml_collections import config_flags
-  return config_flags.DEFINE_config_file('config', configs.path(default), 'Training config file '
-                                         'or shipped config name.', lock_config=True)
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(the config's arguments, the others) of `argv[1:]`: `--config X`, `--config=X`,
+  `--config.FIELD=V` and `--config.FIELD V` are the config's."""
+  ours, rest, i = [], [], 0
+  argv = list(argv[1:])
+  while i < len(argv):
+    arg = argv[i]
+    takes_next = (arg == '--config' or (arg.startswith('--config.') and '=' not in arg)) and (
+        i + 1 < len(argv) and not argv[i + 1].startswith('-'))
+    if arg == '--config' or arg.startswith(('--config=', '--config.')):
+      ours += argv[i:i + 2] if takes_next else [arg]
+      i += 2 if takes_next else 1
+    else:
+      rest.append(arg)
+      i += 1
+  return ours, rest
 
 
-def run_absl(main: Callable, argv: Optional[Sequence[str]], define: Callable[[], None]) -> None:
-  """Runs an absl command: `define()` defines its flags (the config flag among them), then
-  `main(argv)` runs with the flags parsed. Every failure to load the config or to parse a flag
-  is one line and exit code 2; the config's model name is resolved
-  (`config.select_model_name`)."""
-  from absl import app, flags
+def load_config(argv: Sequence[str], *, base=None, default: str = configs.DEFAULT):
+  """(config, config file) of a command line: its `--config` file (default: the quick start;
+  or `base`, e.g. a run's saved config, then the file is '') with the `--config.FIELD=VALUE`
+  overrides applied by ml_collections' parser and the model name resolved
+  (`config.select_model_name`). Every failure is one ConfigError line."""
+  from absl import flags
   from ml_collections import config_flags
-  argv = prepare_argv(sys.argv if argv is None else argv)
+  argv = prepare_argv(argv)
   error = unknown_override(argv)
   if error:
-    print(error, file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
-  sys.argv = argv   # the config flag reads its overrides from sys.argv when it is defined
-
-  def guarded(fn, *args):
-    try:
-      return fn(*args)
-    except UserError as e:
-      sys.exit(report_error(e))
-    except flags.Error as e:
-      sys.exit(report_error(ConfigError(_config_flag_error(e))))
-    except Exception as e:  # noqa: BLE001 - a config file's get_config() may raise anything
-      given = _config_args(argv)
-      where = f'--config {given[-1]}' if given else '--config'
-      sys.exit(report_error(ConfigError(f'{where}: get_config() raised {type(e).__name__}: '
-                                        f'{_config_flag_error(e)}')))
-
-  def load(args):
-    for path in _config_args(args):
-      _check_config_file(path)
-    rest = flags.FLAGS(args)
-    holder = flags.FLAGS['config']
+    raise ConfigError(error)
+  args = [argv[0]] + split_config_args(argv)[0]
+  given = _config_args(args)
+  for path in given:
+    _check_config_file(path)
+  values = flags.FlagValues()
+  try:
+    if base is None:
+      holder = config_flags.DEFINE_config_file(
+          'config', configs.path(default), 'Training config file or shipped config name.',
+          flag_values=values, lock_config=True, sys_argv=args)
+    else:
+      holder = config_flags.DEFINE_config_dict('config', base, 'The run config.',
+                                               flag_values=values, sys_argv=args)
+    values(args)
     config = holder.value
     if not hasattr(config, 'model'):
-      raise ConfigError(f'--config {holder.config_filename}: get_config() returned '
+      raise ConfigError(f'--config {values["config"].config_filename}: get_config() returned '
                         f'{type(config).__name__}, not a ConfigDict of base_config()')
-    config_lib.select_model_name(config, config_flags.get_override_values(holder))
-    return rest
+    config_lib.select_model_name(config, config_flags.get_override_values(values['config']))
+  except UserError:
+    raise
+  except flags.Error as e:
+    raise ConfigError(_config_flag_error(e)) from None
+  except Exception as e:  # noqa: BLE001 - a config file's get_config() may raise anything
+    where = f'--config {given[-1]}' if given else '--config'
+    raise ConfigError(f'{where}: get_config() raised {type(e).__name__}: '
+                      f'{_config_flag_error(e)}') from None
+  return config, (values['config'].config_filename if base is None else '')
+
+
+def run_absl(main: Callable, argv: Optional[Sequence[str]], define: Callable[[], None] = None,
+             *, base=None) -> None:
+  """Runs an absl command: the config is loaded (`load_config`, one-line errors), `define()`
+  defines the command's other flags, then `main(config, config_file, args)` runs with them
+  parsed. A flag error is one line and exit code 2 as well."""
+  from absl import app, flags
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    config, config_file = load_config(argv, base=base)
+  except UserError as e:
+    sys.exit(report_error(e))
+  rest = [argv[0]] + split_config_args(prepare_argv(argv))[1]
+  if define is not None:
+    define()
+
+  def parse(args):
+    try:
+      return flags.FLAGS(args)
+    except flags.Error as e:
+      sys.exit(report_error(ConfigError(_config_flag_error(e))))
 
   def quiet_main(args):
-    # INFO lines of JAX's start-up ("Unable to initialize backend 'tpu'") and of orbax are noise
-    # to a user; `--verbosity=0` (or -v 0) shows them
-    if not any(a.startswith(('--verbosity', '-v')) for a in argv[1:]):
+    # INFO lines of JAX's start-up ("Unable to initialize backend 'tpu'"), of orbax and of
+    # TensorFlow are noise to a user; `--verbosity=0` (or -v 0) shows them
+    if any(a.startswith(('--verbosity', '-v')) for a in rest[1:]):
+      os.environ['RESNET_FLAX_VERBOSE'] = '1'
+    else:
       from absl import logging
       logging.set_verbosity(logging.WARNING)
-    return main(args)
+    return main(config, config_file, args)
 
-  for path in _config_args(argv):
-    guarded(_check_config_file, path)
-  guarded(define)
-  app.run(quiet_main, argv=argv, flags_parser=lambda args: guarded(load, args))
+  app.run(quiet_main, argv=rest, flags_parser=parse)
 
 
 def add_checkpoint_args(parser) -> None:

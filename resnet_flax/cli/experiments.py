@@ -6,7 +6,7 @@ import os
 import sys
 
 from resnet_flax.cli import common
-from resnet_flax.errors import UserError
+from resnet_flax.errors import ConfigError, UserError
 
 
 def sweep(argv=None) -> int:
@@ -32,18 +32,24 @@ def sweep(argv=None) -> int:
     parser.error(f'unexpected arguments: {" ".join(unknown)} (overrides are --config.FIELD=V)')
   error = common.unknown_override(['sweep'] + extra)
   if error:
-    print(error, file=sys.stderr)
-    return common.EXIT_USER_ERROR
+    return common.report_error(ConfigError(error))
   if not args.sweep:
     parser.error('give at least one --sweep FIELD=V1,V2,...')
+  def check(point_args):   # the point's config exactly as its training will load it
+    from resnet_flax import config as config_lib
+    config, _ = common.load_config(['train', *point_args])
+    config_lib.validate(config)
+
   try:
     axes = [sweeps.parse_axis(s) for s in args.sweep]
     failed = sweeps.run_sweep(configs.path(args.config), args.workdir, axes, extra,
-                              dry_run=args.dry_run)
+                              dry_run=args.dry_run, check=check)
   except UserError as e:
     return common.report_error(e)
   except KeyboardInterrupt:
     return 130
+  if failed and args.dry_run:
+    return common.EXIT_USER_ERROR
   return 1 if failed else 0
 
 
@@ -86,12 +92,11 @@ def gradient_flow(argv=None) -> None:
   from absl import app, flags
 
   def define():
-    common.define_config_flag()
     flags.DEFINE_list('models', ['plain56', 'resnet56'], 'Registry names to compare.')
     flags.DEFINE_integer('steps', 100, 'Training steps between the two measurements.')
     flags.DEFINE_string('out', 'gradient_flow', 'Output prefix: PREFIX.csv and PREFIX.png.')
 
-  def run(args):
+  def run(config, _, args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
     from resnet_flax.experiments import gradient_flow as flow
@@ -107,7 +112,7 @@ def gradient_flow(argv=None) -> None:
       print(f'config error: --steps={steps} must not be negative', file=sys.stderr)
       return common.EXIT_USER_ERROR
     try:
-      rows = flow.diagnose(flags.FLAGS.config, models, steps)
+      rows = flow.diagnose(config, models, steps)
     except UserError as e:
       return common.report_error(e)
     csv_path = flow.write_csv(rows, out + '.csv')

@@ -20,8 +20,14 @@ def predict(argv=None) -> int:
   parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
   parser.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
   parser.add_argument('--json', action='store_true', help='one JSON object on stdout')
+  parser.add_argument('--max-image-pixels', type=int, default=None,
+                      help="refuse images with more pixels than this (Pillow's decompression-"
+                           'bomb guard; default: its own, about 89 million; 0: no limit)')
   parser.add_argument('images', nargs='+', metavar='IMAGE', help='JPEG / PNG files')
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+  if args.max_image_pixels is not None:
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = args.max_image_pixels or None
   from resnet_flax.inference import predictor as inference
   try:
     model = inference.load(args.workdir or args.checkpoint, args.step)

@@ -140,21 +140,20 @@ def benchmark(argv=None) -> None:
   from absl import app, flags
 
   def define():
-    common.define_config_flag()
     flags.DEFINE_integer('steps', 20, 'Timed steps (train and inference each).')
     flags.DEFINE_integer('warmup', 3, 'Untimed steps after the compiling first call.')
     flags.DEFINE_float('peak-tflops', None, 'Peak TFLOP/s of one device for the MFU (default: '
                        'the known figure for the device kind and compute dtype, if any).')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
-  def run(args):
+  def run(config, _, args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
     from resnet_flax.tools import benchmarking
     fv = flags.FLAGS
     peak = None if fv['peak-tflops'].value is None else fv['peak-tflops'].value * 1e12
     try:
-      result = benchmarking.benchmark(fv.config, steps=fv.steps, warmup=fv.warmup,
+      result = benchmarking.benchmark(config, steps=fv.steps, warmup=fv.warmup,
                                       peak_flops=peak)
     except (UserError, ValueError) as e:
       return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
@@ -192,19 +191,18 @@ def input_benchmark(argv=None) -> None:
   from absl import app, flags
 
   def define():
-    common.define_config_flag()
     flags.DEFINE_integer('batches', 50, 'Timed batches.')
     flags.DEFINE_integer('warmup', 5, 'Untimed batches after the first one.')
     flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'Which pipeline to measure.')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
-  def run(args):
+  def run(config, _, args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
     from resnet_flax.tools import input_benchmark as pipeline
     fv = flags.FLAGS
     try:
-      result = pipeline.measure(fv.config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
+      result = pipeline.measure(config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
     except UserError as e:
       return common.report_error(e)
     print(json.dumps(result, indent=2) if fv.json else input_table(result))

@@ -31,16 +31,13 @@ def train_main(config, workdir: str, config_path: str) -> int:
 
 def main(argv=None) -> None:
   from absl import app, flags
-  from ml_collections import config_flags
 
   def define():
-    common.define_config_flag()
     flags.DEFINE_string('workdir', None, 'Run directory (default: a new one under runs/).')
 
-  def run(args):
+  def run(config, config_file, args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
-    return train_main(flags.FLAGS.config, flags.FLAGS.workdir,
-                      config_flags.get_config_filename(flags.FLAGS['config']))
+    return train_main(config, flags.FLAGS.workdir, config_file)
 
   common.run_absl(run, argv, define)

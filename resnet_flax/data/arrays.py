@@ -7,6 +7,7 @@ images and labels of any shape, for benchmarks). No TensorFlow is needed.
 
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import numpy as np
@@ -37,13 +38,18 @@ class ArrayDataset:
                       f'{self.images.shape}')
     if len(self.images) != len(self.labels):
       raise DataError(f'{len(self.images)} images but {len(self.labels)} labels')
-    if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-      bad = int(np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))[0])
-      raise DataError(f'label {int(self.labels[bad])} of example {bad} is outside '
+    outside = self.first_label_outside(self.num_classes)
+    if outside is not None:
+      raise DataError(f'label {outside[1]} of example {outside[0]} is outside '
                       f'[0, {self.num_classes}); check the data or data.synthetic_num_classes')
 
   def __len__(self):
     return len(self.labels)
+
+  def first_label_outside(self, num_classes: int) -> Optional[tuple[int, int]]:
+    """(index, label) of the first example whose label is not in [0, num_classes), or None."""
+    bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
+    return (int(bad[0]), int(self.labels[bad[0]])) if len(bad) else None
 
   @property
   def num_examples(self) -> int:
@@ -80,6 +86,35 @@ def _digits(split: str) -> ArrayDataset:
   return ArrayDataset(images[idx], labels[idx], 10, [str(i) for i in range(10)])
 
 
+def _npz_labels(ys: np.ndarray, path: str, key: str) -> np.ndarray:
+  """Integer class labels of an npz label array: integers, integral floats, or one-hot rows
+  (recognised, with a note); anything else is a DataError naming the first bad example."""
+  if ys.ndim == 2 and ys.shape[1] > 1:
+    one_hot = np.all((ys == 0) | (ys == 1), axis=1) & (ys.sum(axis=1) == 1)
+    if not one_hot.all():
+      bad = int(np.flatnonzero(~one_hot)[0])
+      raise DataError(f'{path}: {key} is 2-D ({ys.shape[0]} x {ys.shape[1]}) but row {bad} is '
+                      f'not one-hot ({ys[bad][:10].tolist()}); give one integer label per '
+                      f'example, or one-hot rows')
+    print(f'npz source: {path}: {key} holds one-hot rows ({ys.shape[0]} x {ys.shape[1]}); '
+          f'using the index of each row\'s 1 as its label', file=sys.stderr, flush=True)
+    return np.argmax(ys, axis=1).astype(np.int64)
+  ys = ys.reshape(-1)
+  if not (np.issubdtype(ys.dtype, np.integer) or np.issubdtype(ys.dtype, np.bool_)):
+    if not np.issubdtype(ys.dtype, np.floating):
+      raise DataError(f'{path}: {key} is {ys.dtype}; expected integer class labels')
+    fractional = ~np.isfinite(ys) | (ys != np.round(ys))
+    if fractional.any():
+      bad = int(np.flatnonzero(fractional)[0])
+      raise DataError(f'{path}: {key}[{bad}] = {ys[bad]} is not a class index; labels must be '
+                      f'whole numbers 0..C-1 (one per example, or one-hot rows)')
+  ys = ys.astype(np.int64)
+  if len(ys) and ys.min() < 0:
+    bad = int(np.flatnonzero(ys < 0)[0])
+    raise DataError(f'{path}: {key}[{bad}] = {int(ys[bad])} is a negative label')
+  return ys
+
+
 def _npz(path: str, split: str) -> ArrayDataset:
   if not path:
     raise DataError('data.source=npz needs data.dir: the path of an .npz file with x_train, '
@@ -88,20 +123,23 @@ def _npz(path: str, split: str) -> ArrayDataset:
     raise DataError(f'data.dir={path!r}: no such .npz file')
   try:
     with np.load(path) as f:
-      xs, ys = f[f'x_{split}'], f[f'y_{split}']
-      # the class count is taken over every split, so a split missing a class still agrees
-      num_classes = max(int(f[k].max()) + 1 for k in f.files if k.startswith('y_') and f[k].size)
+      xs = f[f'x_{split}']
+      labels = {k: _npz_labels(f[k], path, k) for k in f.files if k.startswith('y_')}
   except KeyError:
     raise DataError(f'{path}: has no arrays x_{split}/y_{split} for split {split!r}') from None
   except (OSError, ValueError) as e:
     raise DataError(f'{path}: cannot be read as .npz ({e})') from None
+  if f'y_{split}' not in labels:
+    raise DataError(f'{path}: has no arrays x_{split}/y_{split} for split {split!r}')
+  ys = labels[f'y_{split}']
+  # the class count is taken over every split, so a split missing a class still agrees
+  num_classes = max((int(y.max()) + 1 for y in labels.values() if y.size), default=0)
   if xs.ndim == 3:
     xs = xs[..., None]
   if xs.dtype != np.uint8:
     raise DataError(f'{path}: x_{split} is {xs.dtype}; expected uint8 images (0..255)')
-  ys = ys.reshape(-1).astype(np.int64)
-  if len(ys) and ys.min() < 0:
-    raise DataError(f'{path}: y_{split} holds a negative label ({int(ys.min())})')
+  if len(xs) != len(ys):
+    raise DataError(f'{path}: x_{split} holds {len(xs)} images but y_{split} {len(ys)} labels')
   return ArrayDataset(xs, ys.astype(np.int32), num_classes)
 
 

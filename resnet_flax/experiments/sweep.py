@@ -20,12 +20,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
-from resnet_flax.errors import SweepError
+from resnet_flax.errors import SweepError, UserError
 
 TRAIN_COMMAND = ('-m', 'resnet_flax', 'train')   # after the interpreter: the train command
 POINT_FILE = 'sweep_point.json'   # the point's overrides and the wall time spent on it
@@ -76,22 +77,31 @@ def point_name(point: dict[str, str]) -> str:
   return ','.join(parts)
 
 
-def train_command(config_path: str, workdir: str, point: dict[str, str],
-                  extra: Sequence[str] = (), python: str = sys.executable) -> list[str]:
-  """The train.py command line of a point; `extra` overrides come after the point's own
-  (so `--config.X` passed to the sweep applies to every point, but cannot undo a swept field)."""
+def train_args(config_path: str, workdir: str, point: dict[str, str],
+               extra: Sequence[str] = ()) -> list[str]:
+  """The train command's arguments of a point; `extra` overrides come after the point's own (so
+  `--config.X` passed to the sweep applies to every point, but cannot undo a swept field)."""
   swept = {f'--config.{f}' for f in point}
   for arg in extra:
     if arg.split('=', 1)[0] in swept:
       raise SweepError(f'{arg}: this field is swept; remove it or drop the --sweep axis')
-  return ([python, *TRAIN_COMMAND, '--config', config_path, '--workdir', workdir]
+  return (['--config', config_path, '--workdir', workdir]
           + [f'--config.{f}={v}' for f, v in point.items()] + list(extra))
 
 
+def train_command(config_path: str, workdir: str, point: dict[str, str],
+                  extra: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+  """The whole command line of a point's training."""
+  return [python, *TRAIN_COMMAND, *train_args(config_path, workdir, point, extra)]
+
+
 def point_status(workdir: str) -> str:
-  """'finished' (results.json), 'interrupted' (has checkpoints or metrics) or 'pending'."""
+  """'finished' (results.json), 'failed' (its last training exited with an error),
+  'interrupted' (has checkpoints or metrics) or 'pending'."""
   if os.path.isfile(rundir.path(workdir, rundir.RESULTS_FILE)):
     return 'finished'
+  if _read_point_file(workdir).get('exit_code') not in (None, 0):
+    return 'failed'
   if os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS)) or os.path.isfile(
       rundir.path(workdir, rundir.METRICS_FILE)):
     return 'interrupted'
@@ -114,15 +124,36 @@ def _write_point_file(workdir: str, record: dict) -> None:
   os.replace(tmp, os.path.join(workdir, POINT_FILE))
 
 
+def _relay(stream, last_line: list) -> None:
+  """Copies the child's stderr to ours, keeping its last non-empty line (the one-line error)."""
+  for line in iter(stream.readline, ''):
+    sys.stderr.write(line)
+    sys.stderr.flush()
+    if line.strip():
+      last_line[:] = [line.strip()]
+  stream.close()
+
+
+def record_failure(workdir: str, point: dict[str, str], error: str) -> None:
+  """Marks a point failed without running it (its config does not validate)."""
+  record = _read_point_file(workdir)
+  record.update({'point': point, 'exit_code': 2, 'error': error})
+  _write_point_file(workdir, record)
+
+
 def run_point(command: list[str], workdir: str, point: dict[str, str], *,
               log=print) -> int:
   """Runs one point's training in a subprocess; returns its exit code. SIGINT/SIGTERM to the
   sweep are passed on as SIGTERM, so the point saves a checkpoint and can be resumed."""
   record = _read_point_file(workdir)
   record.update({'point': point, 'command': shlex.join(command)})
+  record.pop('error', None)
   _write_point_file(workdir, record)
   start = time.time()
-  child = subprocess.Popen(command)
+  child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
+  last_line = []
+  relay = threading.Thread(target=_relay, args=(child.stderr, last_line), daemon=True)
+  relay.start()
   forwarded = {}
 
   def forward(signum, frame):
@@ -135,8 +166,11 @@ def run_point(command: list[str], workdir: str, point: dict[str, str], *,
   finally:
     for s, handler in old.items():
       signal.signal(s, handler)
+  relay.join(timeout=10)
   record['wall_time_s'] = round(record.get('wall_time_s', 0.0) + time.time() - start, 1)
   record['exit_code'] = code
+  if code != 0:
+    record['error'] = last_line[-1] if last_line else f'exit code {code}'
   _write_point_file(workdir, record)
   if forwarded:
     log(f'sweep: stopped by signal {forwarded["signal"]}; run the same command to resume')
@@ -153,6 +187,7 @@ def point_row(workdir: str, point: dict[str, str]) -> dict:
   row = dict(point)
   status = point_status(workdir)
   results = (rundir.read_results(workdir) or {}) if status == 'finished' else {}
+  record = _read_point_file(workdir)
   metrics = rundir.read_metrics(workdir)
   evals = [m for m in metrics if m.get('eval_top1') is not None]
   trains = [m for m in metrics if m.get('train_loss') is not None]
@@ -166,9 +201,10 @@ def point_row(workdir: str, point: dict[str, str]) -> dict:
       'best_step': best['step'] if best else None,
       'train_loss': round(trains[-1]['train_loss'], 4) if trains else None,
       'steps': results.get('steps', trains[-1]['step'] if trains else None),
-      'wall_time_s': _read_point_file(workdir).get('wall_time_s'),
+      'wall_time_s': record.get('wall_time_s'),
       'images_per_sec': (round(results['images_per_sec'], 1)
                          if results.get('images_per_sec') else None),
+      'error': record.get('error') if status == 'failed' else None,
   })
   return row
 
@@ -188,7 +224,7 @@ COLUMN_TITLES = {
     'status': 'status', 'params': 'params', 'top1_error': 'top-1 err %',
     'top5_error': 'top-5 err %', 'best_top1_error': 'best top-1 err %', 'best_step': 'best at step',
     'train_loss': 'train loss', 'steps': 'steps', 'wall_time_s': 'wall s',
-    'images_per_sec': 'images/s',
+    'images_per_sec': 'images/s', 'error': 'error',
 }
 
 
@@ -221,32 +257,50 @@ def write_tables(sweep_dir: str, rows: list[dict]) -> tuple[str, str]:
 
 def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[str]]],
               extra: Sequence[str] = (), *, dry_run: bool = False, log=print,
-              python: str = sys.executable) -> int:
+              python: str = sys.executable,
+              check: Optional[Callable[[list[str]], None]] = None) -> int:
   """Runs every unfinished point in order and writes the tables; returns the number of points
-  that failed (0 when all finished). `dry_run` prints one command per line and runs nothing."""
+  that failed (0 when all finished). `check(train_args)`, when given, validates a point's
+  config before anything runs and raises a UserError for one that cannot work: such a point is
+  recorded as failed with that line, and the others run. `dry_run` checks every point, prints
+  one command per line, runs nothing, and returns the number of points that do not check."""
   if not os.path.isfile(config_path):
     raise SweepError(f'--config {config_path}: no such file')
   points = expand(axes)
-  commands = [train_command(config_path, os.path.join(sweep_dir, point_name(p)), p, extra,
-                            python=python) for p in points]
+  workdirs = [os.path.join(sweep_dir, point_name(p)) for p in points]
+  args = [train_args(config_path, w, p, extra) for p, w in zip(points, workdirs)]
+  problems = {}
+  for point, point_args in zip(points, args):
+    try:
+      if check is not None:
+        check(point_args)
+    except UserError as e:
+      problems[point_name(point)] = f'{e.kind}: {e}'
   if dry_run:
-    for command in commands:
-      log(shlex.join(command))
-    return 0
+    for point, point_args in zip(points, args):
+      log(shlex.join([python, *TRAIN_COMMAND, *point_args]))
+    for name, problem in problems.items():
+      log(f'sweep: point {name} cannot run: {problem}')
+    return len(problems)
   os.makedirs(sweep_dir, exist_ok=True)
   failed = 0
-  for i, (point, command) in enumerate(zip(points, commands)):
-    workdir = os.path.join(sweep_dir, point_name(point))
+  for i, (point, workdir, point_args) in enumerate(zip(points, workdirs, args)):
+    name = point_name(point)
+    if name in problems:
+      failed += 1
+      record_failure(workdir, point, problems[name])
+      log(f'sweep: [{i + 1}/{len(points)}] {name}: not run: {problems[name]}')
+      continue
     status = point_status(workdir)
     if status == 'finished':
-      log(f'sweep: [{i + 1}/{len(points)}] {point_name(point)}: finished, skipped')
+      log(f'sweep: [{i + 1}/{len(points)}] {name}: finished, skipped')
       continue
-    log(f'sweep: [{i + 1}/{len(points)}] {point_name(point)}: '
-        f'{"resuming" if status == "interrupted" else "starting"}')
-    code = run_point(command, workdir, point, log=log)
+    log(f'sweep: [{i + 1}/{len(points)}] {name}: '
+        f'{"starting" if status == "pending" else "resuming"}')
+    code = run_point([python, *TRAIN_COMMAND, *point_args], workdir, point, log=log)
     if code != 0:
       failed += 1
-      log(f'sweep: {point_name(point)} failed (exit code {code}); see {workdir}')
+      log(f'sweep: {name} failed (exit code {code}); see {workdir}')
     write_tables(sweep_dir, collect(sweep_dir, points))
   _, md_path = write_tables(sweep_dir, collect(sweep_dir, points))
   log(f'sweep: {len(points) - failed} of {len(points)} points finished; table in {md_path}')

@@ -45,6 +45,8 @@ from resnet_flax.data.info import DataInfo, from_meta
 from resnet_flax.errors import CheckpointError, DataError, first_line
 from resnet_flax.models import create_model
 
+REDUCE_TO = 2   # a large image is decoded / reduced to at least this many times what is needed
+
 
 @dataclasses.dataclass
 class Predictor:
@@ -174,8 +176,12 @@ def _check_variables(model, variables: dict, image_shape, where: str) -> None:
 
 # --- the host part of the eval preprocessing ------------------------------------------------
 
-def open_image(image) -> Image.Image:
-  """A loaded PIL image of a path, encoded bytes, file object, PIL image or uint8 array."""
+def open_image(image, need: Optional[int] = None) -> Image.Image:
+  """A loaded PIL image of a path, encoded bytes, file object, PIL image or uint8 array.
+
+  `need`: the shorter side the preprocessing needs. A JPEG much larger than that is decoded at
+  a reduced scale (Pillow's `draft`: 1/2, 1/4 or 1/8, keeping the shorter side at least
+  2 x `need`), so prediction memory is bounded by the model's input, not the file's size."""
   if isinstance(image, Image.Image):
     return image
   if isinstance(image, np.ndarray):
@@ -186,16 +192,31 @@ def open_image(image) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
   name = image if isinstance(image, (str, os.PathLike)) else 'image'
   try:
-    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
-    with Image.open(source) as opened:
-      opened.load()
-      return opened.copy()
+    opened = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
+    if need and opened.format == 'JPEG':
+      opened.draft(None, (REDUCE_TO * need, REDUCE_TO * need))
+    opened.load()   # Pillow closes a file it opened itself once the image is loaded
+    return opened
   except FileNotFoundError:
     raise DataError(f'{name}: no such file') from None
   except UnidentifiedImageError:
     raise DataError(f'{name}: not an image Pillow can read (JPEG, PNG, ...)') from None
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise DataError(f'{name}: {e}; if the file is trusted, raise the limit '
+                    f'(predict --max-image-pixels)') from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
     raise DataError(f'{name}: cannot be decoded as an image ({type(e).__name__}: {e})') from None
+
+
+def _reduced(image: Image.Image, need: int) -> Image.Image:
+  """`image` box-reduced by an integer factor while its shorter side stays >= 2 x `need`
+  (an image whose shorter side is under 4 x `need` is left exactly as it is)."""
+  factor = min(image.size) // (REDUCE_TO * need)
+  if factor < 2:
+    return image
+  if image.mode not in ('RGB', 'L', 'RGBA', 'I', 'F'):
+    image = Image.fromarray(folder.to_rgb(image))
+  return image.reduce(factor)
 
 
 def to_array(image: Image.Image, channels: int) -> np.ndarray:
@@ -253,15 +274,20 @@ def _pad_to_square(image: np.ndarray, minimum: int) -> np.ndarray:
 
 
 def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
-  """uint8 `data.image_shape` of one image: the host part of the eval preprocessing."""
+  """uint8 `data.image_shape` of one image: the host part of the eval preprocessing.
+
+  An image far larger than the model needs is first reduced (`open_image`, `_reduced`) to at
+  least twice what the preprocessing keeps; images up to 4x that go through unchanged."""
   height, width, channels = data.image_shape
-  pil = open_image(image)
+  preset = data_cfg.preprocess
+  fraction = data_cfg.get('eval_crop_fraction', None) or augment.CENTER_CROP_FRACTION
+  need = (max(height, int(round(height / fraction))) if data.host_preprocess and
+          preset == 'imagenet' else max(height, width))
+  pil = _reduced(open_image(image, need), need)
   if not data.host_preprocess:     # in-memory sources: the stored size, then the device part
     return to_array(_resize_pil(pil, height, width), channels)
   array = to_array(pil, 3)         # tf.data decodes with channels=3
-  preset = data_cfg.preprocess
   if preset == 'imagenet':
-    fraction = data_cfg.get('eval_crop_fraction', None) or augment.CENTER_CROP_FRACTION
     y, x, h, w = center_window(array.shape[0], array.shape[1], height, fraction)
     array = array[y:y + h, x:x + w]
   elif preset == 'mnist':

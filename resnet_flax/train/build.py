@@ -13,6 +13,7 @@ import numpy as np
 from resnet_flax import config as config_lib
 from resnet_flax import data, optim
 from resnet_flax.data import augment
+from resnet_flax.data.arrays import ArrayDataset
 from resnet_flax.data.info import DataInfo, of_source
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import create_model
@@ -74,15 +75,39 @@ class Run:
   data_info: Optional[DataInfo] = None    # saved in checkpoint meta, for inference
 
 
-def build_run(config, *, devices=None) -> Run:
-  """Validates the config, loads the data and builds model, optimizer, state and steps."""
-  par = parallel.create(config.parallelism, devices)
-  config_lib.validate(config, device_count=par.num_devices)
-  train_ds, eval_ds = data.load_datasets(config.data, config.seed)
-  if config.model.include_top and config.model.num_classes != train_ds.num_classes:
+def _check_data_fits(config, train_ds) -> None:
+  """The model's classes and the batch size against the training data, before building."""
+  classes = train_ds.num_classes
+  if config.model.include_top and config.model.num_classes != classes:
+    outside = (train_ds.first_label_outside(config.model.num_classes)
+               if isinstance(train_ds, ArrayDataset) else None)
+    if outside is not None:   # in-memory labels: name the example that does not fit
+      index, label = outside
+      raise ConfigError(
+          f'config.model.num_classes={config.model.num_classes}: example {index} of '
+          f'{config.data.train_split!r} has label {label}, outside [0, '
+          f'{config.model.num_classes}); fix that label, or set '
+          f'--config.model.num_classes={classes} if the data has {classes} classes')
     raise ConfigError(
-        f'config.model.num_classes={config.model.num_classes}: the data has '
-        f'{train_ds.num_classes} classes; set --config.model.num_classes={train_ds.num_classes}')
+        f'config.model.num_classes={config.model.num_classes}: the data has {classes} '
+        f'classes; set --config.model.num_classes={classes}')
+  if train_ds.num_examples < config.batch_size:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} is larger than the training split '
+        f'{config.data.train_split!r} ({train_ds.num_examples} examples); set batch_size to at '
+        f'most {train_ds.num_examples}, or train on more data')
+
+
+def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) -> Run:
+  """Validates the config, loads the data and builds model, optimizer, state and steps.
+
+  `par` (created by the caller, which validated the config for its device count) skips those
+  two steps."""
+  if par is None:
+    par = parallel.create(config.parallelism, devices)
+    config_lib.validate(config, device_count=par.num_devices)
+  train_ds, eval_ds = data.load_datasets(config.data, config.seed)
+  _check_data_fits(config, train_ds)
   plan, schedule, tx = build_optimizer(config, train_ds.num_examples)
 
   preprocess = augment.make_preprocess(config.data, stored_shape=train_ds.image_shape,

@@ -59,12 +59,46 @@ TensorFlow never takes the accelerators (its GPUs are hidden) and is imported on
 package; `tensorflow_datasets` only for TFDS sources.
 """
 
+import contextlib
 import os
 import re
+import sys
+import tempfile
 
-# TensorFlow's C++ INFO lines (buffer sizes, thread pools) are noise in training logs
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-import tensorflow as tf  # noqa: E402
+# What TensorFlow's C++ side prints is noise to a user of this package: its start-up lines
+# (oneDNN, CPU features) and libjpeg's complaints about files whose decoding already fails with
+# an error this package turns into one line naming the file. RESNET_FLAX_VERBOSE=1 (the
+# commands' --verbosity flag) keeps all of it.
+VERBOSE = os.environ.get('RESNET_FLAX_VERBOSE', '') not in ('', '0')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if VERBOSE else '3')
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+  """Within it, what C++ code writes to file descriptor 2 (TensorFlow's start-up lines, written
+  before any log setting applies; libjpeg's 'Improper call to JPEG library' on a corrupt file)
+  is kept out of the terminal, unless verbose; it is shown if the block fails."""
+  if VERBOSE:
+    yield
+    return
+  with tempfile.TemporaryFile() as sink:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved, 2)
+      sink.seek(0)
+      sys.stderr.write(sink.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+with native_stderr_quiet():
+  import tensorflow as tf  # noqa: E402
 
 try:  # the input pipeline runs on the CPU; the accelerators belong to JAX
   tf.config.set_visible_devices([], 'GPU')

@@ -13,7 +13,7 @@ from resnet_flax.data import augment, folder, splits
 from resnet_flax.data.source import DATA_DEFAULTS
 from resnet_flax.data.tf import preprocess as host_preprocess
 from resnet_flax.data.tf import records as tf_records
-from resnet_flax.data.tf import tf_message, tfds
+from resnet_flax.data.tf import native_stderr_quiet, tf_message, tfds
 from resnet_flax.data.tf.batches import TFTrainBatches
 from resnet_flax.errors import DataError
 
@@ -267,6 +267,10 @@ class TFDataSource:
     """A DataError naming the record of `replay()` (the failing batch) that fails to decode."""
     fn = self._preprocess_fn(train)
     load = (lambda r: r) if self.cache else self.records.load
+    with native_stderr_quiet():   # the bad record's decoding complains on fd 2 as well
+      return self._failed_record(error, replay, fn, load, aug_key, where)
+
+  def _failed_record(self, error, replay, fn, load, aug_key, where) -> DataError:
     try:
       for index, record in replay():
         key = record['key'].numpy().decode(errors='replace')
@@ -299,8 +303,9 @@ def drop_unreadable(paths: list[str], labels, description: str):
   ds = ds.map(lambda i, p: (i, tf.shape(host_preprocess.decode(tf.io.read_file(p)))[0]),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   good = np.zeros(len(paths), bool)
-  for index, _ in ds.ignore_errors().batch(4096).as_numpy_iterator():
-    good[index] = True
+  with native_stderr_quiet():   # libjpeg's complaints about the files being left out
+    for index, _ in ds.ignore_errors().batch(4096).as_numpy_iterator():
+      good[index] = True
   if good.all():
     return paths, labels
   bad = np.flatnonzero(~good)
