@@ -44,9 +44,9 @@ import sys
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from resnet_flax.data import splits
+from resnet_flax.data import host, splits
 from resnet_flax.data.arrays import ArrayDataset
 from resnet_flax.data.source import ON_BAD_IMAGE
 from resnet_flax.errors import DataError
@@ -156,21 +156,6 @@ def split_classes(root: str, split_spec: str) -> list[str]:
 
 # --- decoding -------------------------------------------------------------------------------
 
-def to_rgb(image) -> np.ndarray:
-  """A PIL image as uint8 (H, W, 3)."""
-  mode = image.mode
-  if mode == 'RGB':
-    return np.asarray(image, np.uint8)
-  if mode in ('I', 'I;16', 'I;16L', 'I;16B', 'I;16N'):
-    # 16-bit grey: scale 0..65535 to 0..255 (PIL's own conversion would clip at 255)
-    grey = np.asarray(image).astype(np.uint32)
-    grey = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if mode in ('LA', 'La', 'PA') or (mode == 'P' and 'transparency' in image.info):
-    image = image.convert('RGBA')
-  return np.asarray(image.convert('RGB'), np.uint8)
-
-
 def _decode(path: str, image_size: int):
   """uint8 (H, W, 3) array, or an error string for an unreadable file."""
   try:
@@ -178,13 +163,11 @@ def _decode(path: str, image_size: int):
       image.load()
       if image_size and image.size != (image_size, image_size):
         if image.mode not in ('RGB', 'L', 'RGBA'):
-          image = Image.fromarray(to_rgb(image))
+          image = Image.fromarray(host.to_rgb(image))
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-      array = to_rgb(image)
-  except UnidentifiedImageError:
-    return 'not an image Pillow can read'
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    return f'{type(e).__name__}: {e}'
+      array = host.to_rgb(image)
+  except host.DECODE_ERRORS as e:
+    return host.describe_error(e)
   if array.ndim != 3 or array.shape[-1] != 3:
     return f'decoded to an unexpected shape {array.shape}'
   return array

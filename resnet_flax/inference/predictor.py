@@ -13,11 +13,12 @@ training config for one decoded image of any size, mode and aspect:
      bilinear Pillow resize to the stored size when the size differs (what the folder source
      does with `data.image_size`); images of the stored size are untouched, so they go through
      exactly the pipeline `evaluate` uses;
-   * tf.data back end (tfds, or folder with `data.backend=tfdata`): the eval branch of
-     `data/tf_preprocess.py` redone in NumPy/JAX, without TensorFlow: 'imagenet' takes the
-     center window that "shorter side -> S / 0.875, center crop S" keeps and resizes it to S x S
-     (bilinear, antialiased when shrinking); 'mnist' pads to a square of at least 32; then a
-     resize to S x S. Equal to TensorFlow's up to one uint8 level of rounding.
+   * back ends that preprocess on the host (tf.data: tfds, or folder with
+     `data.backend=tfdata`; Grain): the eval branch of the host presets, `data.host.eval_image`
+     (NumPy and Pillow, without TensorFlow; the Grain back end runs this very function):
+     'imagenet' takes the center window that "shorter side -> S / 0.875, center crop S" keeps
+     and resizes it to S x S (bilinear, antialiased when shrinking); 'mnist' pads to a square
+     of at least 32; then a resize to S x S. Equal to TensorFlow's up to one uint8 level.
 2. Device part (`Predictor.logits`, jitted): the package's own eval preprocessing
    (`augment.make_preprocess(..., train=False)`: MNIST border, resize to `data.image_size`,
    grey -> RGB channel repeat, normalisation with `data.mean` / `data.std`), then the model.
@@ -40,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from resnet_flax import rundir, tree
 from resnet_flax.checkpoint import compat
 from resnet_flax.checkpoint.pretrained import load_checkpoint
-from resnet_flax.data import augment, folder
+from resnet_flax.data import augment, host
 from resnet_flax.data.info import DataInfo, from_meta
 from resnet_flax.errors import CheckpointError, DataError, first_line
 from resnet_flax.models import create_model
@@ -215,14 +216,14 @@ def _reduced(image: Image.Image, need: int) -> Image.Image:
   if factor < 2:
     return image
   if image.mode not in ('RGB', 'L', 'RGBA', 'I', 'F'):
-    image = Image.fromarray(folder.to_rgb(image))
+    image = Image.fromarray(host.to_rgb(image))
   return image.reduce(factor)
 
 
 def to_array(image: Image.Image, channels: int) -> np.ndarray:
   """uint8 (H, W, channels) of a PIL image of any mode (as the folder source decodes: alpha
   dropped, 16-bit grey scaled to 8 bits); 1 channel: grey (luma of colour images)."""
-  rgb = folder.to_rgb(image)
+  rgb = host.to_rgb(image)
   if channels == 3:
     return rgb
   if channels == 1:
@@ -236,41 +237,8 @@ def _resize_pil(image: Image.Image, height: int, width: int) -> Image.Image:
   if image.size == (width, height):
     return image
   if image.mode not in ('RGB', 'L', 'RGBA'):
-    image = Image.fromarray(folder.to_rgb(image))
+    image = Image.fromarray(host.to_rgb(image))
   return image.resize((width, height), Image.Resampling.BILINEAR)
-
-
-def _resize_like_tf(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 (size, size, C): tf_preprocess._resize (bilinear, antialiased when shrinking)."""
-  h, w, c = image.shape
-  if (h, w) == (size, size):
-    return image
-  out = jax.image.resize(jnp.asarray(image, jnp.float32), (size, size, c), 'linear',
-                         antialias=h > size or w > size)
-  return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
-
-
-def center_window(height: int, width: int, size: int,
-                  crop_fraction: float = augment.CENTER_CROP_FRACTION
-                  ) -> tuple[int, int, int, int]:
-  """(y, x, h, w) that 'shorter side -> round(size / crop_fraction), center crop size' keeps
-  (as tf_preprocess._center_window, in float32 with round-half-to-even)."""
-  resized = max(size, int(round(size / crop_fraction)))
-  shorter = min(height, width)
-  side = int(np.round(np.float32(shorter) * np.float32(size / resized)))
-  side = min(max(side, 1), shorter)
-  return (height - side + 1) // 2, (width - side + 1) // 2, side, side
-
-
-def _pad_to_square(image: np.ndarray, minimum: int) -> np.ndarray:
-  """Zero border (centered; crop when larger) to a square of max(h, w, minimum), as
-  tf.image.resize_with_crop_or_pad in the tf.data 'mnist' preset."""
-  h, w, c = image.shape
-  target = max(h, w, minimum)
-  out = np.zeros((target, target, c), image.dtype)
-  top, left = (target - h) // 2, (target - w) // 2
-  out[top:top + h, left:left + w] = image
-  return out
 
 
 def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
@@ -286,13 +254,8 @@ def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
   pil = _reduced(open_image(image, need), need)
   if not data.host_preprocess:     # in-memory sources: the stored size, then the device part
     return to_array(_resize_pil(pil, height, width), channels)
-  array = to_array(pil, 3)         # tf.data decodes with channels=3
-  if preset == 'imagenet':
-    y, x, h, w = center_window(array.shape[0], array.shape[1], height, fraction)
-    array = array[y:y + h, x:x + w]
-  elif preset == 'mnist':
-    array = _pad_to_square(array, augment.MNIST_SIZE)
-  return _resize_like_tf(array, height)
+  # the eval branch of the host presets (tf.data, Grain) decode with channels=3
+  return host.eval_image(to_array(pil, 3), preset, height, fraction)
 
 
 # --- reporting ------------------------------------------------------------------------------

@@ -34,15 +34,10 @@ from typing import Callable
 import tensorflow as tf
 
 from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE
+# the presets' constants, shared with the TensorFlow-free presets of data/host.py
+from resnet_flax.data.host import (AREA_RANGE, ASPECT_RANGE, CIFAR_PAD,  # noqa: F401
+                                   MAX_ATTEMPTS, SIZE_MISMATCH)
 from resnet_flax.data.source import PRESETS
-
-AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
-ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-MAX_ATTEMPTS = 10
-CIFAR_PAD = 4
-# the message of our assertion on an image of another size (`make`, strict_size); the source
-# recognises it in the pipeline's error to name the file
-SIZE_MISMATCH = 'is not the size of the first image'
 
 
 def decode(data) -> tf.Tensor:
