@@ -1,3 +1,3 @@
 """Train and inference throughput on synthetic data: `resnet-flax benchmark --help`."""
 from resnet_flax.cli import run
-run('benchmark')
+if __name__ == '__main__': run('benchmark')

@@ -1,3 +1,3 @@
 """Convert pretrained weights of another framework: `resnet-flax convert-weights --help`."""
 from resnet_flax.cli import run
-run('convert-weights')
+if __name__ == '__main__': run('convert-weights')

@@ -1,3 +1,3 @@
 """Evaluate a saved model: `resnet-flax evaluate --help`."""
 from resnet_flax.cli import run
-run('evaluate')
+if __name__ == '__main__': run('evaluate')

@@ -1,3 +1,3 @@
 """Input-pipeline throughput of a config: `resnet-flax input-benchmark --help`."""
 from resnet_flax.cli import run
-run('input-benchmark')
+if __name__ == '__main__': run('input-benchmark')

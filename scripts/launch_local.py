@@ -1,3 +1,3 @@
 """Run a multi-process training on this machine: `resnet-flax launch-local --help`."""
 from resnet_flax.cli import run
-run('launch-local')
+if __name__ == '__main__': run('launch-local')

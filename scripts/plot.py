@@ -1,3 +1,3 @@
 """Plot runs and sweeps: `resnet-flax plot --help`."""
 from resnet_flax.cli import run
-run('plot')
+if __name__ == '__main__': run('plot')

@@ -1,3 +1,3 @@
 """Classify images with a saved model: `resnet-flax predict --help`."""
 from resnet_flax.cli import run
-run('predict')
+if __name__ == '__main__': run('predict')

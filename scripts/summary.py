@@ -1,3 +1,3 @@
 """Parameters, BatchNorm statistics and MACs of a model: `resnet-flax summary --help`."""
 from resnet_flax.cli import run
-run('summary')
+if __name__ == '__main__': run('summary')

@@ -1,3 +1,3 @@
 """Run a sweep of trainings: `resnet-flax sweep --help`."""
 from resnet_flax.cli import run
-run('sweep')
+if __name__ == '__main__': run('sweep')

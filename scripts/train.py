@@ -1,3 +1,3 @@
 """Train and evaluate as a config says: `resnet-flax train --help`."""
 from resnet_flax.cli import run
-run('train')
+if __name__ == '__main__': run('train')
