@@ -153,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   _check_choice(config, 'data.backend', data_source.BACKENDS)
   _check_choice(config, 'data.preprocess', data_source.PRESETS)
   _check_choice(config, 'data.on_bad_image', data_source.ON_BAD_IMAGE)
+  _check_choice(config, 'data.image_library', data_source.IMAGE_LIBRARIES)
   for field in ('train_split', 'eval_split'):
     try:
       splits.parse_split(config.data[field])
@@ -204,6 +205,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   for field in ('shuffle_buffer', 'threadpool_size'):
     if config.data[field] < 0:
       _fail(f'data.{field}', config.data[field], 'must be >= 0')
+  if config.data.worker_count < -1:
+    _fail('data.worker_count', config.data.worker_count,
+          'must be 0 (in this process), a number of worker processes, or -1 (one per core)')
+  if config.data.worker_buffer_size < 1:
+    _fail('data.worker_buffer_size', config.data.worker_buffer_size, 'must be >= 1')
   if not 0.0 < config.data.eval_crop_fraction <= 1.0:
     _fail('data.eval_crop_fraction', config.data.eval_crop_fraction,
           'must be in (0, 1]: the center crop S over the resized shorter side (e.g. 224 / 256)')

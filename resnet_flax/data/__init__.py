@@ -4,8 +4,9 @@
 (`source.Source`). In-memory sources (`digits`, `npz`, `synthetic`, and `folder`: an
 image-folder tree decoded with Pillow, `folder.py`) return `ArrayDataset`s, batched by
 `batches.py` and augmented in JAX (`augment.py`). The tf.data back end (`tf/`; `tfds`, or
-`folder` with `data.backend=tfdata`) returns sources with the same interface that augment on
-the host; only it imports TensorFlow.
+`folder` with `data.backend=tfdata`) and the Grain back end (`grain/`; `arrayrecord`, or
+`folder` with `data.backend=grain`) return sources with the same interface that augment on the
+host (`host.py` for Grain); only the tf.data one imports TensorFlow.
 """
 
 from resnet_flax import fields
@@ -14,6 +15,7 @@ from resnet_flax.data.source import DATA_DEFAULTS, SOURCES, Source
 from resnet_flax.errors import DataError
 
 IN_MEMORY_SOURCES = ('digits', 'npz', 'synthetic')
+GRAIN_SOURCES = ('folder', 'arrayrecord')
 
 
 def load_datasets(data_cfg, seed: int = 0) -> tuple[Source, Source]:
@@ -26,6 +28,15 @@ def load_datasets(data_cfg, seed: int = 0) -> tuple[Source, Source]:
   if backend == 'tfdata' and source not in ('tfds', 'folder'):
     raise DataError(f"data.backend=tfdata reads the 'tfds' and 'folder' sources, not {source!r}; "
                     "use data.backend='auto' or 'memory'")
+  if source == 'arrayrecord' and backend not in ('auto', 'grain'):
+    raise DataError(f"data.source=arrayrecord is read by Grain, not {backend!r}: set "
+                    "data.backend='auto' or 'grain'")
+  if backend == 'grain' and source not in GRAIN_SOURCES:
+    raise DataError(f"data.backend=grain reads the {' and '.join(map(repr, GRAIN_SOURCES))} "
+                    f"sources, not {source!r}; use data.backend='auto' or 'memory'")
+  if source == 'arrayrecord' or backend == 'grain':
+    from resnet_flax.data.grain import source as grain_source
+    return grain_source.load_datasets(data_cfg)
   if source == 'tfds' or backend == 'tfdata':
     from resnet_flax.data.tf import source as tf_source   # imports TensorFlow
     return tf_source.load_datasets(data_cfg)

@@ -33,8 +33,8 @@ CENTER_CROP_FRACTION = 0.875      # its eval: shorter side resized to S / 0.875,
 
 
 def host_output_size(preset: str, image_size: int, stored_size) -> int:
-  """The side S of the images the tf.data presets emit (host preprocessing; TensorFlow-free
-  here so that inference computes it without TensorFlow)."""
+  """The side S of the images the host presets emit (tf.data, Grain; TensorFlow-free here so
+  that inference computes it without TensorFlow)."""
   if image_size:
     return int(image_size)
   if preset == 'imagenet':
@@ -59,16 +59,16 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
 
   Presets (`data.preprocess`): 'none' (only `random_crop_pad` / `random_flip`), 'cifar' (pad 4
   or `random_crop_pad`, random crop, flip), 'mnist' (zero-pad to 32x32, grey -> 3 channels).
-  'imagenet' (random-resized crops of JPEGs) belongs to the tf.data back end.
-  `augment_on_device=False` (a source that augments on the host, e.g. tf.data) leaves only the
+  'imagenet' (random-resized crops of JPEGs) belongs to the host back ends (tf.data, Grain).
+  `augment_on_device=False` (a source that augments on the host, e.g. Grain) leaves only the
   deterministic part: resize, channel repeat, normalisation.
   """
   preset = data_cfg['preprocess']
   if preset not in PRESETS:
     raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
   if preset == 'imagenet' and augment_on_device:
-    raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in the tf.data "
-                      "back end: set data.backend='tfdata'")
+    raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in a host back "
+                      "end: set data.backend='grain' (or 'tfdata')")
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
   pad = int(data_cfg['random_crop_pad']) or (4 if preset == 'cifar' else 0)

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE
-from resnet_flax.data.source import PRESETS
+from resnet_flax.data.source import IMAGE_LIBRARIES, PRESETS
+from resnet_flax.errors import ConfigError
 
 AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
@@ -171,59 +172,105 @@ def pad_crop(image: np.ndarray, rng, pad: int) -> np.ndarray:
 
 
 def eval_image(image: np.ndarray, preset: str, size: int,
-               crop_fraction: float = CENTER_CROP_FRACTION) -> np.ndarray:
-  """The eval branch of a preset on a decoded uint8 (H, W, 3) image: uint8 (size, size, 3)."""
+               crop_fraction: float = CENTER_CROP_FRACTION, fit: Callable = resize) -> np.ndarray:
+  """The eval branch of a preset on a decoded uint8 (H, W, 3) image: uint8 (size, size, 3)
+  (`fit(image, size)`: the resize)."""
   if preset == 'imagenet':
     y, x, h, w = center_window(image.shape[0], image.shape[1], size, crop_fraction)
     image = image[y:y + h, x:x + w]
   elif preset == 'mnist':
     image = pad_to_square(image, MNIST_SIZE)
-  return resize(image, size)
+  return fit(image, size)
+
+
+def _opencv():
+  try:
+    import cv2
+  except ImportError:
+    raise ConfigError("data.image_library='opencv' needs OpenCV (pip install "
+                      "opencv-python-headless); or set data.image_library='pillow'") from None
+  cv2.setNumThreads(1)   # one image per thread: the pipeline runs the images in parallel
+  return cv2
+
+
+def opencv_decode(data) -> np.ndarray:
+  """uint8 (H, W, 3) RGB of encoded bytes by OpenCV; BadImage when it cannot decode them."""
+  cv2 = _opencv()
+  array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+  if array is None:
+    raise BadImage('not an image OpenCV can decode')
+  return array
+
+
+def opencv_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (size, size, 3): bilinear when enlarging, area averaging when shrinking."""
+  if image.shape[:2] == (size, size):
+    return image
+  cv2 = _opencv()
+  shrink = image.shape[0] > size or image.shape[1] > size
+  return cv2.resize(np.ascontiguousarray(image), (size, size),
+                    interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
          random_crop_pad: int = 0, random_flip: bool = False,
-         crop_fraction: float = CENTER_CROP_FRACTION) -> Callable:
+         crop_fraction: float = CENTER_CROP_FRACTION, library: str = 'pillow') -> Callable:
   """fn(encoded bytes, key: tuple of ints) -> uint8 (size, size, 3); BadImage on bytes that
   do not decode (or, with `strict_size`, an image that is not size x size).
 
-  The options are those of `data/tf/preprocess.make` (the config fields of the same names).
+  The options are those of `data/tf/preprocess.make` (the config fields of the same names);
+  `library` (`data.image_library`): 'pillow', or 'opencv' (faster decoding and resizing; its
+  shrinking averages areas instead of Pillow's antialiased bilinear filter).
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
+  if library not in IMAGE_LIBRARIES:
+    raise ConfigError(f'data.image_library={library!r}; allowed: {", ".join(IMAGE_LIBRARIES)}')
   pad = int(random_crop_pad) or (CIFAR_PAD if preset == 'cifar' else 0)
   flip = bool(random_flip) or preset in ('cifar', 'imagenet')
-  if preset == 'imagenet':   # crop and resize PIL images: one conversion to an array
-    def imagenet(data, key: Sequence[int]) -> np.ndarray:
-      image = open_rgb(data)
-      width, height = image.size
-      if train:
-        rng = np.random.default_rng(list(key))
-        y, x, h, w = random_window(height, width, rng, size, crop_fraction)
-      else:
-        y, x, h, w = center_window(height, width, size, crop_fraction)
-      image = image.crop((x, y, x + w, y + h))
-      if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-      if train and flip and rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-      return np.asarray(image)
-    return imagenet
-  if not train:
-    return lambda data, key: eval_image(_checked(decode(data), size, strict_size), preset,
-                                        size, crop_fraction)
+  if library == 'opencv':
+    _opencv()
+    read, fit = opencv_decode, opencv_resize
+  elif preset == 'imagenet':
+    return _pillow_imagenet(size, train, flip, crop_fraction)
+  else:
+    read, fit = decode, resize
 
-  def train_fn(data, key: Sequence[int]) -> np.ndarray:
-    image = _checked(decode(data), size, strict_size)
+  def fn(data, key: Sequence[int]) -> np.ndarray:
+    image = _checked(read(data), size, strict_size)
+    if not train:
+      return eval_image(image, preset, size, crop_fraction, fit)
     rng = np.random.default_rng(list(key))
-    if pad:
+    if preset == 'imagenet':
+      y, x, h, w = random_window(image.shape[0], image.shape[1], rng, size, crop_fraction)
+      image = fit(image[y:y + h, x:x + w], size)
+    elif pad:
       image = pad_crop(image, rng, pad)
     if flip and rng.random() < 0.5:
       image = image[:, ::-1]
     if preset == 'mnist':
       image = pad_to_square(image, MNIST_SIZE)
-    return resize(image, size)
-  return train_fn
+    return fit(image, size)
+  return fn
+
+
+def _pillow_imagenet(size: int, train: bool, flip: bool, crop_fraction: float) -> Callable:
+  """The 'imagenet' preset on PIL images (crop, resize, flip; one conversion to an array)."""
+  def imagenet(data, key: Sequence[int]) -> np.ndarray:
+    image = open_rgb(data)
+    width, height = image.size
+    if train:
+      rng = np.random.default_rng(list(key))
+      y, x, h, w = random_window(height, width, rng, size, crop_fraction)
+    else:
+      y, x, h, w = center_window(height, width, size, crop_fraction)
+    image = image.crop((x, y, x + w, y + h))
+    if image.size != (size, size):
+      image = image.resize((size, size), Image.Resampling.BILINEAR)
+    if train and flip and rng.random() < 0.5:
+      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(image)
+  return imagenet
 
 
 def _checked(image: np.ndarray, size: int, strict: bool) -> np.ndarray:

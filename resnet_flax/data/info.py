@@ -24,7 +24,7 @@ from resnet_flax.errors import CheckpointError
 class DataInfo:
   """The data facts of a run (the checkpoint meta's 'data' entry)."""
   image_shape: tuple           # (H, W, C) uint8 images as the device preprocessing received them
-  host_preprocess: bool        # True: the tf.data back end resized / cropped them on the host
+  host_preprocess: bool        # True: a host back end (tf.data, Grain) resized / cropped them
   class_names: Optional[list] = None
   num_classes: Optional[int] = None
 
@@ -55,7 +55,7 @@ def from_meta(meta: Optional[dict], data_cfg) -> DataInfo:
 def derive(data_cfg) -> DataInfo:
   """DataInfo from the data config alone (checkpoints saved before meta['data'] existed)."""
   source, preset, size = data_cfg.source, data_cfg.preprocess, int(data_cfg.image_size or 0)
-  host = source == 'tfds' or data_cfg.backend == 'tfdata'
+  host = source in ('tfds', 'arrayrecord') or data_cfg.backend in ('tfdata', 'grain')
   names, stored = None, None
   root = os.path.expanduser(data_cfg.dir or '')
   if source == 'folder' and os.path.isdir(root):

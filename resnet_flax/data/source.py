@@ -2,27 +2,31 @@
 source offers to the trainer (`Source`).
 
 A source is one split. In-memory sources (`arrays.ArrayDataset`) hold uint8 images and are
-augmented in JAX inside the train step; streamed sources (the tf.data back end) decode and
-augment on the host. Both offer the same members, so the loop never asks which one it has.
+augmented in JAX inside the train step; streamed sources (the tf.data and Grain back ends)
+decode and augment on the host. All offer the same members, so the loop never asks which one it
+has.
 """
 
 from typing import Iterator, Optional, Protocol
 
 import numpy as np
 
-SOURCES = ('digits', 'npz', 'synthetic', 'folder', 'tfds')
-BACKENDS = ('auto', 'memory', 'tfdata')
+SOURCES = ('digits', 'npz', 'synthetic', 'folder', 'tfds', 'arrayrecord')
+BACKENDS = ('auto', 'memory', 'tfdata', 'grain')
 PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
 ON_BAD_IMAGE = ('error', 'skip')
+IMAGE_LIBRARIES = ('pillow', 'opencv')
 
 DATA_DEFAULTS = {
-    'source': 'digits',        # digits | npz | synthetic | folder | tfds
+    'source': 'digits',        # digits | npz | synthetic | folder | tfds | arrayrecord
     'name': '',                # TFDS dataset name
-    'dir': '',                 # npz file, image-folder root, or TFDS data_dir
+    'dir': '',                 # npz file, image-folder root, TFDS data_dir, or the folder of
+                               # make-arrayrecord's shards (arrayrecord)
     'train_split': 'train',    # TFDS slicing syntax: 'train', 'train[:45000]', 'train[:10%]'
     'eval_split': 'test',
-    'backend': 'auto',         # memory (JAX augmentation) | tfdata | auto (tfds: tfdata)
-    'preprocess': 'none',      # none | cifar | mnist | imagenet (tf.data back end)
+    'backend': 'auto',         # memory (JAX augmentation) | tfdata | grain | auto (tfds:
+                               # tfdata, arrayrecord: grain, others: memory)
+    'preprocess': 'none',      # none | cifar | mnist | imagenet (host back ends: tfdata, grain)
     'image_size': 0,           # 0: the source's own size
     'eval_crop_fraction': 0.875,  # imagenet preset eval: shorter side -> S / this, center
                                # crop S (0.875: 256 -> 224; torchvision's V2 weights: 224 / 232)
@@ -39,7 +43,12 @@ DATA_DEFAULTS = {
     'shuffle_buffer': 10_000,  # tf.data: shuffle buffer in records (tfds, and cache=True)
     'cache': False,            # tf.data: keep this process's encoded records in host RAM
     'threadpool_size': 0,      # tf.data: private thread pool size (0: TF's shared pool)
-    'on_bad_image': 'error',   # folder source: error | skip (unreadable images are skipped
+    'worker_count': 0,         # grain: worker processes that decode and augment (0: in this
+                               # process, on threads; -1: one per CPU core)
+    'worker_buffer_size': 2,   # grain: batches each worker keeps ready
+    'image_library': 'pillow',  # grain: decoding and resizing by pillow | opencv (faster;
+                               # needs opencv-python-headless)
+    'on_bad_image': 'error',   # folder, arrayrecord: error | skip (unreadable images are skipped
                                # and counted; an empty class folder keeps its label)
 }
 
