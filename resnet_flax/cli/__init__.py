@@ -19,6 +19,7 @@ COMMANDS = {
     'summary': ('tools', 'summary'),
     'benchmark': ('tools', 'benchmark'),
     'input-benchmark': ('tools', 'input_benchmark'),
+    'make-arrayrecord': ('arrayrecord', 'make_arrayrecord'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
     'gradient-flow': ('experiments', 'gradient_flow'),
