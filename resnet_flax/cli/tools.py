@@ -169,7 +169,9 @@ def input_table(r: dict) -> str:
   return _table([
       ('data', f"{r['source']} {r['name'] if r['source'] == 'tfds' else r['dir']} "
                f"({r['split']}, {r['num_examples']:,} examples)"),
-      ('back end / preset', f"{r['backend']} / {r['preprocess']}"),
+      ('back end / preset', f"{r['backend']} / {r['preprocess']}" +
+                            (f" ({r['worker_count']} workers)" if r['backend'] == 'grain'
+                             else '')),
       ('batch', f"{r['batch_size']} x {tuple(r['image_shape'])} uint8"),
       ('batches (timed, warmup)', f"{r['batches']}, {r['warmup']}"),
       ('import back end', f"{r['import_s']:.2f} s"),
@@ -184,16 +186,42 @@ def input_table(r: dict) -> str:
   ])
 
 
+def compare_table(r: dict) -> str:
+  rows = [(f'variant {i}: ' + (' '.join(f'{k}={v}' for k, v in v.items()) or '(the config)'),
+           f"{rate:,.0f} img/CPU-s, {wall:,.0f} img/s, x{ratio:.2f}")
+          for i, (v, rate, wall, ratio) in enumerate(zip(
+              r['variants'], r['median_images_per_cpu_second'], r['median_images_per_sec'],
+              r['median_ratio_to_first']))]
+  rows.append(('medians over rounds', f"{r['rounds']} rounds, side by side; ratio: to "
+                                      f"variant 0, per round"))
+  return _table(rows)
+
+
+def _variant(text: str) -> dict:
+  """'data.backend=grain data.worker_count=2' -> {'data.backend': 'grain', ...}."""
+  fields = {}
+  for part in text.split():
+    key, sep, value = part.partition('=')
+    if not sep or not key:
+      raise UserError(f'--variant {text!r}: expected FIELD=VALUE pairs separated by spaces')
+    fields[key.removeprefix('config.')] = parse_value(value)
+  return fields
+
+
 def input_benchmark(argv=None) -> None:
   """Input-pipeline throughput of a config's data, without any model: `resnet-flax
   input-benchmark --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--batches 50] [--warmup 5]
-  [--split train|eval] [--json]` (see resnet_flax/tools/input_benchmark.py)."""
+  [--split train|eval] [--variant 'FIELD=VALUE ...' ... --rounds 3] [--json]` (see
+  resnet_flax/tools/input_benchmark.py)."""
   from absl import app, flags
 
   def define():
     flags.DEFINE_integer('batches', 50, 'Timed batches.')
     flags.DEFINE_integer('warmup', 5, 'Untimed batches after the first one.')
     flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'Which pipeline to measure.')
+    flags.DEFINE_multi_string('variant', [], "Side by side: 'data.FIELD=VALUE ...' over the "
+                              'config, once per --variant (two or more), measured in rounds.')
+    flags.DEFINE_integer('rounds', 3, 'Rounds of a side-by-side comparison.')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
   def run(config, _, args):
@@ -202,10 +230,16 @@ def input_benchmark(argv=None) -> None:
     from resnet_flax.tools import input_benchmark as pipeline
     fv = flags.FLAGS
     try:
-      result = pipeline.measure(config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
+      if fv.variant:
+        result = pipeline.compare(config, [_variant(v) for v in fv.variant], rounds=fv.rounds,
+                                  batches=fv.batches, warmup=fv.warmup, split=fv.split)
+        table = compare_table
+      else:
+        result = pipeline.measure(config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
+        table = input_table
     except UserError as e:
       return common.report_error(e)
-    print(json.dumps(result, indent=2) if fv.json else input_table(result))
+    print(json.dumps(result, indent=2) if fv.json else table(result))
     return 0
 
   common.run_absl(run, argv, define)
