@@ -224,6 +224,10 @@ _DATA_LINES = {
   c.data.backend = 'tfdata'
   c.data.dir = {root!r}
   c.data.shuffle_buffer = 32''',
+    'grain': '''  c.data.source = 'folder'
+  c.data.backend = 'grain'
+  c.data.dir = {root!r}
+  c.data.worker_count = 1''',
 }
 
 
@@ -241,10 +245,10 @@ def image_tree(root):
 
 
 def config_text(backend, root):
-  """The tiny model as a config file, on synthetic data ('memory') or a PNG folder read by
-  tf.data ('tfdata', written under `root`)."""
+  """The tiny model as a config file, on synthetic data ('memory') or a PNG folder (written
+  under `root`) read by tf.data ('tfdata') or by Grain with a worker process ('grain')."""
   lines = _DATA_LINES[backend]
-  if backend == 'tfdata':
+  if backend in ('tfdata', 'grain'):
     lines = lines.format(root=str(image_tree(os.path.join(root, 'images'))))
   return _CONFIG_FILE.format(data_lines=lines)
 

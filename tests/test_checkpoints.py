@@ -24,9 +24,10 @@ from resnet_flax.errors import CheckpointError, ConfigError
 from resnet_flax.train import loop, resume, steps
 from resnet_flax.train.build import build_run
 
-# Input back ends the exact-resume tests cover: in-memory (JAX augmentation) and tf.data
-# (host augmentation with stateless random ops) reading an image-folder tree.
-BACKENDS = ['memory', 'tfdata']
+# Input back ends the exact-resume tests cover: in-memory (JAX augmentation), tf.data (host
+# augmentation with stateless random ops) and Grain (host augmentation in a worker process)
+# reading an image-folder tree.
+BACKENDS = ['memory', 'tfdata', 'grain']
 
 
 def _saving_now(workdir):

@@ -1,0 +1,341 @@
+"""The Grain back end (`resnet_flax.data.grain`) and the ArrayRecord layout: determinism,
+resume, process shares, eval coverage, worker counts, presets, bad data, the converter, and a
+training run that imports no TensorFlow."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip('grain')
+from PIL import Image  # noqa: E402
+
+from conftest import (REPO, command, run_command, subprocess_env, tiny_config,  # noqa: E402
+                      unpacked_shared)
+from resnet_flax import data as data_lib  # noqa: E402
+from resnet_flax.data import arrayrecord, host  # noqa: E402
+from resnet_flax.data.grain.source import GrainSource  # noqa: E402
+from resnet_flax.data.info import DataInfo  # noqa: E402
+from resnet_flax.errors import ConfigError, DataError  # noqa: E402
+
+CLASSES = ('ant', 'bee', 'cat')
+
+
+def make_tree(root, per_class=(9, 5), size=12, seed=0):
+  """ROOT/{train,val}/<class>/: random-pixel PNGs (and a JPEG per class) of one size."""
+  rng = np.random.default_rng(seed)
+  for split, n in zip(('train', 'val'), per_class):
+    for c, name in enumerate(CLASSES):
+      os.makedirs(os.path.join(root, split, name))
+      for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        pixels[..., 0] = 40 + 80 * c        # the class shows in the red channel
+        ext = '.jpg' if i == 0 else '.png'
+        if ext == '.jpg':                   # a JPEG of one colour keeps it
+          pixels[...] = pixels[0, 0]
+        Image.fromarray(pixels).save(os.path.join(root, split, name, f'{i:02d}{ext}'))
+  return str(root)
+
+
+def source(root, split='train', **options):
+  options.setdefault('random_crop_pad', 2)
+  options.setdefault('random_flip', True)
+  return GrainSource.from_folder(root, split, **options)
+
+
+def assert_same(a, b, keys=('image', 'label', 'position')):
+  for key in keys:
+    assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+    assert a[key].tobytes() == b[key].tobytes(), key
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  return make_tree(tmp_path_factory.mktemp('tree') / 'images')
+
+
+def test_same_seed_same_batches_other_seed_other_order(tree):
+  tb = source(tree).train_batches(8, seed=0)
+  assert tb.steps_per_epoch == 27 // 8 == 3
+  run = [tb.batch(k) for k in range(7)]
+  for b in run:
+    assert b['image'].shape == (8, 12, 12, 3) and b['image'].dtype == np.uint8
+    assert b['label'].dtype == np.int32 and b['position'].tolist() == list(range(8))
+    # the class colour (red channel) survives the crop, except where the zero padding shows
+    red = b['image'][..., 0]
+    for image, label in zip(red, b['label']):
+      assert abs(np.median(image) - (40 + 80 * label)) <= 3
+  again = source(tree).train_batches(8, seed=0)
+  for k in range(7):
+    assert_same(again.batch(k), run[k])
+  epoch0 = np.concatenate([tb.indices(k) for k in range(3)])
+  assert len(set(epoch0.tolist())) == 24 and set(epoch0.tolist()) <= set(range(27))
+  epoch1 = np.concatenate([tb.indices(k) for k in range(3, 6)])
+  assert not np.array_equal(epoch0, epoch1)                     # reshuffled per epoch
+  other = source(tree).train_batches(8, seed=1)
+  assert not np.array_equal(np.concatenate([other.indices(k) for k in range(3)]), epoch0)
+  assert not np.array_equal(other.batch(0)['image'], run[0]['image'])
+
+
+def test_batch_k_after_a_restart_equals_the_uninterrupted_stream(tree):
+  tb = source(tree).train_batches(8, seed=3)
+  run = [tb.batch(k) for k in range(10)]
+  for k in (7, 2, 8, 3):              # a fresh stream opened at step k (a resume)
+    fresh = source(tree).train_batches(8, seed=3)
+    assert_same(fresh.batch(k), run[k])
+    assert_same(fresh.batch(k + 1), run[k + 1])           # and on, consecutively
+  assert_same(tb.batch(4), run[4])    # backwards on the same object, then on from there
+  assert_same(tb.batch(5), run[5])
+
+
+def test_process_shares_are_disjoint_cover_and_form_the_global_batch(tree):
+  one = source(tree).train_batches(12, seed=0)
+  two = [source(tree).train_batches(12, seed=0, process_index=p, process_count=2)
+         for p in range(2)]
+  assert one.steps_per_epoch == two[0].steps_per_epoch == two[1].steps_per_epoch == 2
+  for k in range(5):
+    whole, halves = one.batch(k), [t.batch(k) for t in two]
+    assert halves[1]['position'].tolist() == list(range(6, 12))
+    for key in ('image', 'label', 'position'):
+      joined = np.concatenate([h[key] for h in halves])
+      assert joined.tobytes() == whole[key].tobytes(), (k, key)   # bit for bit
+    shares = [set(t.indices(k).tolist()) for t in two]
+    assert not shares[0] & shares[1]
+    assert shares[0] | shares[1] == set(one.indices(k).tolist())
+  epoch = [set(np.concatenate([t.indices(k) for k in range(2)]).tolist()) for t in two]
+  assert not epoch[0] & epoch[1] and len(epoch[0] | epoch[1]) == 24
+
+
+def test_eval_counts_every_example_exactly_once(tree):
+  val = source(tree, 'val', preprocess='imagenet', image_size=8)     # 15 examples
+  want = sorted([0] * 5 + [1] * 5 + [2] * 5)
+  for count, batch in ((1, 4), (2, 4), (3, 6)):
+    labels, pixels = [], []
+    for p in range(count):
+      batches = list(val.eval_batches(batch, p, count))
+      assert len(batches) == -(-15 // batch)             # the same number on every process
+      for b in batches:
+        local = batch // count
+        assert b['position'].tolist() == list(range(p * local, (p + 1) * local))
+        keep = b['mask'] > 0
+        labels.extend(b['label'][keep].tolist())
+        pixels.extend(img.tobytes() for img in b['image'][keep])
+        assert not b['image'][~keep].any()
+    assert sorted(labels) == want and len(set(pixels)) == 15, count
+
+
+def test_zero_and_two_workers_give_the_same_batches(tree):
+  in_process = source(tree, worker_count=0).train_batches(8, seed=5)
+  workers = source(tree, worker_count=2, worker_buffer_size=1).train_batches(8, seed=5)
+  try:
+    for k in range(5):
+      assert_same(workers.batch(k), in_process.batch(k))
+    assert_same(workers.batch(1), in_process.batch(1))         # a reopened stream, too
+  finally:
+    workers.close()
+  evals = [list(source(tree, 'val', worker_count=w).eval_batches(4)) for w in (0, 2)]
+  assert len(evals[0]) == len(evals[1]) == 4
+  for a, b in zip(*evals):
+    assert_same(a, b, ('image', 'label', 'mask', 'position'))
+
+
+# --- presets ------------------------------------------------------------------------------
+
+def _png(array) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def test_imagenet_windows_follow_the_inception_distribution():
+  rng = np.random.default_rng(0)
+  windows = [host.random_window(300, 400, rng, 224) for _ in range(2000)]
+  area = np.array([h * w / (300 * 400) for _, _, h, w in windows])
+  aspect = np.array([w / h for _, _, h, w in windows])
+  assert area.min() >= 0.08 - 1e-3 and area.max() <= 1.0
+  assert aspect.min() >= 0.74 and aspect.max() <= 1.35
+  assert all(0 <= y and y + h <= 300 and 0 <= x and x + w <= 400 for y, x, h, w in windows)
+  assert 0.3 < np.median(area) < 0.7 and area.min() < 0.15 and area.max() > 0.9
+  # no window fits a 1-pixel-high strip: the eval center crop instead
+  assert host.random_window(1, 50, rng, 8) == host.center_window(1, 50, 8)
+  ramp = np.tile(np.arange(0, 240, 3, dtype=np.uint8)[None, :, None], (60, 1, 3))
+  fn = host.make('imagenet', size=24, train=True)
+  outs = [fn(_png(ramp), (7, 0, k)) for k in range(8)]
+  assert all(o.shape == (24, 24, 3) and o.dtype == np.uint8 for o in outs)
+  assert len({o.tobytes() for o in outs}) == 8
+  assert fn(_png(ramp), (7, 0, 3)).tobytes() == outs[3].tobytes()
+  flipped = [o for o in outs if int(o[:, 0, 0].mean()) > int(o[:, -1, 0].mean())]
+  assert 0 < len(flipped) < 8                          # the flip is random
+
+
+def test_eval_preprocessing_is_what_inference_does():
+  from resnet_flax.inference.predictor import prepare_image
+  config = tiny_config().data
+  rng = np.random.default_rng(1)
+  for preset, size in (('imagenet', 24), ('mnist', 32), ('cifar', 16), ('none', 20)):
+    config.preprocess = preset
+    fn = host.make(preset, size=size, train=False)
+    for shape in ((37, 53, 3), (61, 29, 3), (24, 24, 3)):
+      encoded = _png(rng.integers(0, 256, shape, dtype=np.uint8))
+      ours = fn(encoded, ())
+      reference = prepare_image(encoded, config, DataInfo((size, size, 3), True))
+      assert ours.tobytes() == reference.tobytes(), (preset, shape)
+
+
+def test_cifar_and_mnist_presets():
+  image = np.random.default_rng(0).integers(1, 256, (32, 32, 3), dtype=np.uint8)
+  assert host.make('cifar', size=32, train=False)(_png(image), ()).tobytes() == image.tobytes()
+  crops = [host.make('cifar', size=32, train=True)(_png(image), (k,)) for k in range(8)]
+  assert any((c == 0).all(axis=-1).any() for c in crops)          # a window hits the padding
+  assert all(c.shape == (32, 32, 3) for c in crops)
+  grey = np.full((28, 28), 77, np.uint8)
+  mnist = host.make('mnist', size=32, train=True)(_png(grey), (0,))
+  assert mnist.shape == (32, 32, 3) and (mnist[2:30, 2:30] == 77).all() and mnist[:2].max() == 0
+
+
+# --- bad data -----------------------------------------------------------------------------
+
+def test_bad_files_name_the_file_or_are_skipped(tmp_path, capsys):
+  root = make_tree(tmp_path / 'tree')
+  bad = os.path.join(root, 'train', 'bee', '03.png')
+  with open(bad, 'wb') as f:
+    f.write(b'\x89PNG truncated, not an image')
+  for workers in (0, 2):
+    with pytest.raises(DataError, match=rf'^{re.escape(bad)}: cannot be decoded as an image '
+                                        r'.*on_bad_image=skip'):
+      tb = source(root, worker_count=workers).train_batches(27, seed=0)
+      tb.batch(0)
+  with pytest.raises(DataError, match=rf'{re.escape(bad)}: cannot be decoded'):
+    list(source(root).eval_batches(9))
+  capsys.readouterr()
+  skipping = source(root, on_bad='skip')
+  assert skipping.num_examples == 26
+  assert 'skipped 1 unreadable image' in capsys.readouterr().err
+  labels = np.concatenate([b['label'][b['mask'] > 0] for b in skipping.eval_batches(8)])
+  assert sorted(labels.tolist()) == [0] * 9 + [1] * 8 + [2] * 9
+  os.remove(bad)
+  Image.new('RGB', (13, 12)).save(os.path.join(root, 'train', 'cat', '99.png'))
+  with pytest.raises(DataError, match=r'99\.png: is 13x12: an image is not the size of the '
+                                      r'first image \(12x12\).*data.image_size'):
+    list(source(root, random_crop_pad=0, random_flip=False).eval_batches(27))
+
+
+def test_config_and_source_choices(tree):
+  from resnet_flax import config as config_lib
+  config = tiny_config(**{'data.worker_count': -2})
+  with pytest.raises(ConfigError, match='data.worker_count=-2'):
+    config_lib.validate(config)
+  config = tiny_config(**{'data.backend': 'grain'})
+  with pytest.raises(DataError, match="data.backend=grain reads the 'folder' and "
+                                      "'arrayrecord' sources, not 'synthetic'"):
+    data_lib.load_datasets(config.data)
+  config = tiny_config(**{'data.source': 'arrayrecord', 'data.backend': 'memory'})
+  with pytest.raises(DataError, match='arrayrecord is read by Grain'):
+    data_lib.load_datasets(config.data)
+  config = tiny_config(**{'data.source': 'folder', 'data.backend': 'grain', 'data.dir': tree,
+                          'data.eval_split': 'val', 'data.image_size': 0})
+  train, val = data_lib.load_datasets(config.data)
+  assert isinstance(train, GrainSource) and train.augmented_on_host
+  assert train.image_shape == (12, 12, 3) and val.num_examples == 15
+  assert train.class_names == list(CLASSES)
+
+
+# --- ArrayRecord --------------------------------------------------------------------------
+
+def test_arrayrecord_round_trip_and_refusal(tree, tmp_path):
+  dest = str(tmp_path / 'records')
+  p = run_command(command('make_arrayrecord', '--in', tree, '--out', dest, '--shards', 2))
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'train: 27 images in 2 shards' in p.stdout and 'val: 15 images' in p.stdout
+  assert re.search(r'train: \[#+\] 27/27 images', p.stderr)          # the progress bar
+  meta = arrayrecord.read_metadata(dest)
+  assert meta['class_names'] == list(CLASSES)
+  assert meta['splits']['train']['shard_lengths'] == [14, 13]
+  for split in ('train', 'val[1:12]'):
+    ours = GrainSource.from_arrayrecord(dest, split)
+    files = source(tree, split)
+    assert ours.num_examples == files.num_examples and ours.class_names == files.class_names
+    for index in range(ours.num_examples):         # the same bytes, labels and order
+      assert ours.records[index] == files.records[index]
+    for a, b in zip(ours.eval_batches(4), files.eval_batches(4)):
+      assert_same(a, b, ('image', 'label', 'mask'))
+  a = GrainSource.from_arrayrecord(dest, 'train', random_flip=True).train_batches(8, 0)
+  b = source(tree, random_crop_pad=0).train_batches(8, 0)
+  assert_same(a.batch(4), b.batch(4))
+
+  again = run_command(command('make_arrayrecord', '--in', tree, '--out', dest))
+  assert again.returncode == 2
+  line = again.stderr.strip().splitlines()
+  assert len(line) == 1 and line[0].startswith('data error: ') and '--overwrite' in line[0]
+  over = run_command(command('make_arrayrecord', '--in', tree, '--out', dest, '--overwrite'))
+  assert over.returncode == 0, over.stderr[-2000:]
+  assert arrayrecord.read_metadata(dest)['splits']['train']['shard_lengths'] == [27]
+  assert len(arrayrecord.existing_shards(dest, 'train')) == 1
+
+
+def test_arrayrecord_missing_or_empty_shards_are_one_line(tree, tmp_path):
+  with pytest.raises(DataError, match=r'metadata.json: no such file \(the folder does not '
+                                      r'exist\); write one with resnet-flax make-arrayrecord'):
+    GrainSource.from_arrayrecord(str(tmp_path / 'nothing'), 'train')
+  dest = str(tmp_path / 'records')
+  from resnet_flax.data import arrayrecord_writer
+  arrayrecord_writer.from_folder(tree, dest, ['train', 'val'], shards=3)
+  with pytest.raises(DataError, match=r"has no split 'test'; its splits: train, val"):
+    GrainSource.from_arrayrecord(dest, 'test')
+  os.remove(arrayrecord.existing_shards(dest, 'val')[1])
+  with pytest.raises(DataError, match=r"split 'val': 1 of its 3 shards are missing .*--overwrite"):
+    GrainSource.from_arrayrecord(dest, 'val')
+  with pytest.raises(DataError, match='already holds'):
+    arrayrecord_writer.from_folder(tree, dest, ['train'])
+
+
+# --- training -----------------------------------------------------------------------------
+
+TRAIN_WITHOUT_TF = '''
+import json, sys
+from resnet_flax.config import base_config
+from resnet_flax.models import model_fields
+from resnet_flax.train import loop
+c = base_config()
+c.model.update(model_fields('resnet20'))
+c.model.depth, c.model.width, c.model.num_classes = 8, 4, 3
+c.data.source, c.data.backend, c.data.dir = 'folder', 'grain', sys.argv[1]
+c.data.eval_split, c.data.preprocess, c.data.worker_count = 'val', 'cifar', 1
+c.batch_size, c.num_train_steps, c.log_tensorboard, c.progress_bar = 9, 3, False, False
+if __name__ == '__main__':
+  results = loop.train_and_evaluate(c, sys.argv[2])
+  print(json.dumps({'steps': results['steps'], 'eval_top1': results['eval_top1'],
+                    'tf': sorted(m for m in sys.modules if m.split('.')[0] in
+                                 ('tensorflow', 'tensorflow_datasets'))}))
+'''
+
+
+def test_training_with_grain_imports_no_tensorflow(tree, tmp_path):
+  script = tmp_path / 'train_grain.py'
+  script.write_text(TRAIN_WITHOUT_TF)
+  p = subprocess.run([sys.executable, str(script), tree, str(tmp_path / 'run')], cwd=REPO,
+                     capture_output=True, text=True, env=subprocess_env(), timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  assert out['steps'] == 3 and 0.0 <= out['eval_top1'] <= 1.0
+  assert out['tf'] == []
+
+
+def test_real_imagenette_jpegs_at_224():
+  root = unpacked_shared('imagenette-128')
+  val = GrainSource.from_folder(root, 'val[:24]', preprocess='imagenet', image_size=224)
+  from resnet_flax.inference.predictor import prepare_image
+  config = tiny_config(**{'data.preprocess': 'imagenet'}).data
+  batch = next(iter(val.eval_batches(8)))
+  assert batch['image'].shape == (8, 224, 224, 3) and batch['mask'].all()
+  for index in range(8):
+    reference = prepare_image(val.records.paths[index], config, DataInfo((224, 224, 3), True))
+    assert reference.tobytes() == batch['image'][index].tobytes()
+  train = GrainSource.from_folder(root, 'train[:64]', preprocess='imagenet', image_size=224)
+  b = train.train_batches(16, seed=0).batch(1)
+  assert b['image'].shape == (16, 224, 224, 3) and b['label'].max() < 10
