@@ -326,6 +326,65 @@ def test_training_with_grain_imports_no_tensorflow(tree, tmp_path):
   assert out['tf'] == []
 
 
+HOLD_WORKERS = '''
+import sys, time
+from resnet_flax.data.grain.source import GrainSource
+if __name__ == '__main__':
+  tb = GrainSource.from_folder(sys.argv[1], 'train', worker_count=2).train_batches(9, seed=0)
+  if sys.argv[2] == 'running':
+    tb.batch(0)
+  print('ready', flush=True)
+  tb.batch(1)
+  time.sleep(600)
+'''
+
+
+def _stat(pid: int):
+  """The fields of /proc/PID/stat after the command name, or None when it is gone."""
+  try:
+    return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+  except OSError:
+    return None
+
+
+def _children(pid: int) -> set:
+  return {int(n) for n in os.listdir('/proc') if n.isdigit() and
+          (_stat(int(n)) or [None, None])[1] == str(pid)}
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='reads /proc')
+@pytest.mark.parametrize('when', ['starting', 'running'])
+def test_workers_exit_when_their_process_is_killed(tree, tmp_path, when):
+  """SIGKILL leaves the workers no one to stop them: they exit by themselves, also when the
+  kill comes while they are still starting (importing Grain)."""
+  import signal
+  from conftest import wait_for
+  script = tmp_path / 'hold.py'
+  script.write_text(HOLD_WORKERS)
+  proc = subprocess.Popen([sys.executable, str(script), tree, when], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          env=subprocess_env())
+  try:
+    assert proc.stdout.readline().strip() == 'ready'
+    assert wait_for(proc, lambda: len(_children(proc.pid)) >= 2)   # workers (and a tracker)
+    workers = _children(proc.pid)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+  def alive():
+    return {p for p in workers if (_stat(p) or ['Z'])[0] != 'Z'}
+
+  def cpu():   # the live workers' CPU ticks (1/100 s)
+    return tuple(sum(int(x) for x in (_stat(p) or [0] * 15)[11:13]) for p in sorted(alive()))
+
+  def gone():   # fails once the orphans have used 20 CPU-seconds more (working on, not exiting)
+    assert sum(cpu()) < start + 2000, f'{len(alive())} worker(s) still alive'
+    return not alive()
+  start = sum(cpu())
+  assert wait_for([], gone, progress=cpu, stall_s=60)
+
+
 def test_real_imagenette_jpegs_at_224():
   root = unpacked_shared('imagenette-128')
   val = GrainSource.from_folder(root, 'val[:24]', preprocess='imagenet', image_size=224)
@@ -339,3 +398,16 @@ def test_real_imagenette_jpegs_at_224():
   train = GrainSource.from_folder(root, 'train[:64]', preprocess='imagenet', image_size=224)
   b = train.train_batches(16, seed=0).batch(1)
   assert b['image'].shape == (16, 224, 224, 3) and b['label'].max() < 10
+
+
+def test_arrayrecord_from_a_tfds_dataset(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from resnet_flax.data import arrayrecord_writer
+  dest = str(tmp_path / 'records')
+  with tfds.testing.mock_data(num_examples=10):
+    meta = arrayrecord_writer.from_tfds('cifar10', '', dest, ['train', 'test'])
+  assert meta['splits']['train']['num_examples'] == 10 and len(meta['class_names']) == 10
+  train = GrainSource.from_arrayrecord(dest, 'train', preprocess='cifar')
+  batch = next(iter(train.eval_batches(4)))
+  assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].max() < 10
+  assert re.search(r"'train': record 0 \(cifar10-train\S+\)$", train.records.key(0))

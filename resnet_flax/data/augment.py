@@ -68,7 +68,7 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
     raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
   if preset == 'imagenet' and augment_on_device:
     raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in a host back "
-                      "end: set data.backend='grain' (or 'tfdata')")
+                      "end: set data.backend='grain' or data.backend='tfdata'")
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
   pad = int(data_cfg['random_crop_pad']) or (4 if preset == 'cifar' else 0)

@@ -91,3 +91,46 @@ class Source(Protocol):
                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of every padded global batch, with 'mask' (1 real, 0 padding)."""
     ...
+
+
+def local_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
+  """This process's share of a global batch (streamed back ends); ValueError when uneven."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'process {process_index} of {process_count} does not exist')
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global batch {global_batch_size} is not divisible by {process_count} '
+                     f'processes')
+  return global_batch_size // process_count
+
+
+def seed_words(*parts: int) -> tuple[int, int]:
+  """Two 31-bit words from a tuple of non-negative ints (numpy's SeedSequence mixing)."""
+  words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
+  return int(words[0] >> 1), int(words[1] >> 1)
+
+
+class StreamedSource:
+  """The members of `Source` that a streamed source (tf.data, Grain) derives from its
+  `records` (len, num_classes, class_names) and its output side `size`."""
+  augmented_on_host = True
+  records = None
+  size = 0
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.records)
+
+  def __len__(self):
+    return len(self.records)
+
+  @property
+  def num_classes(self) -> int:
+    return self.records.num_classes
+
+  @property
+  def class_names(self) -> list[str]:
+    return self.records.class_names
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.size, self.size, 3)

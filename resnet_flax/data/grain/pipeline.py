@@ -3,6 +3,7 @@ a pure function of (seed, k), read by threads in this process or by worker proce
 (`mp_prefetch`). See the package docstring for the order, shares and keys."""
 
 import math
+import multiprocessing
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ import numpy as np
 
 from resnet_flax.data.folder import default_workers as cpu_count
 from resnet_flax.data.host import BadImage
+from resnet_flax.data.source import local_batch
 from resnet_flax.errors import DataError
 
 HORIZON_STEPS = 2 ** 40        # a training stream's length in steps (its end is never reached)
@@ -23,22 +25,15 @@ def watch_parent(worker_index: int, worker_count: int) -> None:
   """In a worker process: exit when the process that started it is gone (killed with SIGKILL,
   it cannot stop its workers itself)."""
   del worker_index, worker_count
-  parent = os.getppid()
+  # the pid of the process that started this one (not os.getppid(), which is already init's
+  # when that process died while this one was starting)
+  parent = multiprocessing.parent_process().pid
 
   def watch():
     while os.getppid() == parent:
       time.sleep(PARENT_POLL_S)
     os._exit(0)
   threading.Thread(target=watch, daemon=True, name='watch-parent').start()
-
-
-def local_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'process {process_index} of {process_count} does not exist')
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'global batch {global_batch_size} is not divisible by {process_count} '
-                     f'processes')
-  return global_batch_size // process_count
 
 
 def _example(records, fn, index: int, key) -> tuple[np.ndarray, int]:

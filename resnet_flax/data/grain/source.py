@@ -10,16 +10,10 @@ import numpy as np
 
 from resnet_flax.data import arrayrecord, augment, folder, host
 from resnet_flax.data.grain import pipeline
-from resnet_flax.data.source import DATA_DEFAULTS
+from resnet_flax.data.source import DATA_DEFAULTS, StreamedSource, seed_words
 from resnet_flax.errors import DataError
 
 ORDER, AUGMENT = 0, 1        # seed streams
-
-
-def seed_words(*parts: int) -> tuple[int, int]:
-  """Two 31-bit words from a tuple of non-negative ints (numpy's SeedSequence mixing)."""
-  words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
-  return int(words[0] >> 1), int(words[1] >> 1)
 
 
 def _warn(message: str) -> None:
@@ -90,14 +84,13 @@ def drop_unreadable(records) -> None:
   records.drop(bad)
 
 
-class GrainSource:
+class GrainSource(StreamedSource):
   """A split read by Grain; the interface of every source (`data.source.Source`).
 
   Build one with `from_folder` or `from_arrayrecord` (or `load_datasets` from a config).
   Images come out uint8 (S, S, 3) at the final size, augmented on the host
   (`augmented_on_host`). The options are the `data` fields of the same names.
   """
-  augmented_on_host = True
 
   def __init__(self, records, *, preprocess: str = 'none', image_size: int = 0,
                random_crop_pad: int = 0, random_flip: bool = False,
@@ -160,25 +153,6 @@ class GrainSource:
     return (hi ^ lo) & 0xFFFFFFFF, seed_words(seed, AUGMENT)
 
   # -- the interface ---------------------------------------------------------------------------
-
-  @property
-  def num_examples(self) -> int:
-    return len(self.records)
-
-  def __len__(self):
-    return len(self.records)
-
-  @property
-  def num_classes(self) -> int:
-    return self.records.num_classes
-
-  @property
-  def class_names(self) -> list[str]:
-    return self.records.class_names
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return (self.size, self.size, 3)
 
   def train_batches(self, global_batch_size: int, seed: int, process_index: int = 0,
                     process_count: int = 1) -> pipeline.GrainTrainBatches:

@@ -7,13 +7,10 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+# the per-process share and the seed mixing, shared with the Grain back end
+from resnet_flax.data.source import local_batch, seed_words  # noqa: F401
+
 ORDER, AUGMENT, CACHE_ORDER = 0, 1, 2     # seed streams
-
-
-def seed_words(*parts: int) -> tuple[int, int]:
-  """Two 31-bit words from a tuple of non-negative ints (numpy's SeedSequence mixing)."""
-  words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
-  return int(words[0] >> 1), int(words[1] >> 1)
 
 
 def seed_int(*parts: int) -> int:
@@ -24,15 +21,6 @@ def seed_int(*parts: int) -> int:
 def share(n: int, process_index: int, process_count: int) -> tuple[int, int]:
   """The contiguous share [lo, hi) of n examples that process `process_index` reads."""
   return n * process_index // process_count, n * (process_index + 1) // process_count
-
-
-def local_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'process {process_index} of {process_count} does not exist')
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'global batch {global_batch_size} is not divisible by {process_count} '
-                     f'processes')
-  return global_batch_size // process_count
 
 
 def numbered(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:

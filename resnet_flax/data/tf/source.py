@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_flax.data import augment, folder, splits
-from resnet_flax.data.source import DATA_DEFAULTS
+from resnet_flax.data.source import DATA_DEFAULTS, StreamedSource
 from resnet_flax.data.tf import preprocess as host_preprocess
 from resnet_flax.data.tf import records as tf_records
 from resnet_flax.data.tf import native_stderr_quiet, tf_message, tfds
@@ -22,14 +22,13 @@ def _warn(message: str) -> None:
   print(f'tf.data source: {message}', file=sys.stderr, flush=True)
 
 
-class TFDataSource:
+class TFDataSource(StreamedSource):
   """A split streamed by tf.data; the interface of every source (`data.source.Source`).
 
   Build one with `from_tfds` or `from_folder` (or `load_datasets` from a config). Images come
   out uint8 (S, S, 3) at the final size, augmented on the host (`augmented_on_host`). The
   options are the `data` fields of the same names, checked by the config's validation.
   """
-  augmented_on_host = True
 
   def __init__(self, records, *, preprocess: str = 'none', image_size: int = 0,
                stored_shape: Optional[tuple] = None,
@@ -112,25 +111,6 @@ class TFDataSource:
     return tuple(int(d) for d in image.shape)
 
   # -- the interface ---------------------------------------------------------------------------
-
-  @property
-  def num_examples(self) -> int:
-    return len(self.records)
-
-  def __len__(self):
-    return len(self.records)
-
-  @property
-  def num_classes(self) -> int:
-    return self.records.num_classes
-
-  @property
-  def class_names(self) -> list[str]:
-    return self.records.class_names
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return (self.size, self.size, 3)
 
   def train_batches(self, global_batch_size: int, seed: int, process_index: int = 0,
                     process_count: int = 1) -> 'TFTrainBatches':
