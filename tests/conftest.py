@@ -225,6 +225,9 @@ _DATA_LINES = {
   c.data.dir = {root!r}
   c.data.shuffle_buffer = 32''',
 }
+# the in-memory data with ResNet-20's depth, its stages' units 2-3 as one nn.scan
+_DATA_LINES['scan'] = _DATA_LINES['memory'] + (
+    "\n  c.model.depth = 20\n  c.model.scan_units = 'on'")
 
 
 def image_tree(root):
@@ -241,8 +244,8 @@ def image_tree(root):
 
 
 def config_text(backend, root):
-  """The tiny model as a config file, on synthetic data ('memory') or a PNG folder read by
-  tf.data ('tfdata', written under `root`)."""
+  """The tiny model as a config file, on synthetic data ('memory'; 'scan': at depth 20 with
+  scanned stages) or a PNG folder read by tf.data ('tfdata', written under `root`)."""
   lines = _DATA_LINES[backend]
   if backend == 'tfdata':
     lines = lines.format(root=str(image_tree(os.path.join(root, 'images'))))

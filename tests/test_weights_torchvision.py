@@ -22,7 +22,8 @@ from conftest import REPO
 from resnet_flax import rundir
 from resnet_flax.checkpoint import compat, pretrained
 from resnet_flax.inference import predictor as inference
-from resnet_flax.models import create_model
+from resnet_flax.models import create_model, scan
+from resnet_flax.models.registry import abstract_variables
 from resnet_flax.train import build
 from resnet_flax.train.state import create_train_state
 from resnet_flax.errors import WeightsError
@@ -71,6 +72,23 @@ def test_converted_logits_equal_torchvision(torch_files, name):
   fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(torch_files, name))
   got = flax_logits(fields, params, batch_stats, reference['images'])
   assert np.std(reference['logits']) > 0.2   # non-trivial logits
+  np.testing.assert_array_less(np.abs(got - reference['logits']).max(), 1e-4)
+
+
+def test_converted_weights_load_into_a_scanned_resnet50(torch_files):
+  """The same weights in the scanned layout (stages' identical units stacked) give the same
+  logits as unrolled, and torchvision's."""
+  reference = np.load(torch_files / 'resnet50.npz')
+  fields, params, stats = tv.convert_torchvision('resnet50',
+                                                 numpy_state_dict(torch_files, 'resnet50'))
+  scanned = {**fields, 'scan_units': 'on'}
+  layout = abstract_variables(scanned, 64)
+  scanned_params = scan.restack(params, layout['params'])
+  assert 'stage3_units2to6' in scanned_params and 'stage3_unit4' not in scanned_params
+  got = flax_logits(scanned, scanned_params, scan.restack(stats, layout['batch_stats']),
+                    reference['images'])
+  unrolled = flax_logits(fields, params, stats, reference['images'])
+  np.testing.assert_allclose(got, unrolled, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_less(np.abs(got - reference['logits']).max(), 1e-4)
 
 

@@ -125,6 +125,7 @@ def diagnose(config, model_names, steps: int, *, model_overrides=None, log=print
     run_config.model.update({**model_fields(name), **(model_overrides or {})})
     run_config.model.num_classes = num_classes
     run_config.model.name = name
+    run_config.model.scan_units = 'off'   # the statistics are per layer: every unit its own
     run = build_run(run_config)
     info = run.data_info
     preprocess = augment.make_preprocess(run_config.data, stored_shape=tuple(info.image_shape),

@@ -10,10 +10,12 @@ the modules it builds trust their arguments.
 import difflib
 from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 
 from resnet_flax import fields
 from resnet_flax.errors import ConfigError
+from resnet_flax.models import scan
 from resnet_flax.models.blocks import (FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
                                        BottleneckBlock)
 from resnet_flax.models.resnet import POOLINGS, ResNet
@@ -42,6 +44,10 @@ MODEL_DEFAULTS = {
     'bn_epsilon': 1e-5,
     'bn_group_size': 0,      # 0: statistics over the global batch; k: over groups of k examples
     'flavour': 'torch',      # 'keras': Keras applications' conv biases, padding and V2 strides
+    'scan_units': 'auto',    # 'on' | 'off' | 'auto': a stage's identical units as one nn.scan
+                             # over stacked parameters ('auto': runs of >= scan.AUTO_MIN_UNITS,
+                             # or every run when remat='unit')
+    'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
 }
 
 IMAGENET_STAGES = {
@@ -179,6 +185,8 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   fields.choice(cfg, 'model', 'version', VERSIONS)
   fields.choice(cfg, 'model', 'shortcut', SHORTCUTS)
   fields.choice(cfg, 'model', 'flavour', FLAVOURS)
+  fields.choice(cfg, 'model', 'scan_units', scan.SCAN_CHOICES)
+  fields.choice(cfg, 'model', 'remat', scan.REMAT_CHOICES)
   fields.choice(cfg, 'model', 'dtype', DTYPES)
   fields.choice(cfg, 'model', 'param_dtype', DTYPES)
   pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
@@ -224,7 +232,24 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       bn_axis_name=bn_axis_name,
       bn_group_size=int(cfg['bn_group_size']) or None,
       flavour=cfg['flavour'],
+      scan_min_units=scan.min_units(cfg['scan_units'], cfg['remat'] == 'unit'),
+      remat=cfg['remat'] == 'unit',
   )
+
+
+def abstract_variables(cfg: Mapping[str, Any], image_size: Optional[int] = None,
+                       channels: int = 3) -> dict:
+  """The model's variables as shapes (`jax.ShapeDtypeStruct` leaves; nothing is computed), for
+  names, shapes and the parameter layout (scanned stages stacked)."""
+  model = create_model(cfg)
+  size = image_size or default_image_size(cfg)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                        jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
+
+
+def unrolled(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The same model with every unit its own module (no scan): the layout of per-unit names."""
+  return {**MODEL_DEFAULTS, **dict(cfg), 'scan_units': 'off'}
 
 
 def default_image_size(cfg: Mapping[str, Any]) -> int:

@@ -8,6 +8,11 @@ Stems: 'imagenet' is a 7x7 stride-2 conv then 3x3 stride-2 max pool (BN-ReLU bet
 v1/v1.5; in v2 the first unit pre-activates, as Keras' ResNetV2 and BiT); 'cifar' is a 3x3
 stride-1 conv (followed by BN-ReLU in v1/v1.5). v2 networks end with BN-ReLU before pooling.
 
+`scan_min_units` runs each stage's identical units (all but the first, and in Keras' V2 all but
+the striding last) as one `nn.scan` over stacked parameters (`scan.py`), so compile time does not
+grow with depth; `remat` recomputes each unit's activations in the backward pass (memory for
+compute).
+
 `flavour='keras'` reproduces Keras applications' ResNet50...152 (v1) and ResNet50V2...152V2 (v2):
 conv biases (see `blocks`), a stem conv bias, a zero-padded max pool, and in v2 every stage's
 downsampling moved to the last unit of the stage before (its 3x3 conv strides, its shortcut is
@@ -20,10 +25,13 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_flax.models import scan
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
 POOLINGS = (None, 'avg', 'max')
+
+
 class ResNet(nn.Module):
   """A residual (or plain) network.
 
@@ -54,6 +62,8 @@ class ResNet(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
   flavour: str = 'torch'
+  scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
+  remat: bool = False               # recompute each unit's activations in the backward pass
 
   @property
   def head_names(self) -> tuple[str, ...]:
@@ -95,18 +105,25 @@ class ResNet(nn.Module):
 
     num_stages = len(self.stage_sizes)
     stride_at_end = keras and pre_act  # Keras' ResNetV2 strides in a stage's last unit
+    block = nn.remat(self.block_cls) if self.remat else self.block_cls
     for i, (num_units, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      for j in range(num_units):
-        if stride_at_end:
-          strides = 2 if (i < num_stages - 1 and j == num_units - 1) else 1
-        else:
-          strides = 2 if (i > 0 and j == 0) else 1
-        x = self.block_cls(
-            filters=width, strides=strides, conv=conv, norm=norm,
+      if stride_at_end:
+        strides = [2 if (i < num_stages - 1 and j == num_units - 1) else 1
+                   for j in range(num_units)]
+      else:
+        strides = [2 if (i > 0 and j == 0) else 1 for j in range(num_units)]
+      for segment in scan.stage_segments(strides, self.scan_min_units):
+        unit_cls = self.block_cls if segment.scanned else block
+        unit = unit_cls(
+            filters=width, strides=strides[segment.start], conv=conv, norm=norm,
             version=self.version, shortcut=self.shortcut, residual=self.residual,
             zero_init_residual=self.zero_init_residual, groups=self.groups,
             width_per_group=self.width_per_group, flavour=self.flavour,
-            name=f'stage{i + 1}_unit{j + 1}')(x)
+            name=segment.name(i + 1))
+        if segment.scanned:
+          x = scan.run_scanned(unit, x, segment.stop - segment.start, remat=self.remat)
+        else:
+          x = unit(x)
       features[f'stage{i + 1}'] = x
 
     if pre_act:

@@ -73,6 +73,7 @@ class Run:
   tx: Any = None
   freeze: Optional[FreezeSpec] = None
   data_info: Optional[DataInfo] = None    # saved in checkpoint meta, for inference
+  image_shape: tuple = ()                 # (H, W, C) the model sees
 
 
 def _check_data_fits(config, train_ds) -> None:
@@ -144,4 +145,4 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
                                          jax.process_count())
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
              par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx, freeze,
-             data_info=of_source(train_ds))
+             data_info=of_source(train_ds), image_shape=tuple(image_shape))

@@ -23,12 +23,11 @@ import re
 from typing import Any, Mapping, Optional
 from urllib.parse import urlparse
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_flax.models import create_model, model_fields, unit_layer
+from resnet_flax.models import model_fields, scan, unit_layer
+from resnet_flax.models.registry import abstract_variables, unrolled
 from resnet_flax.errors import WeightsError, first_line
 from resnet_flax.weights import torch_files
 
@@ -157,10 +156,9 @@ def _shown(keys, limit=3) -> str:
 
 
 def _targets(fields: Mapping[str, Any]) -> dict[str, tuple[tuple, tuple[int, ...], Any]]:
-  """{torchvision key: (resnet_flax leaf path, torch-layout shape, dtype)} of a model."""
-  model = create_model(fields)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+  """{torchvision key: (resnet_flax leaf path, torch-layout shape, dtype)} of a model, in the
+  unrolled layout (one module per unit, as torchvision names them)."""
+  shapes = abstract_variables(unrolled(fields), 224)
   targets = {}
   for path, struct in traverse_util.flatten_dict({k: dict(v) for k, v in shapes.items()}).items():
     module = _torch_module(path[1:-1])
@@ -227,4 +225,6 @@ def convert_torchvision(model_name: str, state_dict: Mapping[str, Any],
     raise WeightsError(f'the state dict does not fit torchvision {model_name}: '
                        f'{"; ".join(problems)}; are the weights those of --model {model_name}?')
   variables = traverse_util.unflatten_dict(converted)
-  return fields, variables['params'], variables['batch_stats']
+  layout = abstract_variables(fields, 224)     # scanned stages stacked, as the model has them
+  return (fields, scan.restack(variables['params'], layout['params']),
+          scan.restack(variables['batch_stats'], layout['batch_stats']))
