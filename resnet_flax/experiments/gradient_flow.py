@@ -30,13 +30,14 @@ from resnet_flax.train import losses
 from resnet_flax.train.build import build_run
 from resnet_flax.tree import path_str
 
-_MAIN_PATH = re.compile(r'^(stem_conv|stage\d+_unit\d+/conv\d+|head(_\w+)?|head)$')
+_MAIN_PATH = re.compile(r'^(stem_conv\d?|stem_pool_conv|stage\d+_unit\d+/conv\d+|head(_\w+)?|'
+                        r'head)$')
 
 
 def _network_order(module: str):
   """Sort key: the stem, then stages, units and convolutions by number, then the head."""
-  if module == 'stem_conv':
-    return (0, ())
+  if module.startswith('stem'):
+    return (0, (module == 'stem_pool_conv', module))
   if module.startswith('stage'):
     return (1, tuple(int(n) for n in re.findall(r'\d+', module)))
   return (2, tuple(int(n) for n in re.findall(r'\d+', module)) or (1 << 30,))
