@@ -18,7 +18,7 @@ import ml_collections
 
 from resnet_flax import optim, transfer, tree
 from resnet_flax.data import source as data_source
-from resnet_flax.data import splits
+from resnet_flax.data import policies, splits
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import registry
 
@@ -209,6 +209,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
           'must be in (0, 1]: the center crop S over the resized shorter side (e.g. 224 / 256)')
   if config.data.random_crop_pad < 0:
     _fail('data.random_crop_pad', config.data.random_crop_pad, 'must be >= 0')
+  if config.data.eval_image_size < 0:
+    _fail('data.eval_image_size', config.data.eval_image_size, 'must be >= 0 (0: image_size)')
+  policies.check_fields(config.data)
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
     _fail('data.std', config.data.std,
           'data.mean and data.std need the same length (1 or one per channel) and std > 0')
