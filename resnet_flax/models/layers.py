@@ -43,16 +43,8 @@ def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
 def avg_pool_ceil(x, stride: int):
   """2x2 average pooling with stride `stride` (NHWC); a window that the ceil mode makes hang over
   the bottom or right edge averages only the pixels it covers."""
-  pad_h, pad_w = (-x.shape[1]) % stride, (-x.shape[2]) % stride
-  pads = ((0, 0), (0, pad_h), (0, pad_w), (0, 0))
-  window = (1, 2, 2, 1)
-  strides = (1, stride, stride, 1)
-  total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, strides, pads)
-  if not (pad_h or pad_w):
-    return total / jnp.asarray(4, x.dtype)
-  ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-  count = jax.lax.reduce_window(ones, jnp.zeros((), x.dtype), jax.lax.add, window, strides, pads)
-  return total / count
+  pads = ((0, (-x.shape[1]) % stride), (0, (-x.shape[2]) % stride))
+  return nn.avg_pool(x, (2, 2), strides=(stride, stride), padding=pads, count_include_pad=False)
 
 
 def squeeze_excite_width(channels: int, ratio: float, divisor: int = 8) -> int:
