@@ -36,10 +36,10 @@ def flatten(config_dict: dict) -> dict:
           for k, v in tree.flatten(config_dict, sep='.').items()}
 
 
-# model fields that describe the task, not the network: a model name selected on the command
-# line keeps the config's values of these
+# model fields that describe the task or the training, not the network: a model name selected
+# on the command line keeps the config's values of these
 TASK_MODEL_FIELDS = ('num_classes', 'include_top', 'pooling', 'head_hidden', 'dtype',
-                     'param_dtype')
+                     'param_dtype', 'drop_path_rate')
 
 
 def select_model_name(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
