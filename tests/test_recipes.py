@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import assert_bitwise_equal, assert_trees_differ, run_steps, shared_data, tiny_config
+from conftest import (assert_bitwise_equal, assert_trees_differ, mnist_config, run_steps,
+                      tiny_config)
 from resnet_flax import config as config_lib
 from resnet_flax.data.mixing import Mixing
 from resnet_flax.errors import ConfigError
@@ -171,16 +172,11 @@ def test_recipe_runs_under_pmap_and_jit_on_eight_devices():
 def test_learns_mnist_with_se_resnet_d_drop_path_and_mixup(tmp_path):
   """An SE-ResNet-D-8 with stochastic depth, mixup and cutmix on 6,000 MNIST digits for 300
   steps: the training loss falls and test accuracy is far above chance (10%)."""
-  c = tiny_config(**{'model.width': 8, 'model.stem': 'deep', 'model.shortcut': 'B',
-                     'model.shortcut_downsample': 'avg', 'model.se_ratio': 0.25,
-                     'model.drop_path_rate': 0.1, 'mixup_alpha': 0.2, 'cutmix_alpha': 1.0,
-                     'data.source': 'npz', 'data.dir': shared_data('mnist.npz'),
-                     'data.image_size': 0, 'data.channels': 0, 'data.random_crop_pad': 0,
-                     'data.random_flip': False, 'data.train_split': 'train[:6000]',
-                     'data.eval_split': 'test[:2000]', 'data.mean': (33.0,),
-                     'data.std': (79.0,), 'batch_size': 64, 'num_train_steps': 300,
-                     'schedule.name': 'cosine', 'eval_every_steps': 300,
-                     'log_every_steps': 50})
+  c = mnist_config(**{'model.stem': 'deep', 'model.shortcut': 'B',
+                       'model.shortcut_downsample': 'avg', 'model.se_ratio': 0.25,
+                       'model.drop_path_rate': 0.1, 'mixup_alpha': 0.2, 'cutmix_alpha': 1.0,
+                       'num_train_steps': 300, 'eval_every_steps': 300,
+                       'log_every_steps': 50})
   results = loop.train_and_evaluate(c, str(tmp_path))
   assert results['eval_top1'] > 0.8
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]

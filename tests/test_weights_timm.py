@@ -6,21 +6,17 @@ The torch side (random timm models, their logits, saved files) runs in a separat
 tests/torch_reference.py --timm: torch and JAX in one process can crash at import.
 """
 
-import functools
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import flax_logits, torch_reference
 from resnet_flax.checkpoint import compat, pretrained
 from resnet_flax.errors import WeightsError
-from resnet_flax.models import create_model, model_fields
+from resnet_flax.models import model_fields
 from resnet_flax.weights import timm_import
 from resnet_flax.weights.torch_state_dict import read_state_dict
 
@@ -31,25 +27,10 @@ LOGIT_MODELS = ['seresnet50', 'seresnext50_32x4d', 'resnet50d', 'resnetrs50']
 def timm_files(tmp_path_factory):
   """The folder of tests/torch_reference.py --timm's files, written by a separate process (this
   one never imports torch or timm)."""
-  missing = [m for m in ('torch', 'timm', 'safetensors') if importlib.util.find_spec(m) is None]
-  if missing:
-    pytest.skip(f'{", ".join(missing)} missing: test requirements, pip install -r '
-                f'requirements-test.txt')
   out = tmp_path_factory.mktemp('timm')
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   others = [n for n in timm_import.TIMM_NAMES if n not in LOGIT_MODELS]
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'tests', 'torch_reference.py'), '--timm', str(out),
-       *LOGIT_MODELS, *others], capture_output=True, text=True, timeout=900, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return out
-
-
-def flax_logits(fields, params, batch_stats, nchw):
-  model = create_model(fields)
-  apply = jax.jit(functools.partial(model.apply, train=False))
-  return np.asarray(apply({'params': params, 'batch_stats': batch_stats},
-                          nchw.transpose(0, 2, 3, 1)))
+  return torch_reference(out, ('torch', 'timm', 'safetensors'),
+                         ['--timm', out, *LOGIT_MODELS, *others])
 
 
 @pytest.mark.parametrize('name', LOGIT_MODELS)

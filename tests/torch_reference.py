@@ -3,11 +3,12 @@ tests/test_weights_timm.py, written by a separate process: `python tests/torch_r
 [--timm] OUT_DIR NAME...` (NAME: torchvision model names, or timm's with --timm).
 
 torch is never imported by the test process itself: its CUDA build and JAX or TensorFlow in one
-process can crash at import. For the first three names (four with --timm) it writes a random model's state dict
-(`NAME.pth`; BatchNorm statistics and affine parameters random too, so that every part of the
-conversion changes the logits), its eval-mode logits on a random input (`NAME.npz`), and for
-the first also `NAME.safetensors`; for all names the state dict's shapes (`shapes.json`); and
-two files the converter must refuse (`module.pth`, a pickled nn.Module; `partial.pth`).
+process can crash at import. For the first three names (four with --timm) it writes a random
+model's state dict (`NAME.pth`; BatchNorm statistics and affine parameters random too, so that
+every part of the conversion changes the logits), its eval-mode logits on a random input
+(`NAME.npz`), and for the first also `NAME.safetensors`; for all names the state dict's shapes
+(`shapes.json`); and two files the converter must refuse (`module.pth`, a pickled nn.Module;
+`partial.pth`).
 """
 
 import json

@@ -12,11 +12,11 @@
 `.safetensors` file (timm: SE-ResNet(eXt), ResNet-D, ResNet-RS and timm's plain ResNets), or a
 `.h5` / `.weights.h5` / `.keras` file (Keras applications, models `keras_resnet50` ...
 `keras_resnet152v2`); `--download` fetches the official weights of the model (needs internet;
-cached by torch.hub, Keras or timm's Hugging Face cache). DIR then reads like a run folder (`resnet-flax evaluate
---workdir DIR`, `--config.init_from=DIR`, `resnet-flax predict`); its stored config is
-configs/imagenet.py with the model's fields (preprocessing included), and the number of classes
-is that of the weights' classifier. `--eval-crop-fraction` sets the stored eval resize
-(torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
+cached by torch.hub, Keras or timm's Hugging Face cache). DIR then reads like a run folder
+(`resnet-flax evaluate --workdir DIR`, `--config.init_from=DIR`, `resnet-flax predict`); its
+stored config is configs/imagenet.py with the model's fields (preprocessing included), and the
+number of classes is that of the weights' classifier. `--eval-crop-fraction` sets the stored
+eval resize (torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
 """
 
 import argparse

@@ -73,7 +73,8 @@ def make_layer_statistics(model, num_classes: int):
       logits, variables = model.apply(
           {'params': p, 'batch_stats': batch_stats}, images, train=True,
           mutable=['batch_stats', 'intermediates'],
-          capture_intermediates=_capture_convs_and_dense)
+          capture_intermediates=_capture_convs_and_dense,
+          rngs={'drop_path': jax.random.PRNGKey(0)})   # only a stochastic-depth model reads it
       loss = losses.cross_entropy(logits, labels, num_classes, 0.0).mean()
       return loss, variables['intermediates']
 

@@ -4,8 +4,8 @@ Weight decay has two modes. 'l2': the optimizer applies no decay, and the train 
 `weight_decay * l2_penalty(params, mask)` to the loss, whose gradient is `wd * w` (the original
 ResNet recipe: SGD with momentum on the gradient of loss + L2). 'decoupled': the decay is
 applied inside the optimizer, outside the momentum / adaptive statistics (SGDW, AdamW, LARS's
-and LAMB's own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1 (BatchNorm
-scales and biases, dense biases) is not decayed, in both modes.
+and LAMB's own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1
+(BatchNorm scales and biases, dense biases) is not decayed, in both modes.
 """
 
 from typing import Any, Callable, Mapping, Optional

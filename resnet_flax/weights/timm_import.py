@@ -13,7 +13,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from resnet_flax.errors import WeightsError, first_line
-from resnet_flax.models import model_fields
 from resnet_flax.weights import torch_state_dict
 from resnet_flax.weights.torchvision_import import TORCHVISION_NAMES
 
@@ -25,10 +24,7 @@ TIMM_NAMES = TORCHVISION_NAMES + (
 
 def timm_fields(name: str) -> dict[str, Any]:
   """The model fields of a timm network name."""
-  if name not in TIMM_NAMES:
-    raise WeightsError(f'{name!r} is not a timm ResNet this converter knows; known: '
-                       f'{", ".join(TIMM_NAMES)}')
-  return model_fields(name)
+  return torch_state_dict.library_fields(name, TIMM_NAMES, 'timm')
 
 
 def expected_shapes(model_name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:

@@ -33,7 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_flax.errors import WeightsError, first_line
-from resnet_flax.models import create_model, unit_layer
+from resnet_flax.models import create_model, model_fields, unit_layer
 from resnet_flax.weights import torch_files
 
 _LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
@@ -44,6 +44,13 @@ _TOP_LEVEL = {'stem_conv': 'conv1', 'stem_norm': 'bn1', 'stem_conv1': 'conv1.0',
               'stem_conv3': 'conv1.6', 'stem_norm3': 'bn1', 'stem_pool_conv': 'maxpool.0',
               'stem_pool_norm': 'maxpool.1', 'head': 'fc'}
 _UNIT_LAYERS = {'se_reduce': 'se.fc1', 'se_expand': 'se.fc2'}
+
+
+def library_fields(name: str, names, library: str) -> dict[str, Any]:
+  """The model fields of `name`, one of `library`'s network names `names`."""
+  if name not in names:
+    raise WeightsError(f'{name!r} is not a {library} ResNet; known: {", ".join(names)}')
+  return model_fields(name)
 
 
 def _unwrap(loaded: Any, path: str) -> dict[str, Any]:

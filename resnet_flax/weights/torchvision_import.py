@@ -10,7 +10,6 @@ import re
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from resnet_flax.models import model_fields
 from resnet_flax.errors import WeightsError, first_line
 from resnet_flax.weights import torch_state_dict
 from resnet_flax.weights.torch_state_dict import read_state_dict
@@ -26,10 +25,7 @@ TORCHVISION_NAMES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152
 
 def torchvision_fields(name: str) -> dict[str, Any]:
   """The model fields of a torchvision network name."""
-  if name not in TORCHVISION_NAMES:
-    raise WeightsError(f'{name!r} is not a torchvision ResNet; known: '
-                       f'{", ".join(TORCHVISION_NAMES)}')
-  return model_fields(name)
+  return torch_state_dict.library_fields(name, TORCHVISION_NAMES, 'torchvision')
 
 
 def download(model_or_url: str) -> str:
