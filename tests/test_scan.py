@@ -219,3 +219,28 @@ def test_init_from_and_resume_cross_layouts(tmp_path, capsys):
                                      devices=jax.devices()[:1])
   assert resumed['steps'] == straight['steps'] == 6
   np.testing.assert_allclose(resumed['eval_loss'], straight['eval_loss'], rtol=1e-4)
+
+
+def test_scanned_units_get_their_own_drop_rates_and_masks(monkeypatch):
+  """Stochastic depth inside a scan: each unit of a run receives its own rate (timm's linear
+  rule over the whole network, as unrolled) and its own drop-path key."""
+  from resnet_flax.models import blocks
+  from resnet_flax.models.resnet import drop_path_rates
+  seen = []
+
+  def recording(x, rate, key):
+    jax.debug.callback(lambda r, k: seen.append((float(r), tuple(np.asarray(k).ravel()))),
+                       rate, jax.random.key_data(key) if jnp.issubdtype(key.dtype,
+                                                                        jax.dtypes.prng_key)
+                       else key)
+    return original(x, rate, key)
+  original = blocks.drop_path
+  monkeypatch.setattr(blocks, 'drop_path', recording)
+  model = create_model({**model_fields('resnet20'), 'scan_units': 'on', 'drop_path_rate': 0.4})
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  jax.block_until_ready(model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                    rngs={'drop_path': jax.random.PRNGKey(2)}))
+  jax.effects_barrier()
+  assert sorted(r for r, _ in seen) == pytest.approx(sorted(drop_path_rates((3, 3, 3), 0.4)))
+  assert len({k for _, k in seen}) == 9

@@ -7,18 +7,15 @@ The torch side (random models, their logits, saved files) runs in a separate pro
 tests/torch_reference.py: torch and JAX in one process can crash at import.
 """
 
-import functools
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, flax_logits, torch_reference
 from resnet_flax import rundir
 from resnet_flax.checkpoint import compat, pretrained
 from resnet_flax.inference import predictor as inference
@@ -39,31 +36,14 @@ LOGIT_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d']
 def torch_files(tmp_path_factory):
   """The folder of tests/torch_reference.py's files, written by a separate process (this one
   never imports torch)."""
-  missing = [m for m in ('torch', 'torchvision', 'safetensors')
-             if importlib.util.find_spec(m) is None]
-  if missing:
-    pytest.skip(f'{", ".join(missing)} missing: test requirements, pip install -r '
-                f'requirements-test.txt')
   out = tmp_path_factory.mktemp('torch')
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'tests', 'torch_reference.py'), str(out),
-       *LOGIT_MODELS, *[n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS]],
-      capture_output=True, text=True, timeout=600, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return out
+  return torch_reference(out, ('torch', 'torchvision', 'safetensors'), [
+      out, *LOGIT_MODELS, *[n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS]])
 
 
 def numpy_state_dict(torch_files, name):
   """The state dict of tests/torch_reference.py's random `name`, read from its .pth file."""
   return tv.read_state_dict(str(torch_files / f'{name}.pth'))
-
-
-def flax_logits(fields, params, batch_stats, nchw):
-  model = create_model(fields)
-  apply = jax.jit(functools.partial(model.apply, train=False))
-  return np.asarray(apply({'params': params, 'batch_stats': batch_stats},
-                          nchw.transpose(0, 2, 3, 1)))
 
 
 @pytest.mark.parametrize('name', LOGIT_MODELS)

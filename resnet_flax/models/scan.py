@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _SCANNED = re.compile(r'stage(\d+)_units(\d+)to(\d+)')
@@ -71,17 +72,18 @@ def stage_segments(strides: Sequence[int], min_run: int) -> list[Segment]:
   return segments
 
 
-def _body(module, carry, _):
-  return module(carry), None
+def _body(module, carry, drop_rate):
+  return module(carry, drop_rate), None
 
 
-def run_scanned(unit: nn.Module, x, length: int, remat: bool = False):
-  """Applies `unit` `length` times to `x` under nn.scan: its variables stacked along a leading
-  axis, each unit initialised with its own random key (`split_rngs`)."""
+def run_scanned(unit: nn.Module, x, drop_rates: Sequence[float], remat: bool = False):
+  """Applies `unit` once per entry of `drop_rates` (each unit's stochastic-depth rate) to `x`
+  under nn.scan: its variables stacked along a leading axis, each unit initialised with its own
+  random key and drawing its own drop-path masks (`split_rngs`)."""
   body: Callable = nn.remat(_body) if remat else _body
   scan = nn.scan(body, variable_axes={'params': 0, 'batch_stats': 0},
-                 split_rngs={'params': True}, length=length)
-  x, _ = scan(unit, x, None)
+                 split_rngs={'params': True, 'drop_path': True}, length=len(drop_rates))
+  x, _ = scan(unit, x, jnp.asarray(drop_rates, jnp.float32))
   return x
 
 
