@@ -18,7 +18,7 @@ import ml_collections
 
 from resnet_flax import optim, transfer, tree
 from resnet_flax.data import source as data_source
-from resnet_flax.data import splits
+from resnet_flax.data import policies, splits
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import registry
 
@@ -26,6 +26,7 @@ PARALLELISM = ('jit', 'pmap')
 NAN_POLICIES = ('stop', 'skip_step')
 BEST_METRICS = ('eval_top1', 'eval_top5', 'eval_loss')
 ON_EXISTING_RUN = ('resume', 'restart', 'error')
+LOSSES = ('cross_entropy', 'bce')   # the training losses (train.losses)
 
 
 def flatten(config_dict: dict) -> dict:
@@ -35,10 +36,10 @@ def flatten(config_dict: dict) -> dict:
           for k, v in tree.flatten(config_dict, sep='.').items()}
 
 
-# model fields that describe the task, not the network: a model name selected on the command
-# line keeps the config's values of these
+# model fields that describe the task or the training, not the network: a model name selected
+# on the command line keeps the config's values of these
 TASK_MODEL_FIELDS = ('num_classes', 'include_top', 'pooling', 'head_hidden', 'dtype',
-                     'param_dtype')
+                     'param_dtype', 'drop_path_rate')
 
 
 def select_model_name(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
@@ -73,6 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'             # compute precision: bfloat16 = mixed precision (f32 params,
                                   # optimizer state, BatchNorm statistics, loss)
   c.label_smoothing = 0.0
+  c.loss = 'cross_entropy'        # cross_entropy (softmax) | bce (a sigmoid per class, averaged
+                                  # over the classes: "ResNet strikes back")
+  c.bce_target_threshold = 0.0    # bce: targets above it count as 1, the others as 0; 0: soft
+  c.mixup_alpha = 0.0             # mixup: lambda ~ Beta(alpha, alpha); 0: off
+  c.cutmix_alpha = 0.0            # cutmix: lambda ~ Beta(alpha, alpha), 1 - the box area; 0: off
+  c.mixup_prob = 1.0              # the probability that a batch is mixed (mixup or cutmix)
+  c.mixup_switch_prob = 0.5       # both on: the probability of cutmix rather than mixup
   c.ema_decay = 0.0               # 0: no EMA; else eval uses the EMA of params and batch_stats
   c.seed = 0
   c.parallelism = 'jit'           # jit (Mesh + NamedSharding) | pmap
@@ -135,6 +143,21 @@ def _check_freeze(config, model) -> None:
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                              jax.numpy.zeros((1, 64, 64, 3)), train=False))
   transfer.frozen_mask(shapes['params'], config.freeze, model.head_names)
+
+
+def _check_loss_and_mixing(config) -> None:
+  _check_choice(config, 'loss', LOSSES)
+  if not 0.0 <= config.bce_target_threshold < 1.0:
+    _fail('bce_target_threshold', config.bce_target_threshold,
+          'must be in [0, 1) (0: soft targets)')
+  if config.bce_target_threshold and config.loss != 'bce':
+    _fail('bce_target_threshold', config.bce_target_threshold, "applies to config.loss='bce'")
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if not (math.isfinite(config[field]) and config[field] >= 0):
+      _fail(field, config[field], 'must be >= 0 (0: off)')
+  for field in ('mixup_prob', 'mixup_switch_prob'):
+    if not 0.0 <= config[field] <= 1.0:
+      _fail(field, config[field], 'must be a probability in [0, 1]')
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> None:
@@ -200,6 +223,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
             f'must divide the per-device batch of {per_device} examples')
   if not 0.0 <= config.label_smoothing < 1.0:
     _fail('label_smoothing', config.label_smoothing, 'must be in [0, 1)')
+  _check_loss_and_mixing(config)
   if not 0.0 <= config.ema_decay < 1.0:
     _fail('ema_decay', config.ema_decay, 'must be in [0, 1) (0 disables the EMA)')
   for field in ('shuffle_buffer', 'threadpool_size'):
@@ -215,6 +239,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
           'must be in (0, 1]: the center crop S over the resized shorter side (e.g. 224 / 256)')
   if config.data.random_crop_pad < 0:
     _fail('data.random_crop_pad', config.data.random_crop_pad, 'must be >= 0')
+  if config.data.eval_image_size < 0:
+    _fail('data.eval_image_size', config.data.eval_image_size, 'must be >= 0 (0: image_size)')
+  policies.check_fields(config.data)
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
     _fail('data.std', config.data.std,
           'data.mean and data.std need the same length (1 or one per channel) and std > 0')

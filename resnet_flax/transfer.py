@@ -60,7 +60,11 @@ def frozen_mask(params: Any, freeze: str, head_modules=('head',)) -> Any:
   if not any(flags):
     names = jax.tree.leaves(paths)
     example = ', '.join(dict.fromkeys(names[i * (len(names) - 1) // 3] for i in range(4)))
-    raise ConfigError(f'config.{what} matches no parameter; parameter paths look like {example}')
+    scanned = ('; the identical units of a stage are scanned and share one array per layer '
+               '(stageS_unitsAtoB): --config.model.scan_units=off names every unit'
+               if any('_units' in n for n in names) and '_unit' in freeze else '')
+    raise ConfigError(f'config.{what} matches no parameter; parameter paths look like '
+                      f'{example}{scanned}')
   if all(flags):
     raise ConfigError(f'config.{what} freezes every parameter, so nothing would train; leave '
                       'some parameters out of the pattern')

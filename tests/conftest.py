@@ -7,7 +7,10 @@ configured before JAX runs anything. Then:
   a test that needs one skips with the reason when it is absent, and fails instead when
   `RESNET_FLAX_REQUIRE_SHARED_DATA=1` (what CI sets, so CI never skips them silently);
 * `tiny_config(**overrides)`: ResNet-8 on 8x8 synthetic images, compiles in seconds;
+  `mnist_config(**overrides)`: the same network on 6,000 real MNIST digits (learning tests);
   `run_steps`, `assert_trees_close`, `assert_trees_differ`, `assert_bitwise_equal`;
+* torch references: `torch_reference(out, modules, args)` runs tests/torch_reference.py in a
+  separate process (skips when a module of `modules` is missing); `flax_logits`;
 * the command line: `subprocess_env()`, `command(NAME, ...)` (`scripts/NAME.py`),
   `config_text(backend, root)` (the tiny model as a config file for a subprocess);
 * run folders: `saved_steps`, `metrics_events`, `without_time`, `final_state`, `wait_for`
@@ -117,6 +120,46 @@ def tiny_config(**overrides):
   c.log_tensorboard = False
   c.progress_bar = False
   return set_fields(c, overrides)
+
+
+def mnist_config(**overrides):
+  """`tiny_config`'s ResNet-8 (width 8) on 6,000 MNIST training and 2,000 test digits, batch 64,
+  240 steps of cosine decay from 0.1 (skips as `shared_data` when MNIST is absent)."""
+  return tiny_config(**{'model.width': 8, 'data.source': 'npz',
+                        'data.dir': shared_data('mnist.npz'), 'data.image_size': 0,
+                        'data.channels': 0, 'data.random_crop_pad': 0,
+                        'data.random_flip': False, 'data.train_split': 'train[:6000]',
+                        'data.eval_split': 'test[:2000]', 'data.mean': (33.0,),
+                        'data.std': (79.0,), 'batch_size': 64, 'num_train_steps': 240,
+                        'schedule.name': 'cosine', 'eval_every_steps': 240,
+                        'log_every_steps': 40, **overrides})
+
+
+def torch_reference(out, modules, args):
+  """Runs tests/torch_reference.py ARGS (with `out`, its output folder, among them) in a separate
+  process: the test process never imports torch. Skips when a module of `modules` is missing."""
+  import importlib.util
+  import subprocess
+  missing = [m for m in modules if importlib.util.find_spec(m) is None]
+  if missing:
+    pytest.skip(f'{", ".join(missing)} missing: test requirements, pip install -r '
+                f'requirements-test.txt')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'tests', 'torch_reference.py'),
+                           *map(str, args)], capture_output=True, text=True, timeout=900,
+                          env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return out
+
+
+def flax_logits(fields, params, batch_stats, nchw):
+  """Eval-mode logits of converted weights on torch-layout (N, C, H, W) images."""
+  import functools
+  from resnet_flax.models import create_model
+  model = create_model(fields)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  return np.asarray(apply({'params': params, 'batch_stats': batch_stats},
+                          nchw.transpose(0, 2, 3, 1)))
 
 
 def run_steps(config, devices, num_steps=2):
@@ -229,6 +272,9 @@ _DATA_LINES = {
   c.data.dir = {root!r}
   c.data.worker_count = 1''',
 }
+# the in-memory data with ResNet-20's depth, its stages' units 2-3 as one nn.scan
+_DATA_LINES['scan'] = _DATA_LINES['memory'] + (
+    "\n  c.model.depth = 20\n  c.model.scan_units = 'on'")
 
 
 def image_tree(root):
@@ -245,8 +291,9 @@ def image_tree(root):
 
 
 def config_text(backend, root):
-  """The tiny model as a config file, on synthetic data ('memory') or a PNG folder (written
-  under `root`) read by tf.data ('tfdata') or by Grain with a worker process ('grain')."""
+  """The tiny model as a config file, on synthetic data ('memory'; 'scan': at depth 20 with
+  scanned stages) or a PNG folder (written under `root`) read by tf.data ('tfdata') or by Grain
+  with a worker process ('grain')."""
   lines = _DATA_LINES[backend]
   if backend in ('tfdata', 'grain'):
     lines = lines.format(root=str(image_tree(os.path.join(root, 'images'))))

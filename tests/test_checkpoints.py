@@ -24,10 +24,10 @@ from resnet_flax.errors import CheckpointError, ConfigError
 from resnet_flax.train import loop, resume, steps
 from resnet_flax.train.build import build_run
 
-# Input back ends the exact-resume tests cover: in-memory (JAX augmentation), tf.data (host
+# What the exact-resume tests cover: the in-memory back end (JAX augmentation), tf.data (host
 # augmentation with stateless random ops) and Grain (host augmentation in a worker process)
-# reading an image-folder tree.
-BACKENDS = ['memory', 'tfdata', 'grain']
+# reading an image-folder tree, and a model with scanned stages (in memory).
+BACKENDS = ['memory', 'tfdata', 'grain', 'scan']
 
 
 def _saving_now(workdir):

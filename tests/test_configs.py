@@ -55,3 +55,33 @@ def test_paper_recipes():
 
   c = load('configs/paper/imagenette.py')
   assert (c.model.depth, c.model.num_classes, c.data.image_size) == (18, 10, 128)
+
+
+def test_modern_recipes():
+  c = load('configs/paper/imagenet_rsb_a3.py')
+  assert (c.model.name, c.model.zero_init_residual, c.model.drop_path_rate) == (
+      'resnet50', True, 0.0)
+  assert (c.data.image_size, c.data.eval_image_size, c.data.eval_crop_fraction) == (
+      160, 224, 0.95)
+  assert (c.batch_size, c.num_epochs, c.dtype) == (2048, 100, 'bfloat16')
+  assert (c.optimizer.name, c.optimizer.weight_decay, c.optimizer.weight_decay_mode,
+          c.optimizer.weight_decay_exclude) == ('lamb', 0.02, 'decoupled', 'bn_and_bias')
+  assert (c.schedule.name, c.schedule.base_lr, c.schedule.base_batch_size,
+          c.schedule.warmup_epochs) == ('cosine', 8e-3, 2048, 5)
+  assert (c.loss, c.label_smoothing, c.mixup_alpha, c.cutmix_alpha, c.mixup_switch_prob) == (
+      'bce', 0.0, 0.1, 1.0, 0.5)
+  assert (c.data.auto_augment, c.data.randaugment_num_ops, c.data.randaugment_magnitude,
+          c.data.randaugment_magnitude_std, c.data.random_erasing) == (
+              'randaugment', 2, 6.0, 0.5, 0.0)
+  assert c.ema_decay == 0.0
+
+  c = load('configs/paper/cifar10_stochastic_depth.py')
+  assert (c.model.name, c.model.version, c.model.drop_path_rate) == ('preact_resnet164', 'v2',
+                                                                      0.5)
+  assert (c.num_train_steps, c.num_epochs, c.batch_size) == (-1, 500, 128)
+  assert (c.schedule.name, tuple(c.schedule.boundaries_epochs), c.optimizer.nesterov) == (
+      'step', (250, 375), True)
+  # another depth from the command line keeps the recipe's stochastic depth
+  c.model.name = 'preact_resnet1001'
+  configuration.select_model_name(c, {'model.name': 'preact_resnet1001'})
+  assert (c.model.depth, c.model.drop_path_rate) == (1001, 0.5)

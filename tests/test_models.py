@@ -93,23 +93,30 @@ CIFAR_PARAMS = {  # He et al. 2015, section 4.2 (option A shortcuts)
 }
 
 
+LAYOUTS = pytest.mark.parametrize('layout', ['off', 'on'])   # model.scan_units
+
+
+@LAYOUTS
 @pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
-def test_params_equal_torchvision(name):
-  counts = model_stats.count_variables(make(name), 224)
+def test_params_equal_torchvision(name, layout):
+  counts = model_stats.count_variables(make(name, scan_units=layout), 224)
   assert counts['params'] == TORCHVISION_PARAMS[name]
 
 
+@LAYOUTS
 @pytest.mark.parametrize('name', sorted(CIFAR_PARAMS))
-def test_cifar_params_equal_paper(name):
-  assert model_stats.count_variables(make(name), 32)['params'] == CIFAR_PARAMS[name]
+def test_cifar_params_equal_paper(name, layout):
+  counts = model_stats.count_variables(make(name, scan_units=layout), 32)
+  assert counts['params'] == CIFAR_PARAMS[name]
 
 
 @pytest.mark.parametrize('name,expected,tolerance', [
     ('preact_resnet164', 1.7e6, 0.01),
     ('preact_resnet1001', 10.2e6, 0.02),
 ])
-def test_preact_params_match_paper(name, expected, tolerance):
-  params = model_stats.count_variables(make(name), 32)['params']
+@LAYOUTS
+def test_preact_params_match_paper(name, expected, tolerance, layout):
+  params = model_stats.count_variables(make(name, scan_units=layout), 32)['params']
   assert abs(params - expected) <= tolerance * expected
 
 

@@ -266,6 +266,31 @@ def test_lars_builds_and_steps():
     assert 0 < step < 0.5 * 0.01
 
 
+def test_lamb_step_by_hand():
+  """One LAMB step: Adam's first update g / (|g| + eps) plus wd * w, times the leaf's trust
+  ratio ||w|| / ||update||; the excluded leaves (BN, biases) take Adam's step alone."""
+  lr, wd, eps = 0.01, 0.02, 1e-6
+  cfg = _opt_cfg(name='lamb', eps=eps, weight_decay=wd, weight_decay_mode='decoupled')
+  params, grads = _params(), _grads(4)
+  new = _steps(optim.build_optimizer(cfg, lr, params), params, [grads])
+
+  def reference(w, g, decayed):
+    w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+    u = g / (np.abs(g) + eps)
+    if not decayed:
+      return w - lr * u
+    u = u + wd * w
+    return w - lr * np.linalg.norm(w) / np.linalg.norm(u) * u
+  _assert_trees_close(new, jax.tree.map(reference, params, grads, MASK), rtol=1e-5, atol=1e-7)
+  # without exclusions it is optax.lamb
+  every = _opt_cfg(name='lamb', eps=eps, weight_decay=wd, weight_decay_mode='decoupled',
+                   weight_decay_exclude='none')
+  grads_list = [_grads(i) for i in range(3)]
+  _assert_trees_close(_steps(optim.build_optimizer(every, lr), params, grads_list),
+                      _steps(optax.lamb(lr, eps=eps, weight_decay=wd), params, grads_list),
+                      rtol=1e-6)
+
+
 def test_grad_clipping_to_global_norm():
   cfg = _opt_cfg(momentum=0.0, weight_decay=0.0, grad_clip_norm=2.0)
   params = _params()
@@ -283,7 +308,8 @@ def test_grad_clipping_to_global_norm():
 
 
 @pytest.mark.parametrize('fields, message', [
-    ({'name': 'adam'}, "optimizer.name='adam' is not allowed; allowed: 'sgd', 'adamw', 'lars'"),
+    ({'name': 'adam'},
+     "optimizer.name='adam' is not allowed; allowed: 'sgd', 'adamw', 'lars', 'lamb'"),
     ({'momentum': 1.0}, 'optimizer.momentum'),
     ({'momentum': -0.1}, 'optimizer.momentum'),
     ({'weight_decay': -1e-4}, 'optimizer.weight_decay'),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import (REPO, assert_trees_close, assert_trees_differ, command, run_command,
-                      run_steps, shared_data, subprocess_env, tiny_config)
+                      mnist_config, run_steps, subprocess_env, tiny_config)
 from resnet_flax import config as config_lib
 from resnet_flax.config import base_config
 from resnet_flax.data import arrays, batches
@@ -170,15 +170,7 @@ def test_build_errors_are_config_errors(overrides, field):
 @pytest.mark.slow
 def test_learns_mnist(tmp_path):
   """ResNet-8 on 6,000 MNIST digits for 240 steps: far above chance, falling loss."""
-  c = tiny_config(**{'model.width': 8, 'data.source': 'npz',
-                     'data.dir': shared_data('mnist.npz'),
-                     'data.image_size': 0, 'data.channels': 0, 'data.random_crop_pad': 0,
-                     'data.random_flip': False, 'data.train_split': 'train[:6000]',
-                     'data.eval_split': 'test[:2000]', 'data.mean': (33.0,),
-                     'data.std': (79.0,), 'batch_size': 64, 'num_train_steps': 240,
-                     'schedule.name': 'cosine', 'eval_every_steps': 240,
-                     'log_every_steps': 40})
-  results = loop.train_and_evaluate(c, str(tmp_path))
+  results = loop.train_and_evaluate(mnist_config(), str(tmp_path))
   assert results['eval_top1'] > 0.9
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   train_losses = [l['train_loss'] for l in lines if 'train_loss' in l]

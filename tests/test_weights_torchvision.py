@@ -7,22 +7,20 @@ The torch side (random models, their logits, saved files) runs in a separate pro
 tests/torch_reference.py: torch and JAX in one process can crash at import.
 """
 
-import functools
-import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, flax_logits, torch_reference
 from resnet_flax import rundir
 from resnet_flax.checkpoint import compat, pretrained
 from resnet_flax.inference import predictor as inference
-from resnet_flax.models import create_model
+from resnet_flax.models import create_model, scan
+from resnet_flax.models.registry import abstract_variables
 from resnet_flax.train import build
 from resnet_flax.train.state import create_train_state
 from resnet_flax.errors import WeightsError
@@ -38,31 +36,14 @@ LOGIT_MODELS = ['resnet18', 'resnet50', 'resnext50_32x4d']
 def torch_files(tmp_path_factory):
   """The folder of tests/torch_reference.py's files, written by a separate process (this one
   never imports torch)."""
-  missing = [m for m in ('torch', 'torchvision', 'safetensors')
-             if importlib.util.find_spec(m) is None]
-  if missing:
-    pytest.skip(f'{", ".join(missing)} missing: test requirements, pip install -r '
-                f'requirements-test.txt')
   out = tmp_path_factory.mktemp('torch')
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'tests', 'torch_reference.py'), str(out),
-       *LOGIT_MODELS, *[n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS]],
-      capture_output=True, text=True, timeout=600, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return out
+  return torch_reference(out, ('torch', 'torchvision', 'safetensors'), [
+      out, *LOGIT_MODELS, *[n for n in tv.TORCHVISION_NAMES if n not in LOGIT_MODELS]])
 
 
 def numpy_state_dict(torch_files, name):
   """The state dict of tests/torch_reference.py's random `name`, read from its .pth file."""
   return tv.read_state_dict(str(torch_files / f'{name}.pth'))
-
-
-def flax_logits(fields, params, batch_stats, nchw):
-  model = create_model(fields)
-  apply = jax.jit(functools.partial(model.apply, train=False))
-  return np.asarray(apply({'params': params, 'batch_stats': batch_stats},
-                          nchw.transpose(0, 2, 3, 1)))
 
 
 @pytest.mark.parametrize('name', LOGIT_MODELS)
@@ -71,6 +52,23 @@ def test_converted_logits_equal_torchvision(torch_files, name):
   fields, params, batch_stats = tv.convert_torchvision(name, numpy_state_dict(torch_files, name))
   got = flax_logits(fields, params, batch_stats, reference['images'])
   assert np.std(reference['logits']) > 0.2   # non-trivial logits
+  np.testing.assert_array_less(np.abs(got - reference['logits']).max(), 1e-4)
+
+
+def test_converted_weights_load_into_a_scanned_resnet50(torch_files):
+  """The same weights in the scanned layout (stages' identical units stacked) give the same
+  logits as unrolled, and torchvision's."""
+  reference = np.load(torch_files / 'resnet50.npz')
+  fields, params, stats = tv.convert_torchvision('resnet50',
+                                                 numpy_state_dict(torch_files, 'resnet50'))
+  scanned = {**fields, 'scan_units': 'on'}
+  layout = abstract_variables(scanned, 64)
+  scanned_params = scan.restack(params, layout['params'])
+  assert 'stage3_units2to6' in scanned_params and 'stage3_unit4' not in scanned_params
+  got = flax_logits(scanned, scanned_params, scan.restack(stats, layout['batch_stats']),
+                    reference['images'])
+  unrolled = flax_logits(fields, params, stats, reference['images'])
+  np.testing.assert_allclose(got, unrolled, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_less(np.abs(got - reference['logits']).max(), 1e-4)
 
 

@@ -1,12 +1,14 @@
-"""Reference files from PyTorch for tests/test_weights_torchvision.py, written by a separate
-process: `python tests/torch_reference.py OUT_DIR NAME...` (NAME: torchvision model names).
+"""Reference files from PyTorch for tests/test_weights_torchvision.py and
+tests/test_weights_timm.py, written by a separate process: `python tests/torch_reference.py
+[--timm] OUT_DIR NAME...` (NAME: torchvision model names, or timm's with --timm).
 
 torch is never imported by the test process itself: its CUDA build and JAX or TensorFlow in one
-process can crash at import. For the first three names it writes a random model's state dict
-(`NAME.pth`; BatchNorm statistics and affine parameters random too, so that every part of the
-conversion changes the logits), its eval-mode logits on a random input (`NAME.npz`), and for
-the first also `NAME.safetensors`; for all names the state dict's shapes (`shapes.json`); and
-two files the converter must refuse (`module.pth`, a pickled nn.Module; `partial.pth`).
+process can crash at import. For the first three names (four with --timm) it writes a random
+model's state dict (`NAME.pth`; BatchNorm statistics and affine parameters random too, so that
+every part of the conversion changes the logits), its eval-mode logits on a random input
+(`NAME.npz`), and for the first also `NAME.safetensors`; for all names the state dict's shapes
+(`shapes.json`); and two files the converter must refuse (`module.pth`, a pickled nn.Module;
+`partial.pth`).
 """
 
 import json
@@ -15,15 +17,23 @@ import sys
 
 import numpy as np
 import torch
-import torchvision
 
 IMAGE_SIZE = 64   # both frameworks pool adaptively; small images keep the test fast
-LOGIT_MODELS = 3
+LOGIT_MODELS = {'torchvision': 3, 'timm': 4}
 
 
-def random_model(name: str, seed: int = 0):
+def create(library: str, name: str):
+  """A randomly initialised torchvision or timm model (nothing is downloaded)."""
+  if library == 'timm':
+    import timm
+    return timm.create_model(name, pretrained=False)
+  import torchvision
+  return torchvision.models.get_model(name, weights=None)
+
+
+def random_model(library: str, name: str, seed: int = 0):
   torch.manual_seed(seed)
-  model = torchvision.models.get_model(name, weights=None)
+  model = create(library, name)
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -34,11 +44,11 @@ def random_model(name: str, seed: int = 0):
   return model.eval()
 
 
-def main(out_dir, names):
+def main(out_dir, names, library='torchvision'):
   os.makedirs(out_dir, exist_ok=True)
   x = np.random.default_rng(1).standard_normal((2, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
-  for i, name in enumerate(names[:LOGIT_MODELS]):
-    model = random_model(name)
+  for i, name in enumerate(names[:LOGIT_MODELS[library]]):
+    model = random_model(library, name)
     with torch.no_grad():
       logits = model(torch.from_numpy(x)).numpy()
     torch.save(model.state_dict(), os.path.join(out_dir, f'{name}.pth'))
@@ -49,7 +59,7 @@ def main(out_dir, names):
   shapes = {}
   for name in names:
     with torch.device('meta'):   # shapes only: nothing is allocated or initialised
-      model = torchvision.models.get_model(name, weights=None)
+      model = create(library, name)
     shapes[name] = {k: list(v.shape) for k, v in model.state_dict().items()
                     if not k.endswith('num_batches_tracked')}
   with open(os.path.join(out_dir, 'shapes.json'), 'w') as f:
@@ -59,4 +69,7 @@ def main(out_dir, names):
 
 
 if __name__ == '__main__':
-  main(sys.argv[1], sys.argv[2:])
+  if sys.argv[1] == '--timm':
+    main(sys.argv[2], sys.argv[3:], 'timm')
+  else:
+    main(sys.argv[1], sys.argv[2:])

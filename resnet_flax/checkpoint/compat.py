@@ -2,7 +2,7 @@
 
 A checkpoint stores the config it was trained with (JSON). `incompatible_fields` lists the
 fields that must match to resume (`RESUME_FIELDS`: the model, the data, the batch size, the
-seed, the optimizer, the freezing; a field the saved config lacks counts as its default),
+seed, the optimizer, the freezing, but not `LAYOUT_FIELDS`; a field the saved config lacks counts as its default),
 `changed_fields` every field that differs (for the resume line), and `config_from_dict` turns
 a saved config back into a `ConfigDict` of today's schema.
 """
@@ -18,6 +18,9 @@ from resnet_flax import config as config_lib
 # `freeze` decides the optimizer state's structure (frozen parameters have none).
 RESUME_FIELDS = ('model.', 'data.source', 'data.name', 'data.dir', 'data.train_split',
                  'data.eval_split', 'batch_size', 'seed', 'optimizer.name', 'freeze')
+# model fields that change how the network is computed, not what it computes: a run may resume
+# with other values (the state is converted between the scanned and unrolled layouts)
+LAYOUT_FIELDS = ('model.scan_units', 'model.remat')
 
 
 def config_to_dict(config) -> dict:
@@ -33,7 +36,8 @@ def incompatible_fields(saved: dict, config) -> list[str]:
   b = config_lib.flatten(config_to_dict(config))
   diffs = []
   for field in sorted(set(a) | set(b)):
-    if not any(field == f or (f.endswith('.') and field.startswith(f)) for f in RESUME_FIELDS):
+    if field in LAYOUT_FIELDS or not any(
+        field == f or (f.endswith('.') and field.startswith(f)) for f in RESUME_FIELDS):
       continue
     if a.get(field) != b.get(field):
       diffs.append(f'{field} ({a.get(field)!r} -> {b.get(field)!r})')

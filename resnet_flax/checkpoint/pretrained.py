@@ -1,6 +1,7 @@
 """Reading a saved checkpoint outside its run: `load_checkpoint` (evaluation, prediction) and
 `load_pretrained` (`config.init_from`: the params and batch_stats whose names and shapes match,
-with a report of what was loaded, re-initialised, new or dropped)."""
+with a report of what was loaded, re-initialised, new or dropped; a source saved with scanned
+stages loads into a model without them and back, `models.scan`)."""
 
 import dataclasses
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 from resnet_flax import rundir, tree
 from resnet_flax.checkpoint.store import Checkpoints
 from resnet_flax.errors import CheckpointError, first_line
+from resnet_flax.models import scan
 
 
 def load_checkpoint(path: str, step: int = -1, template=None, log=print):
@@ -99,9 +101,13 @@ def load_pretrained(path: str, step: int, params: Any, batch_stats: Any):
   arrays of a saved checkpoint whose names and shapes match."""
   chosen, saved, _, _ = load_checkpoint(path, step)
   report = InitReport(source=path, step=chosen)
-  new_params = merge_pretrained(tree.to_dict(params), saved.get('params'), report, 'params')
-  new_stats = merge_pretrained(tree.to_dict(batch_stats), saved.get('batch_stats'), report,
-                               'batch_stats')
+  params, batch_stats = tree.to_dict(params), tree.to_dict(batch_stats)
+  # a source with scanned stages and a target without them (or the other way round): the
+  # source's arrays are put into the target's layout first, so names match unit by unit
+  source_params = scan.restack(saved.get('params') or {}, params)
+  source_stats = scan.restack(saved.get('batch_stats') or {}, batch_stats)
+  new_params = merge_pretrained(params, source_params, report, 'params')
+  new_stats = merge_pretrained(batch_stats, source_stats, report, 'batch_stats')
   if not report.loaded:
     raise CheckpointError(f'init_from {path}: no array of the checkpoint matches this model '
                           f'by name and shape; is it a checkpoint of a model of this family?')

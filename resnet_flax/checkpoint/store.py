@@ -235,9 +235,11 @@ class Checkpoints:
   def restore_latest(self, template, check_config: Optional[Callable[[dict], None]] = None):
     """The newest readable checkpoint as (step, host state, meta, config dict), or None.
 
-    `check_config(saved_config_dict)` may raise to refuse a checkpoint (e.g. an incompatible
-    config): that error propagates. A checkpoint that cannot be read is skipped with a
-    warning (`skip_unreadable`) and the previous one is tried.
+    `template` is the host state to restore into, or a function of the saved config dict that
+    returns it (a checkpoint of another layout restores into its own). `check_config(saved
+    config dict)` may raise to refuse a checkpoint (e.g. an incompatible config): that error
+    propagates. A checkpoint that cannot be read is skipped with a warning
+    (`skip_unreadable`) and the previous one is tried.
     """
     for step in reversed(self.steps()):
       try:
@@ -248,7 +250,8 @@ class Checkpoints:
       if check_config is not None:
         check_config(saved_config)
       try:
-        state, meta, saved_config = self.restore(step, template)
+        state, meta, saved_config = self.restore(
+            step, template(saved_config) if callable(template) else template)
       except Exception as e:  # noqa: BLE001
         self.skip_unreadable(step, first_line(e))
         continue

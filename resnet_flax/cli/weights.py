@@ -5,15 +5,18 @@
       --in weights.safetensors --out DIR
   resnet-flax convert-weights --from torchvision --model resnet50 --download --out DIR
   resnet-flax convert-weights --from keras --model keras_resnet50v2 --in w.h5 --out DIR
+  resnet-flax convert-weights --from timm --model seresnext50_32x4d --in model.safetensors \
+      --out DIR
 
-`--in` is a `.pth` / `.pt` / `.safetensors` file or a URL (torchvision), or a `.h5` /
-`.weights.h5` / `.keras` file (Keras applications, models `keras_resnet50` ...
+`--in` is a `.pth` / `.pt` / `.safetensors` file or a URL (torchvision), a `.pth` /
+`.safetensors` file (timm: SE-ResNet(eXt), ResNet-D, ResNet-RS and timm's plain ResNets), or a
+`.h5` / `.weights.h5` / `.keras` file (Keras applications, models `keras_resnet50` ...
 `keras_resnet152v2`); `--download` fetches the official weights of the model (needs internet;
-cached by torch.hub or Keras). DIR then reads like a run folder (`resnet-flax evaluate
---workdir DIR`, `--config.init_from=DIR`, `resnet-flax predict`); its stored config is
-configs/imagenet.py with the model's fields (preprocessing included), and the number of classes
-is that of the weights' classifier. `--eval-crop-fraction` sets the stored eval resize
-(torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
+cached by torch.hub, Keras or timm's Hugging Face cache). DIR then reads like a run folder
+(`resnet-flax evaluate --workdir DIR`, `--config.init_from=DIR`, `resnet-flax predict`); its
+stored config is configs/imagenet.py with the model's fields (preprocessing included), and the
+number of classes is that of the weights' classifier. `--eval-crop-fraction` sets the stored
+eval resize (torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
 """
 
 import argparse

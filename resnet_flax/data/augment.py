@@ -1,10 +1,17 @@
 """Preprocessing and augmentation of uint8 image batches, in JAX (runs inside the jitted step).
 
-Train: zero-pad-and-random-crop and horizontal flip (preset 'cifar' or the explicit fields), keyed per example by
-fold_in(step key, position in the global batch), so the augmentation of an example is the same
-on any number of devices. Then resize (when `data.image_size` differs from the stored size),
-channel repeat (grey to RGB when the model wants more channels), and normalisation with
-`data.mean` / `data.std` on the 0..255 scale. Eval: the same without the random parts.
+Train: zero-pad-and-random-crop and horizontal flip (preset 'cifar' or the explicit fields), keyed
+per example by fold_in(step key, position in the global batch), so the augmentation of an example
+is the same on any number of devices. Then resize (when `data.image_size` differs from the stored
+size), channel repeat (grey to RGB when the model wants more channels), the per-example policy
+(`data.auto_augment`: RandAugment or TrivialAugment, `policies`), normalisation with `data.mean` /
+`data.std` on the 0..255 scale, and random erasing (`data.random_erasing`). Eval: the same without
+the random parts, at `data.eval_image_size` when set.
+
+A host back end (tf.data, Grain) delivers images already cropped, flipped and at their final size; the
+policy and the erasing still run here, on the device, after the host's crop and flip, as in
+timm's pipeline (random-resized crop, flip, RandAugment, normalise, erase). So they are one
+implementation for every back end, keyed the same way.
 """
 
 from typing import Callable
@@ -12,7 +19,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from resnet_flax.data.source import PRESETS
+from resnet_flax import fields
+from resnet_flax.data import image_ops, policies
+from resnet_flax.data.source import DATA_DEFAULTS, PRESETS
 from resnet_flax.errors import ConfigError
 
 
@@ -61,8 +70,9 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
   or `random_crop_pad`, random crop, flip), 'mnist' (zero-pad to 32x32, grey -> 3 channels).
   'imagenet' (random-resized crops of JPEGs) belongs to the host back ends (tf.data, Grain).
   `augment_on_device=False` (a source that augments on the host, e.g. Grain) leaves only the
-  deterministic part: resize, channel repeat, normalisation.
+  deterministic part, resize, channel repeat, normalisation, and the policy and erasing.
   """
+  data_cfg = fields.merged(data_cfg, DATA_DEFAULTS, 'data')
   preset = data_cfg['preprocess']
   if preset not in PRESETS:
     raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
@@ -83,6 +93,10 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
     raise ConfigError(f'data.channels={channels}: cannot turn {stored_channels}-channel images '
                       f'into {channels} channels')
   repeat = channels // stored_channels
+  eval_size = int(data_cfg['eval_image_size']) or size
+  fill = image_ops.to_8bit(jnp.broadcast_to(jnp.asarray(data_cfg['mean'], jnp.float32),
+                                            (channels,)))
+  policy, erase = policies.make(data_cfg, tuple(float(v) for v in fill))
 
   def augment_one(image, key):
     crop_key, flip_key = jax.random.split(key)
@@ -94,16 +108,23 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
 
   def preprocess(images, key, positions, train: bool):
     x = images
+    keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
     if train and (pad or flip):
-      keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
       x = jax.vmap(augment_one)(x, keys)
     if border:
       x = jnp.pad(x, ((0, 0), (border, border), (border, border), (0, 0)))
     x = x.astype(jnp.float32)
-    if x.shape[1] != size:
-      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'bilinear')
+    side = size if train else eval_size
+    if x.shape[1] != side:
+      x = jax.image.resize(x, (x.shape[0], side, side, x.shape[-1]), 'bilinear')
     if repeat > 1:
       x = jnp.tile(x, (1, 1, 1, repeat))
-    return (x - mean) / std
+    if train and policy is not None:   # per example keys of their own: fold_in(key, 2)
+      x = jax.vmap(policy)(image_ops.to_8bit(x), jax.vmap(
+          lambda k: jax.random.fold_in(k, 2))(keys))
+    x = (x - mean) / std
+    if train and erase is not None:
+      x = jax.vmap(erase)(x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys))
+    return x
 
   return preprocess

@@ -1,10 +1,10 @@
 """What inference needs of the training data: `DataInfo`, saved in every checkpoint's meta.
 
-The image shape the device preprocessing received, whether the host (tf.data) preprocessed the
-images, the class count and names. A run records it from its training source (`of_source`);
-checkpoints saved before the meta recorded it fall back to what the data config says
-(`derive`: the folder source's class folders and first image, digits, synthetic, npz), or fail
-with a one-line error.
+The image shape the device preprocessing received in evaluation, whether a host back end
+(tf.data, Grain) preprocessed the images, the class count and names. A run records it from its
+training and evaluation sources (`of_source`); checkpoints saved before the meta recorded it
+fall back to what the data config says (`derive`: the folder source's class folders and first
+image, digits, synthetic, npz), or fail with a one-line error.
 """
 
 import dataclasses
@@ -23,7 +23,8 @@ from resnet_flax.errors import CheckpointError
 @dataclasses.dataclass
 class DataInfo:
   """The data facts of a run (the checkpoint meta's 'data' entry)."""
-  image_shape: tuple           # (H, W, C) uint8 images as the device preprocessing received them
+  image_shape: tuple           # (H, W, C) uint8 images as the device preprocessing received
+                               # them in evaluation (what prediction prepares images to)
   host_preprocess: bool        # True: a host back end (tf.data, Grain) resized / cropped them
   class_names: Optional[list] = None
   num_classes: Optional[int] = None
@@ -35,8 +36,11 @@ class DataInfo:
             'class_names': list(self.class_names) if self.class_names else None}
 
 
-def of_source(train: Source) -> DataInfo:
-  return DataInfo(tuple(int(d) for d in train.image_shape), bool(train.augmented_on_host),
+def of_source(train: Source, evaluation: Optional[Source] = None) -> DataInfo:
+  """The facts of a run's sources: the image shape evaluation received (`evaluation`'s when
+  given: a host back end emits `data.eval_image_size` there), the rest from `train`."""
+  shape = (evaluation or train).image_shape
+  return DataInfo(tuple(int(d) for d in shape), bool(train.augmented_on_host),
                   list(train.class_names) if train.class_names else None,
                   int(train.num_classes))
 
@@ -79,7 +83,8 @@ def derive(data_cfg) -> DataInfo:
   classes = len(names) if names else None
   if host:
     if size or preset == 'imagenet' or stored:
-      side = augment.host_output_size(preset, size, stored and stored[0])
+      side = augment.host_output_size(preset, int(data_cfg.get('eval_image_size', 0) or size),
+                                      stored and stored[0])
       return DataInfo((side, side, 3), True, names, classes)
   elif stored:
     return DataInfo(tuple(stored), False, names, classes)

@@ -16,6 +16,7 @@ BACKENDS = ('auto', 'memory', 'tfdata', 'grain')
 PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
 ON_BAD_IMAGE = ('error', 'skip')
 IMAGE_LIBRARIES = ('pillow', 'opencv')
+AUTO_AUGMENTS = ('none', 'randaugment', 'trivialaugment')
 
 DATA_DEFAULTS = {
     'source': 'digits',        # digits | npz | synthetic | folder | tfds | arrayrecord
@@ -28,11 +29,19 @@ DATA_DEFAULTS = {
                                # tfdata, arrayrecord: grain, others: memory)
     'preprocess': 'none',      # none | cifar | mnist | imagenet (host back ends: tfdata, grain)
     'image_size': 0,           # 0: the source's own size
+    'eval_image_size': 0,      # evaluation's side S when it differs from training's (e.g. 160
+                               # px train / 224 test); 0: image_size
     'eval_crop_fraction': 0.875,  # imagenet preset eval: shorter side -> S / this, center
                                # crop S (0.875: 256 -> 224; torchvision's V2 weights: 224 / 232)
     'channels': 0,             # 0: the source's own channel count
     'random_crop_pad': 0,      # pad by this many pixels and random-crop back (4: CIFAR)
     'random_flip': False,      # random horizontal flip
+    'auto_augment': 'none',    # none | randaugment | trivialaugment (per example, in training,
+                               # on the device for every back end; see data/policies.py)
+    'randaugment_num_ops': 2,  # RandAugment: ops per image (timm's n)
+    'randaugment_magnitude': 9.0,      # on timm's 0..10 scale (its m)
+    'randaugment_magnitude_std': 0.0,  # Gaussian noise on the magnitude per op (its mstd)
+    'random_erasing': 0.0,     # probability of erasing a random box with noise (timm's reprob)
     'mean': (0.0,),            # per-channel normalisation, on the 0..255 scale
     'std': (255.0,),
     'synthetic_train_size': 1024,

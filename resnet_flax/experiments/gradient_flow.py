@@ -30,13 +30,14 @@ from resnet_flax.train import losses
 from resnet_flax.train.build import build_run
 from resnet_flax.tree import path_str
 
-_MAIN_PATH = re.compile(r'^(stem_conv|stage\d+_unit\d+/conv\d+|head(_\w+)?|head)$')
+_MAIN_PATH = re.compile(r'^(stem_conv\d?|stem_pool_conv|stage\d+_unit\d+/conv\d+|head(_\w+)?|'
+                        r'head)$')
 
 
 def _network_order(module: str):
   """Sort key: the stem, then stages, units and convolutions by number, then the head."""
-  if module == 'stem_conv':
-    return (0, ())
+  if module.startswith('stem'):
+    return (0, (module == 'stem_pool_conv', module))
   if module.startswith('stage'):
     return (1, tuple(int(n) for n in re.findall(r'\d+', module)))
   return (2, tuple(int(n) for n in re.findall(r'\d+', module)) or (1 << 30,))
@@ -72,7 +73,8 @@ def make_layer_statistics(model, num_classes: int):
       logits, variables = model.apply(
           {'params': p, 'batch_stats': batch_stats}, images, train=True,
           mutable=['batch_stats', 'intermediates'],
-          capture_intermediates=_capture_convs_and_dense)
+          capture_intermediates=_capture_convs_and_dense,
+          rngs={'drop_path': jax.random.PRNGKey(0)})   # only a stochastic-depth model reads it
       loss = losses.cross_entropy(logits, labels, num_classes, 0.0).mean()
       return loss, variables['intermediates']
 
@@ -125,6 +127,7 @@ def diagnose(config, model_names, steps: int, *, model_overrides=None, log=print
     run_config.model.update({**model_fields(name), **(model_overrides or {})})
     run_config.model.num_classes = num_classes
     run_config.model.name = name
+    run_config.model.scan_units = 'off'   # the statistics are per layer: every unit its own
     run = build_run(run_config)
     info = run.data_info
     preprocess = augment.make_preprocess(run_config.data, stored_shape=tuple(info.image_shape),

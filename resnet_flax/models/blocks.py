@@ -20,6 +20,18 @@ directly); and shortcut 'B' projects only where the channel count changes, so a 
 strides (Keras' V2 strides in the last unit of a stage) takes the identity subsampled by the
 stride (Keras' 1x1 max pool).
 
+Later variants, each an attribute (off by default):
+
+* `se_ratio` > 0: a squeeze-and-excitation gate (`layers.SqueezeExcite`, submodule `se`) on the
+  residual branch, after its last layer and before the addition (SE-ResNet, ResNet-RS; timm's
+  placement).
+* `shortcut_downsample='avg'`: a projection shortcut of a strided unit average-pools 2x2 with the
+  stride first and then projects with a stride-1 1x1 conv (ResNet-D, "Bag of Tricks").
+* stochastic depth: with `drop_path=True` (training with a drop-path rate) the branch is dropped
+  per example with the rate given to `__call__` (`layers.drop_path`; the randomness comes from
+  the 'drop_path' RNG stream). The rate is a call argument, not an attribute, so that the units
+  of a stage can share one module definition and receive their rates as inputs.
+
 The units take `conv` and `norm` as injected partials: `conv(features, kernel_size, strides=...,
 feature_group_count=..., name=...)` and `norm(name=..., scale_init=...)`.
 """
@@ -29,12 +41,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_flax.models.layers import symmetric_padding
+from resnet_flax.models.layers import (SqueezeExcite, avg_pool_ceil, drop_path,
+                                       symmetric_padding)
 
 ModuleDef = Any
 VERSIONS = ('v1', 'v1.5', 'v2')
 SHORTCUTS = ('A', 'B', 'C')
 FLAVOURS = ('torch', 'keras')
+DOWNSAMPLES = ('conv', 'avg')
 
 
 def _needs_projection(shortcut: str, shape_changes: bool) -> bool:
@@ -68,6 +82,9 @@ class ResidualUnit(nn.Module):
   width_per_group: int = 64
   act: Callable = nn.relu
   flavour: str = 'torch'
+  se_ratio: float = 0.0
+  shortcut_downsample: str = 'conv'
+  drop_path: bool = False
   expansion = 1
 
   def branch_layers(self):
@@ -82,8 +99,28 @@ class ResidualUnit(nn.Module):
     return self.conv(features, (k, k), strides=(s, s), padding=symmetric_padding(k),
                      feature_group_count=g, name=f'conv{index}', **kwargs)
 
+  def _projection(self, x, out_features: int, bias: dict):
+    """The 1x1 projection shortcut of `x` (a strided conv, or average pool then conv)."""
+    strides = self.strides
+    if self.shortcut_downsample == 'avg':
+      if strides > 1:
+        x = avg_pool_ceil(x, strides)
+      strides = 1
+    return self.conv(out_features, (1, 1), strides=(strides, strides),
+                     padding=symmetric_padding(1), name='shortcut_conv', **bias)(x)
+
+  def _branch_end(self, y, drop_rate):
+    """The SE gate and stochastic depth at the end of the residual branch."""
+    if self.se_ratio > 0:
+      y = SqueezeExcite(self.conv, self.se_ratio, name='se')(y)
+    if self.drop_path:
+      y = drop_path(y, drop_rate, self.make_rng('drop_path'))
+    return y
+
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, drop_rate=0.0):
+    """The unit's output; `drop_rate` (a float or a scalar array) is the probability of dropping
+    the residual branch of an example when `drop_path` is on (ignored otherwise)."""
     out_features = self.filters * self.expansion
     shape_changes = self.strides != 1 or x.shape[-1] != out_features
     keras = self.flavour == 'keras'
@@ -103,11 +140,11 @@ class ResidualUnit(nn.Module):
           y = self.act(self.norm(name=f'norm{i}')(y))
         y = self._conv(spec, i, zero if (i == last and self.zero_init_residual) else None,
                        use_bias=keras and i == last)(y)
+      y = self._branch_end(y, drop_rate)
       if not self.residual:
         return y
       if project:
-        sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
-                       padding=symmetric_padding(1), name='shortcut_conv', **bias)(pre)
+        sc = self._projection(pre, out_features, bias)
       elif shape_changes:
         sc = zero_pad_shortcut(x, out_features, self.strides)
       else:
@@ -121,11 +158,10 @@ class ResidualUnit(nn.Module):
       y = self.norm(name=f'norm{i}', scale_init=scale_init)(y)
       if i < last:
         y = self.act(y)
+    y = self._branch_end(y, drop_rate)
     if self.residual:
       if project:
-        sc = self.conv(out_features, (1, 1), strides=(self.strides, self.strides),
-                       padding=symmetric_padding(1), name='shortcut_conv', **bias)(x)
-        sc = self.norm(name='shortcut_norm')(sc)
+        sc = self.norm(name='shortcut_norm')(self._projection(x, out_features, bias))
       elif shape_changes:
         sc = zero_pad_shortcut(x, out_features, self.strides)
       else:

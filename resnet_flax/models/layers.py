@@ -4,10 +4,14 @@
   'SAME', which pads a stride-2 conv on even inputs asymmetrically and changes the numbers.
 * `max_pool`: 3x3 stride-2 max pooling padded with -inf, as torch's `MaxPool2d(3, 2, 1)`, or
   with zeros, as Keras applications' `ZeroPadding2D` + `MaxPooling2D`.
+* `avg_pool_ceil`: 2x2 average pooling with ceil mode and padding left out of the average, as
+  torch's `AvgPool2d(2, s, ceil_mode=True, count_include_pad=False)` in timm's ResNet-D shortcut.
 * `BatchNorm`: batch normalisation whose statistics are taken over the whole (global) batch, over a
   named device axis under `pmap`, or over groups of `group_size` examples ("ghost" BatchNorm, the
   per-GPU statistics of the original paper). Parameter and statistic names match flax's
   `nn.BatchNorm` (`scale`, `bias`; `mean`, `var`) so checkpoints are interchangeable.
+* `SqueezeExcite`: the squeeze-and-excitation gate of Hu et al. 2018, with timm's reduced width.
+* `drop_path`: stochastic depth (Huang et al. 2016) of a residual branch, per example.
 """
 
 from typing import Any, Optional
@@ -34,6 +38,44 @@ def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
   return nn.max_pool(x, (window, window), strides=(stride, stride),
                      padding=symmetric_padding(window))
+
+
+def avg_pool_ceil(x, stride: int):
+  """2x2 average pooling with stride `stride` (NHWC); a window that the ceil mode makes hang over
+  the bottom or right edge averages only the pixels it covers."""
+  pads = ((0, (-x.shape[1]) % stride), (0, (-x.shape[2]) % stride))
+  return nn.avg_pool(x, (2, 2), strides=(stride, stride), padding=pads, count_include_pad=False)
+
+
+def squeeze_excite_width(channels: int, ratio: float, divisor: int = 8) -> int:
+  """The reduced width of an SE gate: channels * ratio rounded to the nearest multiple of
+  `divisor`, at least `divisor` (timm's rule: SE-ResNet-18's 64 channels / 16 -> 8)."""
+  return max(divisor, int(channels * ratio + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nn.Module):
+  """x * sigmoid(expand(relu(reduce(mean over space of x)))): 'reduce' and 'expand' are 1x1
+  convs with biases (the injected `conv`), of widths `squeeze_excite_width` and x's channels."""
+  conv: Any
+  ratio: float
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    s = self.conv(squeeze_excite_width(channels, self.ratio), (1, 1), padding='VALID',
+                  use_bias=True, name='reduce')(s)
+    s = self.conv(channels, (1, 1), padding='VALID', use_bias=True, name='expand')(nn.relu(s))
+    return x * nn.sigmoid(s)
+
+
+def drop_path(x, rate, key):
+  """Per example of the batch, the whole of `x` (a residual branch) is zeroed with probability
+  `rate` and otherwise scaled by 1 / (1 - rate), so that its expectation is `x` (timm's
+  DropPath). `rate` may be a traced scalar; at rate 0 this is exactly `x`."""
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return x * jnp.where(kept, 1.0 / keep, 0.0).astype(x.dtype)
 
 
 class BatchNorm(nn.Module):

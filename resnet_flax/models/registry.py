@@ -10,13 +10,15 @@ the modules it builds trust their arguments.
 import difflib
 from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 
 from resnet_flax import fields
 from resnet_flax.errors import ConfigError
-from resnet_flax.models.blocks import (FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
+from resnet_flax.models import scan
+from resnet_flax.models.blocks import (DOWNSAMPLES, FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
                                        BottleneckBlock)
-from resnet_flax.models.resnet import POOLINGS, ResNet
+from resnet_flax.models.resnet import POOLINGS, STEM_POOLS, STEMS, ResNet
 
 MODEL_DEFAULTS = {
     'name': '',              # a registry name; the fields below define the network (setting
@@ -42,6 +44,20 @@ MODEL_DEFAULTS = {
     'bn_epsilon': 1e-5,
     'bn_group_size': 0,      # 0: statistics over the global batch; k: over groups of k examples
     'flavour': 'torch',      # 'keras': Keras applications' conv biases, padding and V2 strides
+    'scan_units': 'auto',    # 'on' | 'off' | 'auto': a stage's identical units as one nn.scan
+                             # over stacked parameters ('auto': runs of >= scan.AUTO_MIN_UNITS,
+                             # or every run when remat='unit')
+    'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
+    'stem': 'auto',          # 'auto' (the family's: 'imagenet' 7x7 / 'cifar' 3x3) or 'deep'
+                             # (three 3x3 convs, ResNet-C/D); 'imagenet' and 'cifar' also allowed
+    'stem_pool': 'max',      # strided stems: 'max' (3x3/2 max pool) or 'conv' (3x3/2 conv-BN-ReLU,
+                             # ResNet-RS)
+    'shortcut_downsample': 'conv',  # projections of strided units: 'conv' (1x1/2) or 'avg' (2x2/2
+                             # average pool, then 1x1: ResNet-D)
+    'se_ratio': 0.0,         # squeeze-and-excitation on every branch, reduction channels * ratio
+                             # (1/16 SE-ResNet, 0.25 ResNet-RS); 0: none
+    'drop_path_rate': 0.0,   # stochastic depth in training: the last unit's drop rate, linear
+                             # from 0 at the first unit (timm's rule); 0: none
 }
 
 IMAGENET_STAGES = {
@@ -90,6 +106,20 @@ NAMES.update({
     'wide_resnet50_2': _imagenet(50, width_per_group=128),
     'wide_resnet101_2': _imagenet(101, width_per_group=128),
 })
+# the later variants, with timm's definitions: SE-ResNet(eXt) (SE 1/16 of the block's output
+# channels), ResNet-D (deep stem, average-pool shortcuts), ResNet-RS (ResNet-D with SE 0.25 and a
+# strided conv instead of the stem's max pool)
+SE_RATIO = 1 / 16
+RESNET_D = dict(stem='deep', shortcut_downsample='avg')
+for _d in (18, 34, 50, 101, 152):
+  NAMES[f'seresnet{_d}'] = _imagenet(_d, se_ratio=SE_RATIO)
+  NAMES[f'resnet{_d}d'] = _imagenet(_d, **RESNET_D)
+NAMES.update({
+    'seresnext50_32x4d': _imagenet(50, groups=32, width_per_group=4, se_ratio=SE_RATIO),
+    'seresnext101_32x8d': _imagenet(101, groups=32, width_per_group=8, se_ratio=SE_RATIO),
+    'resnetrs50': _imagenet(50, stem_pool='conv', se_ratio=0.25, **RESNET_D),
+    'resnetrs101': _imagenet(101, stem_pool='conv', se_ratio=0.25, **RESNET_D),
+})
 
 
 def describe(cfg: Mapping[str, Any]) -> str:
@@ -101,7 +131,8 @@ def describe(cfg: Mapping[str, Any]) -> str:
   named = model_fields(name)
   changed = [f'{k}={cfg[k]}' for k in ('family', 'depth', 'block', 'version', 'shortcut',
                                        'residual', 'width', 'groups', 'width_per_group',
-                                       'flavour') if k in cfg and k in named and
+                                       'flavour', 'stem', 'stem_pool', 'shortcut_downsample',
+                                       'se_ratio', 'drop_path_rate') if k in cfg and k in named and
              cfg[k] != named[k]]
   return f'{name} with {", ".join(changed)}' if changed else name
 
@@ -163,6 +194,26 @@ def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
   return block, (n, n, n)
 
 
+def _check_variants(cfg: Mapping[str, Any]) -> str:
+  """Checks the fields of the later variants (stem, SE, ResNet-D, stochastic depth); returns
+  the stem."""
+  stem = fields.choice(cfg, 'model', 'stem', ('auto',) + STEMS)
+  stem = cfg['family'] if stem == 'auto' else stem
+  if fields.choice(cfg, 'model', 'stem_pool', STEM_POOLS) != 'max' and stem == 'cifar':
+    raise ConfigError(f"model.stem_pool={cfg['stem_pool']!r} needs a strided stem ('imagenet' "
+                      "or 'deep'); the 'cifar' stem has no pool.")
+  downsample = fields.choice(cfg, 'model', 'shortcut_downsample', DOWNSAMPLES)
+  if downsample != 'conv' and cfg['shortcut'] == 'A':
+    raise ConfigError(f'model.shortcut_downsample={downsample!r} changes projection shortcuts; '
+                      "shortcut 'A' has none (use 'B' or 'C').")
+  fields.number(cfg, 'model', 'se_ratio', low=0.0, high=1.0)
+  rate = fields.number(cfg, 'model', 'drop_path_rate', low=0.0, high=1.0, high_open=True)
+  if rate > 0 and not cfg['residual']:
+    raise ConfigError(f'model.drop_path_rate={rate} drops residual branches; the plain network '
+                      '(model.residual=False) has none.')
+  return stem
+
+
 def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) -> ResNet:
   """The `ResNet` module described by a model config (see `MODEL_DEFAULTS`).
 
@@ -179,6 +230,8 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   fields.choice(cfg, 'model', 'version', VERSIONS)
   fields.choice(cfg, 'model', 'shortcut', SHORTCUTS)
   fields.choice(cfg, 'model', 'flavour', FLAVOURS)
+  fields.choice(cfg, 'model', 'scan_units', scan.SCAN_CHOICES)
+  fields.choice(cfg, 'model', 'remat', scan.REMAT_CHOICES)
   fields.choice(cfg, 'model', 'dtype', DTYPES)
   fields.choice(cfg, 'model', 'param_dtype', DTYPES)
   pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
@@ -200,13 +253,14 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   if int(cfg['bn_group_size']) < 0:
     raise ConfigError(f"model.bn_group_size={cfg['bn_group_size']} must be 0 (global) or "
                       'positive.')
+  stem = _check_variants(cfg)
   num_stages = len(stage_sizes)
   width = int(cfg['width']) or (64 if cfg['family'] == 'imagenet' else 16)
   return ResNet(
       stage_sizes=stage_sizes,
       block_cls=BasicBlock if block == 'basic' else BottleneckBlock,
       stage_widths=tuple(width * 2 ** i for i in range(num_stages)),
-      stem=cfg['family'],
+      stem=stem,
       version=cfg['version'],
       shortcut=cfg['shortcut'],
       residual=bool(cfg['residual']),
@@ -224,7 +278,28 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       bn_axis_name=bn_axis_name,
       bn_group_size=int(cfg['bn_group_size']) or None,
       flavour=cfg['flavour'],
+      scan_min_units=scan.min_units(cfg['scan_units'], cfg['remat'] == 'unit'),
+      remat=cfg['remat'] == 'unit',
+      stem_pool=cfg['stem_pool'],
+      shortcut_downsample=cfg['shortcut_downsample'],
+      se_ratio=float(cfg['se_ratio']),
+      drop_path_rate=float(cfg['drop_path_rate']),
   )
+
+
+def abstract_variables(cfg: Mapping[str, Any], image_size: Optional[int] = None,
+                       channels: int = 3) -> dict:
+  """The model's variables as shapes (`jax.ShapeDtypeStruct` leaves; nothing is computed), for
+  names, shapes and the parameter layout (scanned stages stacked)."""
+  model = create_model(cfg)
+  size = image_size or default_image_size(cfg)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                        jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
+
+
+def unrolled(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The same model with every unit its own module (no scan): the layout of per-unit names."""
+  return {**MODEL_DEFAULTS, **dict(cfg), 'scan_units': 'off'}
 
 
 def default_image_size(cfg: Mapping[str, Any]) -> int:

@@ -5,8 +5,22 @@ variants is a field; the unit type (`BasicBlock` / `BottleneckBlock`) and the co
 layers are injected, so a depth or version sweep never needs a new class.
 
 Stems: 'imagenet' is a 7x7 stride-2 conv then 3x3 stride-2 max pool (BN-ReLU between them in
-v1/v1.5; in v2 the first unit pre-activates, as Keras' ResNetV2 and BiT); 'cifar' is a 3x3
-stride-1 conv (followed by BN-ReLU in v1/v1.5). v2 networks end with BN-ReLU before pooling.
+v1/v1.5; in v2 the first unit pre-activates, as Keras' ResNetV2 and BiT); 'deep' replaces the 7x7
+conv by three 3x3 convs of widths w/2, w/2, w (the first strides 2; BN-ReLU after the first two),
+w the first stage's width: the ResNet-C/D stem of "Bag of Tricks" as timm's resnet*d; 'cifar' is
+a 3x3 stride-1 conv (followed by BN-ReLU in v1/v1.5). `stem_pool='conv'` replaces the max pool of
+a strided stem by a 3x3 stride-2 conv-BN-ReLU (ResNet-RS). v2 networks end with BN-ReLU before
+pooling.
+
+Stochastic depth (`drop_path_rate` > 0, training only): unit k of the K units (0-based, over all
+stages) drops its residual branch with rate `drop_path_rate * k / (K - 1)` (timm's linear rule),
+drawn from the 'drop_path' RNG stream (`apply(..., rngs={'drop_path': key})`); evaluation needs
+no RNG and is the identity on the residual branch.
+
+`scan_min_units` runs each stage's identical units (all but the first, and in Keras' V2 all but
+the striding last) as one `nn.scan` over stacked parameters (`scan.py`), so compile time does not
+grow with depth; `remat` recomputes each unit's activations in the backward pass (memory for
+compute).
 
 `flavour='keras'` reproduces Keras applications' ResNet50...152 (v1) and ResNet50V2...152V2 (v2):
 conv biases (see `blocks`), a stem conv bias, a zero-padded max pool, and in v2 every stage's
@@ -20,10 +34,21 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_flax.models import scan
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
 POOLINGS = (None, 'avg', 'max')
+STEMS = ('imagenet', 'cifar', 'deep')
+STEM_POOLS = ('max', 'conv')
+
+
+def drop_path_rates(stage_sizes: Sequence[int], rate: float) -> list[float]:
+  """Each unit's drop rate, in network order: linear from 0 (first unit) to `rate` (last)."""
+  total = sum(stage_sizes)
+  return [rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]
+
+
 class ResNet(nn.Module):
   """A residual (or plain) network.
 
@@ -54,6 +79,12 @@ class ResNet(nn.Module):
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
   flavour: str = 'torch'
+  scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
+  remat: bool = False               # recompute each unit's activations in the backward pass
+  stem_pool: str = 'max'
+  shortcut_downsample: str = 'conv'
+  se_ratio: float = 0.0
+  drop_path_rate: float = 0.0
 
   @property
   def head_names(self) -> tuple[str, ...]:
@@ -62,6 +93,35 @@ class ResNet(nn.Module):
     if not self.include_top:
       return ()
     return tuple(f'head_hidden{i}' for i in range(1, len(self.head_hidden) + 1)) + ('head',)
+
+  def _stem(self, x, conv, norm):
+    """The stem: 'imagenet' (7x7), 'deep' (3x 3x3) or 'cifar' (3x3) convs, then the pool."""
+    pre_act = self.version == 'v2'
+    bias = {'use_bias': True} if self.flavour == 'keras' else {}
+    width = self.stage_widths[0]
+    if self.stem == 'deep':
+      for k, (w, s) in enumerate(((width // 2, 2), (width // 2, 1)), start=1):
+        x = conv(w, (3, 3), strides=(s, s), padding=symmetric_padding(3),
+                 name=f'stem_conv{k}', **bias)(x)
+        x = nn.relu(norm(name=f'stem_norm{k}')(x))
+      names = ('stem_conv3', 'stem_norm3')
+      x = conv(width, (3, 3), padding=symmetric_padding(3), name=names[0], **bias)(x)
+    elif self.stem in ('imagenet', 'cifar'):
+      k, s = (7, 2) if self.stem == 'imagenet' else (3, 1)
+      names = ('stem_conv', 'stem_norm')
+      x = conv(width, (k, k), strides=(s, s), padding=symmetric_padding(k), name=names[0],
+               **bias)(x)
+    else:
+      raise ValueError(f'stem={self.stem!r}; allowed: {", ".join(STEMS)}')
+    if not pre_act:
+      x = nn.relu(norm(name=names[1])(x))
+    if self.stem == 'cifar':
+      return x
+    if self.stem_pool == 'conv':
+      x = conv(width, (3, 3), strides=(2, 2), padding=symmetric_padding(3),
+               name='stem_pool_conv', **bias)(x)
+      return nn.relu(norm(name='stem_pool_norm')(x))
+    return max_pool(x, zero_pad=self.flavour == 'keras')
 
   @nn.compact
   def __call__(self, x, train: bool = True, return_features: bool = False):
@@ -74,39 +134,36 @@ class ResNet(nn.Module):
         group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
     pre_act = self.version == 'v2'
     keras = self.flavour == 'keras'
-    stem_bias = {'use_bias': True} if keras else {}
     features = {}
 
-    x = jnp.asarray(x, self.dtype)
-    if self.stem == 'imagenet':
-      x = conv(self.stage_widths[0], (7, 7), strides=(2, 2), padding=symmetric_padding(7),
-               name='stem_conv', **stem_bias)(x)
-      if not pre_act:
-        x = nn.relu(norm(name='stem_norm')(x))
-      x = max_pool(x, zero_pad=keras)
-    elif self.stem == 'cifar':
-      x = conv(self.stage_widths[0], (3, 3), padding=symmetric_padding(3), name='stem_conv',
-               **stem_bias)(x)
-      if not pre_act:
-        x = nn.relu(norm(name='stem_norm')(x))
-    else:
-      raise ValueError(f"stem={self.stem!r}; allowed: 'imagenet', 'cifar'")
+    x = self._stem(jnp.asarray(x, self.dtype), conv, norm)
     features['stem'] = x
 
     num_stages = len(self.stage_sizes)
+    stochastic = train and self.drop_path_rate > 0
+    rates = iter(drop_path_rates(self.stage_sizes, self.drop_path_rate))
     stride_at_end = keras and pre_act  # Keras' ResNetV2 strides in a stage's last unit
+    block = nn.remat(self.block_cls) if self.remat else self.block_cls
     for i, (num_units, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      for j in range(num_units):
-        if stride_at_end:
-          strides = 2 if (i < num_stages - 1 and j == num_units - 1) else 1
-        else:
-          strides = 2 if (i > 0 and j == 0) else 1
-        x = self.block_cls(
-            filters=width, strides=strides, conv=conv, norm=norm,
+      if stride_at_end:
+        strides = [2 if (i < num_stages - 1 and j == num_units - 1) else 1
+                   for j in range(num_units)]
+      else:
+        strides = [2 if (i > 0 and j == 0) else 1 for j in range(num_units)]
+      for segment in scan.stage_segments(strides, self.scan_min_units):
+        unit_cls = self.block_cls if segment.scanned else block
+        unit = unit_cls(
+            filters=width, strides=strides[segment.start], conv=conv, norm=norm,
             version=self.version, shortcut=self.shortcut, residual=self.residual,
             zero_init_residual=self.zero_init_residual, groups=self.groups,
             width_per_group=self.width_per_group, flavour=self.flavour,
-            name=f'stage{i + 1}_unit{j + 1}')(x)
+            se_ratio=self.se_ratio, shortcut_downsample=self.shortcut_downsample,
+            drop_path=stochastic, name=segment.name(i + 1))
+        unit_rates = [next(rates) for _ in range(segment.start, segment.stop)]
+        if segment.scanned:
+          x = scan.run_scanned(unit, x, unit_rates, remat=self.remat)
+        else:
+          x = unit(x, unit_rates[0])
       features[f'stage{i + 1}'] = x
 
     if pre_act:

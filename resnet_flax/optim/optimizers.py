@@ -4,10 +4,11 @@ Weight decay has two modes. 'l2': the optimizer applies no decay, and the train 
 `weight_decay * l2_penalty(params, mask)` to the loss, whose gradient is `wd * w` (the original
 ResNet recipe: SGD with momentum on the gradient of loss + L2). 'decoupled': the decay is
 applied inside the optimizer, outside the momentum / adaptive statistics (SGDW, AdamW, LARS's
-own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1 (BatchNorm
-scales and biases, dense biases) is not decayed, in both modes.
+and LAMB's own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1
+(BatchNorm scales and biases, dense biases) is not decayed, in both modes.
 """
 
+import functools
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -17,12 +18,12 @@ import optax
 from resnet_flax import fields
 
 OPTIMIZER_DEFAULTS = {
-    'name': 'sgd',             # 'sgd', 'adamw' or 'lars'
+    'name': 'sgd',             # 'sgd', 'adamw', 'lars' or 'lamb'
     'momentum': 0.9,           # sgd and lars
     'nesterov': False,         # sgd and lars
-    'b1': 0.9,                 # adamw
+    'b1': 0.9,                 # adamw and lamb
     'b2': 0.999,
-    'eps': 1e-8,
+    'eps': 1e-8,               # (timm's LAMB: 1e-6)
     'weight_decay': 1e-4,
     'weight_decay_mode': 'l2',  # 'l2' (penalty added to the loss by the caller) or 'decoupled'
     'weight_decay_exclude': 'none',  # 'none' or 'bn_and_bias' (leaves with ndim <= 1)
@@ -31,7 +32,7 @@ OPTIMIZER_DEFAULTS = {
     'lars_eps': 0.0,
 }
 
-OPTIMIZERS = ('sgd', 'adamw', 'lars')
+OPTIMIZERS = ('sgd', 'adamw', 'lars', 'lamb')
 WEIGHT_DECAY_MODES = ('l2', 'decoupled')
 WEIGHT_DECAY_EXCLUDES = ('bn_and_bias', 'none')
 
@@ -90,6 +91,10 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSc
   'adamw': Adam; in 'decoupled' mode optax.adamw's decay (`-lr * wd * w`).
   'lars': optax.lars; in 'decoupled' mode with its own weight decay, and with
   weight_decay_exclude='bn_and_bias' the excluded leaves also skip the trust ratio.
+  'lamb' (You et al. 2020): optax.lamb's chain (Adam's update, plus `wd * w` in 'decoupled'
+  mode, scaled by the layer's trust ratio ||w|| / ||update||); as for LARS, the excluded
+  leaves skip the trust ratio (timm's Lamb adapts only the decayed parameter group). timm's
+  Lamb also clips the global gradient norm at 1: `grad_clip_norm=1.0` does the same here.
   In 'l2' mode no optimizer decays: the caller adds `l2_coefficient(cfg) * l2_penalty` to the loss.
 
   The decay mask is handed to optax as a callable, so the optimizer can be built before the
@@ -105,8 +110,7 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSc
 
   mask: Optional[Callable[[Any], Any]] = None
   if exclude != 'none':
-    def mask(tree):
-      return weight_decay_mask(tree, exclude)
+    mask = functools.partial(weight_decay_mask, exclude=exclude)
     if params is not None:
       mask(params)
 
@@ -121,6 +125,14 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSc
   elif name == 'adamw':
     tx = optax.adamw(schedule, b1=float(cfg['b1']), b2=float(cfg['b2']), eps=float(cfg['eps']),
                      weight_decay=wd, mask=mask if wd > 0 else None)
+  elif name == 'lamb':
+    trust_ratio = optax.scale_by_trust_ratio()
+    parts = [optax.scale_by_adam(b1=float(cfg['b1']), b2=float(cfg['b2']), eps=float(cfg['eps']))]
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd, mask=mask))
+    parts.append(trust_ratio if mask is None else optax.masked(trust_ratio, mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(*parts)
   else:
     tx = optax.lars(schedule, weight_decay=wd,
                     weight_decay_mask=True if mask is None else mask,

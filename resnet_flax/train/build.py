@@ -15,6 +15,7 @@ from resnet_flax import data, optim
 from resnet_flax.data import augment
 from resnet_flax.data.arrays import ArrayDataset
 from resnet_flax.data.info import DataInfo, of_source
+from resnet_flax.data.mixing import Mixing
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import create_model
 from resnet_flax.train import parallel
@@ -73,6 +74,7 @@ class Run:
   tx: Any = None
   freeze: Optional[FreezeSpec] = None
   data_info: Optional[DataInfo] = None    # saved in checkpoint meta, for inference
+  image_shape: tuple = ()                 # (H, W, C) the model sees
 
 
 def _check_data_fits(config, train_ds) -> None:
@@ -137,11 +139,14 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
       model, tx, preprocess, num_classes=num_classes, label_smoothing=config.label_smoothing,
       weight_decay=config.optimizer.weight_decay, l2_mask=l2_mask, ema_decay=config.ema_decay,
       nan_policy=config.nan_policy, axis_name=par.axis_name, freeze=freeze,
-      log_grad_norms=bool(config.log_grad_norms))
+      log_grad_norms=bool(config.log_grad_norms), loss=config.loss,
+      bce_target_threshold=float(config.bce_target_threshold),
+      mixing=Mixing(float(config.mixup_alpha), float(config.cutmix_alpha),
+                    float(config.mixup_prob), float(config.mixup_switch_prob)))
   eval_step = make_eval_step(model, preprocess, num_classes=num_classes,
                              axis_name=par.axis_name)
   train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
                                          jax.process_count())
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
              par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx, freeze,
-             data_info=of_source(train_ds))
+             data_info=of_source(train_ds, eval_ds), image_shape=tuple(image_shape))

@@ -1,30 +1,75 @@
 """Classification losses and metrics.
 
-Both functions work per example (the caller averages, with weights for padded examples) and
-compute in float32 whatever the dtype of the logits (bfloat16 under mixed precision).
+The functions work per example (the caller averages, with weights for padded examples) and
+compute in float32 whatever the dtype of the logits (bfloat16 under mixed precision). Losses take
+soft targets (a distribution over the classes per example: smoothed labels, mixup / cutmix
+mixtures) from `soft_targets`; `cross_entropy` is the integer-label shortcut.
+
+* 'cross_entropy': softmax cross-entropy, -sum_c t_c log softmax(z)_c;
+* 'bce': binary cross-entropy of each class's sigmoid against its target, averaged over the
+  classes ("ResNet strikes back", timm's BinaryCrossEntropy with reduction 'mean'); with a
+  target threshold, targets above it count as 1 and the others as 0 (timm's
+  `target_threshold`: both classes of a mixed pair are present).
 """
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from resnet_flax.config import LOSSES
+
+
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+  """float32 targets of integer labels: `(1 - label_smoothing) * one_hot(label) +
+  label_smoothing / num_classes` (Szegedy et al. 2016; timm's on/off values)."""
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'label_smoothing={label_smoothing!r} must be in [0, 1).')
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing > 0:
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+  return targets
+
+
+def _check_classes(logits, num_classes):
+  if logits.shape[-1] != num_classes:
+    raise ValueError(f'logits have {logits.shape[-1]} classes on the last axis but '
+                     f'num_classes={num_classes}.')
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy in float32 against soft targets (N, classes)."""
+  _check_classes(logits, targets.shape[-1])
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(targets * log_probs, axis=-1)
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array,
+                         target_threshold: float = 0.0) -> jax.Array:
+  """Per-example binary cross-entropy in float32, the mean over the classes of
+  -t log sigmoid(z) - (1 - t) log(1 - sigmoid(z)); `target_threshold` > 0 first turns the
+  targets into 1 (above it) and 0."""
+  _check_classes(logits, targets.shape[-1])
+  if target_threshold > 0:
+    targets = (targets > target_threshold).astype(jnp.float32)
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(axis=-1)
+
+
+def loss(name: str, logits: jax.Array, targets: jax.Array,
+         bce_target_threshold: float = 0.0) -> jax.Array:
+  """The per-example loss `name` (one of `LOSSES`) against soft targets."""
+  if name == 'cross_entropy':
+    return soft_cross_entropy(logits, targets)
+  if name == 'bce':
+    return binary_cross_entropy(logits, targets, bce_target_threshold)
+  raise ValueError(f'loss={name!r}; allowed: {", ".join(LOSSES)}')
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy in float32 with integer class labels.
-
-  With label smoothing (Szegedy et al. 2016) the target is
-  `(1 - label_smoothing) * one_hot(label) + label_smoothing / num_classes`.
-  """
-  if logits.shape[-1] != num_classes:
-    raise ValueError(f'logits have {logits.shape[-1]} classes on the last axis but '
-                     f'num_classes={num_classes}.')
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f'label_smoothing={label_smoothing!r} must be in [0, 1).')
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if label_smoothing > 0:
-    targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
-  return -jnp.sum(targets * log_probs, axis=-1)
+  """Per-example softmax cross-entropy in float32 with integer class labels (smoothed by
+  `label_smoothing`, see `soft_targets`)."""
+  _check_classes(logits, num_classes)
+  return soft_cross_entropy(logits, soft_targets(labels, num_classes, label_smoothing))
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:

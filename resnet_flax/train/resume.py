@@ -8,8 +8,10 @@ import numpy as np
 
 from resnet_flax.checkpoint import compat, pretrained
 from resnet_flax.errors import CheckpointError, ConfigError
+from resnet_flax.models import create_model, scan
 from resnet_flax.train.build import Run
 from resnet_flax.train.loop_state import LoopState
+from resnet_flax.train.state import create_train_state
 
 
 def init_from_checkpoint(run: Run, path: str, step: int = -1):
@@ -23,6 +25,24 @@ def init_from_checkpoint(run: Run, path: str, step: int = -1):
       ema_params=jax.tree.map(np.copy, params) if host.ema_params is not None else None,
       ema_batch_stats=jax.tree.map(np.copy, stats) if host.ema_params is not None else None)
   return run.par.put_state(host), report
+
+
+def _template_for(saved_config: dict, config, run: Run, template):
+  """The host state to restore a checkpoint into: `template`, or, for a checkpoint saved with
+  another `model.scan_units` (a run saved before the field existed was unrolled), the same
+  state in that checkpoint's layout."""
+  saved = saved_config.get('model', {}).get('scan_units', 'off')
+  if saved == config.model.scan_units:
+    return template
+  if config.freeze:
+    raise ConfigError(f'the checkpoint was saved with model.scan_units={saved!r}; with '
+                      f'config.freeze the layout cannot change on resume: pass '
+                      f'--config.model.scan_units={saved}')
+  model = create_model({**config.model, 'dtype': config.dtype, 'scan_units': saved})
+  shapes = jax.eval_shape(lambda: create_train_state(
+      model, run.tx, seed=config.seed, image_shape=run.image_shape,
+      use_ema=template.ema_params is not None))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def resume_or_start(config, workdir: str, run: Run, ckpts):
@@ -48,13 +68,15 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
             f'checkpoints, or use another --workdir (to fine-tune from it: '
             f'--config.init_from={workdir})')
     template = jax.device_get(run.par.host_state(run.state))
-    restored = ckpts.restore_latest(template, check)
+    restored = ckpts.restore_latest(lambda saved: _template_for(saved, config, run, template),
+                                    check)
     if restored is None:
       raise CheckpointError(
           f'{ckpts.directory}: none of the checkpoints (steps '
           f'{", ".join(map(str, existing))}) can be read; pass '
           f'--config.on_existing_run=restart to start over')
     step, host, meta, saved_config = restored
+    host = scan.convert_layout(host, template)     # a checkpoint saved in the other layout
     changed = compat.changed_fields(saved_config, config)
     note = (f'; changed since: {", ".join(changed[:8])}{" ..." if len(changed) > 8 else ""}'
             if changed else '')

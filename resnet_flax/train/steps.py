@@ -12,6 +12,18 @@ of batches, devices and processes add up exactly; divide by `count` for the mean
 Frozen parameters (`config.freeze`, a `transfer.FreezeSpec`) get no gradient, a zero update
 and keep their bits; the BatchNorm layers whose parameters are all frozen run in inference mode
 inside the training forward pass, so they normalise with, and keep, their running statistics.
+
+Randomness of a step: the per-example augmentation keys are fold_in(step_key, position) with
+step_key = fold_in(state.rng, step); the batch's mixup / cutmix and the stochastic-depth masks
+(the model's 'drop_path' RNG stream) take `stream_key(state.rng, STREAM, step)`, folded first
+with a stream number above any step, so no stream meets another step's keys. Everything is a
+function of (seed, step): a resumed run draws what the uninterrupted run drew. Under pmap the
+drop-path key also folds in the device index (each device drops its own examples) and a
+device's batch is mixed with its own reverse.
+
+Training losses take soft targets (`losses.soft_targets`, mixed by `data.mixing`); without
+mixing, the softmax cross-entropy reads the integer labels directly (`losses.cross_entropy`).
+Top-1 counts the original labels, mixed batch or not.
 """
 
 import contextlib
@@ -22,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from resnet_flax import optim
+from resnet_flax.data.mixing import Mixing
 from resnet_flax.models import stage_of
 from resnet_flax.train import losses
 from resnet_flax.train.state import TrainState
@@ -32,6 +45,16 @@ from resnet_flax.tree import path_str
 def _finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+# stream numbers of `stream_key`, above every step number (steps are int32)
+MIX_STREAM = 0xFFFFFFFF
+DROP_PATH_STREAM = 0xFFFFFFFE
+
+
+def stream_key(rng, stream: int, step) -> jax.Array:
+  """The key of random stream `stream` at `step`: fold_in(fold_in(rng, stream), step)."""
+  return jax.random.fold_in(jax.random.fold_in(rng, stream), step)
 
 
 def per_stage_grad_squares(grads) -> dict[str, jax.Array]:
@@ -48,8 +71,13 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
                     num_classes: int, label_smoothing: float, weight_decay: float,
                     l2_mask, ema_decay: float, nan_policy: str = 'stop',
                     axis_name: Optional[str] = None, freeze: Optional[FreezeSpec] = None,
-                    log_grad_norms: bool = False) -> Callable:
+                    log_grad_norms: bool = False, loss: str = 'cross_entropy',
+                    bce_target_threshold: float = 0.0, mixing: Optional[Mixing] = None,
+                    ) -> Callable:
   """Builds the train step. `l2_mask` (a pytree of bools, or None) turns on the L2 loss term.
+
+  `loss` is one of `losses.LOSSES` (with `bce_target_threshold` for 'bce'); `mixing` (or None)
+  mixes each batch and its targets (mixup / cutmix).
 
   `freeze` (or None) says which parameters are frozen (`tx` must be `freeze.optimizer(...)`)
   and which norm layers run in inference mode.
@@ -58,10 +86,26 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
   the metrics as `grad_norm_<stage>_sq`.
   """
 
+  mixing = mixing if mixing is not None and mixing.enabled else None
+  soft = mixing is not None or loss != 'cross_entropy'
+
+  def per_example_loss(logits, labels, targets):
+    if not soft:
+      return losses.cross_entropy(logits, labels, num_classes, label_smoothing)
+    return losses.loss(loss, logits, targets, bce_target_threshold)
+
   def train_step(state: TrainState, batch):
     step_key = jax.random.fold_in(state.rng, state.step)
     images = preprocess(batch['image'], step_key, batch['position'], True)
     labels = batch['label']
+    targets = None
+    if soft:
+      targets = losses.soft_targets(labels, num_classes, label_smoothing)
+    if mixing is not None:
+      images, targets = mixing(images, targets, stream_key(state.rng, MIX_STREAM, state.step))
+    drop_key = stream_key(state.rng, DROP_PATH_STREAM, state.step)
+    if axis_name is not None:
+      drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(axis_name))
     stats_frozen = (freeze.stats_mask(state.batch_stats) if freeze is not None and
                     freeze.norm_paths else None)
 
@@ -72,8 +116,9 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
         frozen_norms = freeze.norms_in_inference_mode()
       with frozen_norms:
         logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                       images, train=True, mutable=['batch_stats'])
-      per_example = losses.cross_entropy(logits, labels, num_classes, label_smoothing)
+                                       images, train=True, mutable=['batch_stats'],
+                                       rngs={'drop_path': drop_key})
+      per_example = per_example_loss(logits, labels, targets)
       loss = per_example.mean()
       total = loss
       if l2_mask is not None and weight_decay:

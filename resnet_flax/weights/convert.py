@@ -23,12 +23,38 @@ def convert_torchvision(args) -> str:
   else:
     path = args.input
   fields, params, batch_stats = tv.convert_torchvision(args.model, tv.read_state_dict(path))
-  config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
+  return _save_imagenet_weights(args, 'torchvision', os.path.basename(path), fields, params,
+                                batch_stats, args.eval_crop_fraction)
+
+
+def _save_imagenet_weights(args, library: str, file: str, fields, params, batch_stats,
+                           eval_crop_fraction) -> str:
+  """Writes converted torch weights (ImageNet's RGB normalisation) to `args.out`; the line."""
+  from resnet_flax.weights import torchvision_import as tv
+  config = export_checkpoint.pretrained_config(fields, eval_crop_fraction)
   names = tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
   checkpoint = export_checkpoint.save_pretrained(
       args.out, config, params, batch_stats, class_names=names,
-      source={'from': 'torchvision', 'model': args.model, 'file': os.path.basename(path)})
-  return f'{args.model}: {os.path.basename(path)} -> {checkpoint}'
+      source={'from': library, 'model': args.model, 'file': file})
+  return f'{args.model}: {file} -> {checkpoint}'
+
+
+def convert_timm(args) -> str:
+  """timm state dict (.pth, .safetensors) or timm's own download -> checkpoint; a download
+  stores timm's eval crop (`crop_pct`) unless --eval-crop-fraction is given."""
+  from resnet_flax.weights import timm_import, torch_state_dict
+  if bool(args.input) == args.download:
+    raise WeightsError('pass either --in FILE (.pth, .safetensors) or --download')
+  timm_import.timm_fields(args.model)   # an unknown name fails before any download
+  crop = args.eval_crop_fraction
+  if args.download:
+    state_dict, pretrained_cfg = timm_import.download_state_dict(args.model)
+    file = pretrained_cfg.get('hf_hub_id') or f'timm {args.model}'
+    crop = crop if crop is not None else pretrained_cfg.get('crop_pct')
+  else:
+    state_dict, file = torch_state_dict.read_state_dict(args.input), os.path.basename(args.input)
+  fields, params, batch_stats = timm_import.convert_timm(args.model, state_dict)
+  return _save_imagenet_weights(args, 'timm', file, fields, params, batch_stats, crop)
 
 
 def convert_keras(args) -> str:
@@ -57,4 +83,5 @@ def convert_keras(args) -> str:
 CONVERTERS = {
     'torchvision': convert_torchvision,
     'keras': convert_keras,
+    'timm': convert_timm,
 }

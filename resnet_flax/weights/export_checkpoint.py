@@ -25,7 +25,7 @@ from resnet_flax.checkpoint.store import Checkpoints
 from resnet_flax.configs import imagenet as imagenet_config
 from resnet_flax.data import info as data_info
 from resnet_flax.errors import WeightsError
-from resnet_flax.models import MODEL_DEFAULTS, create_model, default_image_size
+from resnet_flax.models import MODEL_DEFAULTS, create_model, default_image_size, scan
 from resnet_flax.train.build import build_optimizer
 from resnet_flax.train.state import TrainState, create_train_state
 # ILSVRC-2012 training images. Only sets the length of the stored config's lr schedule; the
@@ -57,6 +57,8 @@ def training_state(config, params: Mapping, batch_stats: Mapping) -> TrainState:
       model, tx, seed=config.seed, image_shape=(size, size, config.data.channels or 3),
       use_ema=use_ema))
   name = fields.get('name') or 'the model'
+  params = scan.restack(params, template.params)     # per-unit or stacked: the config's layout
+  batch_stats = scan.restack(batch_stats, template.batch_stats)
   for collection, expected, found in (('params', template.params, params),
                                       ('batch_stats', template.batch_stats, batch_stats)):
     mismatch = tree.shape_mismatch(expected, found)

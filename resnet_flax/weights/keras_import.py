@@ -23,12 +23,10 @@ import os
 import re
 from typing import Any, Mapping, Optional, Union
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from resnet_flax.models import (MODEL_DEFAULTS, NAMES, create_model, default_image_size,
-                                model_fields, unit_layer)
+from resnet_flax.models import MODEL_DEFAULTS, NAMES, model_fields, scan, unit_layer
+from resnet_flax.models.registry import abstract_variables, unrolled
 from resnet_flax.errors import WeightsError
 
 # registry name -> keras.applications constructor
@@ -287,10 +285,7 @@ def convert_keras(model_name: Union[str, Mapping[str, Any], None], source,
   if weights.bn_epsilon is not None:
     fields['bn_epsilon'] = weights.bn_epsilon
 
-  model = create_model(fields)
-  size = default_image_size(fields)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  shapes = abstract_variables(unrolled(fields))    # one module per unit, as Keras names them
   param_modules = _modules(dict(shapes['params']))
   stat_modules = _modules(dict(shapes.get('batch_stats', {})))
   paths = sorted(set(param_modules) | set(stat_modules), key=_natural_order)
@@ -333,7 +328,9 @@ def convert_keras(model_name: Union[str, Mapping[str, Any], None], source,
   if unused:
     raise WeightsError(f'{weights.description} has layer(s) with weights that {name} does not '
                        f'have: {_first(unused)} (a deeper network, or another architecture?)')
-  return fields, params, batch_stats
+  layout = abstract_variables(fields)     # scanned stages stacked, as the model has them
+  return (fields, scan.restack(params, layout['params']),
+          scan.restack(batch_stats, layout.get('batch_stats', {})))
 
 
 # Keras applications' `preprocess_input`: ResNet50/101/152 use 'caffe' mode (RGB -> BGR, minus

@@ -307,16 +307,18 @@ def load_datasets(data_cfg) -> tuple[TFDataSource, TFDataSource]:
   seeded in `train_batches`."""
   source = data_cfg['source']
   options = {k: data_cfg[k] for k in OPTION_FIELDS}
+  # the eval source emits evaluation's size (data.eval_image_size, e.g. 224 for 160 px training)
+  eval_options = {**options, 'image_size': data_cfg['eval_image_size'] or options['image_size']}
   train_split, eval_split = data_cfg['train_split'], data_cfg['eval_split']
   if source == 'tfds':
     name, data_dir = data_cfg['name'], os.path.expanduser(data_cfg['dir'])
     builder = tfds.open_builder(name, data_dir)
     keys = {'image_key': data_cfg['image_key'], 'label_key': data_cfg['label_key']}
     return (TFDataSource.from_tfds(name, train_split, builder=builder, **keys, **options),
-            TFDataSource.from_tfds(name, eval_split, builder=builder, **keys, **options))
+            TFDataSource.from_tfds(name, eval_split, builder=builder, **keys, **eval_options))
   if source == 'folder':
     root = folder.checked_root(data_cfg)
     on_bad = data_cfg['on_bad_image']
     return (TFDataSource.from_folder(root, train_split, on_bad=on_bad, **options),
-            TFDataSource.from_folder(root, eval_split, on_bad=on_bad, **options))
+            TFDataSource.from_folder(root, eval_split, on_bad=on_bad, **eval_options))
   raise DataError(f'data.source={source!r} has no tf.data back end (tfds and folder have)')

@@ -1,0 +1,147 @@
+"""Identical units as one `nn.scan`, and the two parameter layouts it gives (stacked, unrolled).
+
+Within a stage, every unit after the first that does not stride has the same shapes: its input
+and output are the stage's width. A run of such units (`stage_segments`) can be one
+`flax.linen.scan` over parameters stacked along a leading axis, so the compiler sees the unit
+once however deep the network is. Its module is named `stageS_unitsAtoB` (units A..B, 1-based,
+as the unrolled `stageS_unitA` ... `stageS_unitB`), and each of its leaves has a leading axis
+of B - A + 1.
+
+`unstack(tree)` turns any mapping keyed by module names (params, batch_stats, their EMA, an
+optimizer's momentum) into the unrolled layout, `restack(tree, like)` into the layout of
+`like`; both are lossless. Consumers that need per-unit names (weight converters, `init_from`
+across layouts, per-layer diagnostics) go through them.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_SCANNED = re.compile(r'stage(\d+)_units(\d+)to(\d+)')
+_UNIT = re.compile(r'stage(\d+)_unit(\d+)')
+SCAN_CHOICES = ('auto', 'on', 'off')
+REMAT_CHOICES = ('none', 'unit')
+# 'auto' scans a run of at least this many identical units (measured: docs/BENCHMARKS.md)
+AUTO_MIN_UNITS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Units [start, stop) of a stage (0-based); `scanned` for a run under one nn.scan."""
+  start: int
+  stop: int
+  scanned: bool
+
+  def name(self, stage: int) -> str:
+    if self.scanned:
+      return f'stage{stage}_units{self.start + 1}to{self.stop}'
+    return f'stage{stage}_unit{self.start + 1}'
+
+
+def min_units(scan_units: str, remat: bool = False) -> int:
+  """The shortest run of identical units that is scanned (0: none) for a `model.scan_units`.
+  With rematerialisation 'auto' scans every run: XLA's CPU back end schedules the recomputation
+  of unrolled units next to the forward pass, where it saves no memory; inside a scan it
+  cannot (measured: docs/BENCHMARKS.md)."""
+  if scan_units == 'auto':
+    return 2 if remat else AUTO_MIN_UNITS
+  return {'on': 2, 'off': 0}[scan_units]
+
+
+def stage_segments(strides: Sequence[int], min_run: int) -> list[Segment]:
+  """The segments of a stage whose units stride `strides[j]`: a unit after the first that
+  does not stride joins a run of identical units; runs of at least `min_run` (>= 2) units are
+  scanned, everything else stays one unit a segment."""
+  plain = [j > 0 and s == 1 for j, s in enumerate(strides)]
+  segments, j = [], 0
+  while j < len(strides):
+    k = j
+    while k < len(strides) and plain[k]:
+      k += 1
+    if k - j >= max(2, min_run) and min_run > 0:
+      segments.append(Segment(j, k, True))
+      j = k
+    else:
+      segments.append(Segment(j, j + 1, False))
+      j += 1
+  return segments
+
+
+def _body(module, carry, drop_rate):
+  return module(carry, drop_rate), None
+
+
+def run_scanned(unit: nn.Module, x, drop_rates: Sequence[float], remat: bool = False):
+  """Applies `unit` once per entry of `drop_rates` (each unit's stochastic-depth rate) to `x`
+  under nn.scan: its variables stacked along a leading axis, each unit initialised with its own
+  random key and drawing its own drop-path masks (`split_rngs`)."""
+  body: Callable = nn.remat(_body) if remat else _body
+  scan = nn.scan(body, variable_axes={'params': 0, 'batch_stats': 0},
+                 split_rngs={'params': True, 'drop_path': True}, length=len(drop_rates))
+  x, _ = scan(unit, x, jnp.asarray(drop_rates, jnp.float32))
+  return x
+
+
+# --- the two layouts ----------------------------------------------------------------------------
+
+def is_scanned_name(name: str) -> bool:
+  return _SCANNED.fullmatch(name) is not None
+
+
+def unstack(tree: Mapping[str, Any]) -> dict:
+  """`tree` (keyed by top-level module names) with every scanned module split into its units:
+  'stage1_units2to5' -> 'stage1_unit2' ... 'stage1_unit5'."""
+  out = {}
+  for name, sub in tree.items():
+    m = _SCANNED.fullmatch(name)
+    if not m:
+      out[name] = sub
+      continue
+    stage, first, last = (int(g) for g in m.groups())
+    for k, unit in enumerate(range(first, last + 1)):
+      out[f'stage{stage}_unit{unit}'] = jax.tree.map(lambda a, k=k: a[k], sub)
+  return out
+
+
+def restack(tree: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
+  """`tree` (unrolled, stacked or mixed) in the layout of `like` (module names as in `like`;
+  `like` may hold shapes only). Modules of `tree` that `like` lacks are kept as they are."""
+  flat = unstack(tree)
+  out = {}
+  for name in like:
+    m = _SCANNED.fullmatch(name)
+    if m is None:
+      if name in flat:
+        out[name] = flat[name]
+      continue
+    stage, first, last = (int(g) for g in m.groups())
+    units = [flat.get(f'stage{stage}_unit{u}') for u in range(first, last + 1)]
+    if any(u is None for u in units):
+      continue        # not in `tree`: the caller reports it as missing
+    out[name] = jax.tree.map(lambda *leaves: np.stack([np.asarray(a) for a in leaves]), *units)
+  used = {f'stage{m[1]}_unit{u}' for n in like if (m := _SCANNED.fullmatch(n))
+          for u in range(int(m[2]), int(m[3]) + 1)}
+  for name, sub in flat.items():
+    if name not in out and name not in used and name not in like:
+      out[name] = sub
+  return out
+
+
+def has_units(tree: Any) -> bool:
+  """Whether `tree` is a mapping keyed by unit modules (scanned or not)."""
+  return isinstance(tree, Mapping) and any(
+      isinstance(k, str) and (_SCANNED.fullmatch(k) or _UNIT.fullmatch(k)) for k in tree)
+
+
+def convert_layout(tree: Any, like: Any, fn: Optional[Callable] = None) -> Any:
+  """Every unit-keyed mapping inside `tree` (any pytree: a TrainState, an optimizer state)
+  put into the layout of the mapping at the same place in `like` (`fn(node, like_node)`,
+  default `restack`)."""
+  fn = fn or restack
+  return jax.tree.map(lambda node, ref: fn(node, ref) if has_units(node) else node, tree, like,
+                      is_leaf=has_units)
