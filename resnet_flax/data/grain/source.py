@@ -174,13 +174,14 @@ def load_datasets(data_cfg) -> tuple[GrainSource, GrainSource]:
   source = data_cfg['source']
   options = {k: data_cfg[k] for k in OPTION_FIELDS}
   on_bad = data_cfg['on_bad_image']
-  splits = data_cfg['train_split'], data_cfg['eval_split']
+  # the eval source emits evaluation's size (data.eval_image_size, e.g. 224 for 160 px training)
+  eval_options = {**options, 'image_size': data_cfg['eval_image_size'] or options['image_size']}
+  splits = ((data_cfg['train_split'], options), (data_cfg['eval_split'], eval_options))
   if source == 'folder':
     root = folder.checked_root(data_cfg)
-    return tuple(GrainSource.from_folder(root, s, on_bad=on_bad, **options) for s in splits)
+    return tuple(GrainSource.from_folder(root, s, on_bad=on_bad, **o) for s, o in splits)
   if source == 'arrayrecord':
     dest = os.path.expanduser(data_cfg['dir'])
-    return tuple(GrainSource.from_arrayrecord(dest, s, on_bad=on_bad, **options)
-                 for s in splits)
+    return tuple(GrainSource.from_arrayrecord(dest, s, on_bad=on_bad, **o) for s, o in splits)
   raise DataError(f'data.source={source!r} has no Grain back end (folder and arrayrecord '
                   f'have)')
