@@ -243,6 +243,10 @@ def test_config_and_source_choices(tree):
   assert isinstance(train, GrainSource) and train.augmented_on_host
   assert train.image_shape == (12, 12, 3) and val.num_examples == 15
   assert train.class_names == list(CLASSES)
+  config.data.eval_image_size = 16               # evaluation at another side
+  train, val = data_lib.load_datasets(config.data)
+  assert train.image_shape == (12, 12, 3) and val.image_shape == (16, 16, 3)
+  assert next(iter(val.eval_batches(5)))['image'].shape == (5, 16, 16, 3)
 
 
 # --- ArrayRecord --------------------------------------------------------------------------
