@@ -5,6 +5,7 @@ pipeline of its epoch at that batch."""
 import numpy as np
 import tensorflow as tf
 
+from resnet_flax.data.source import local_batch
 from resnet_flax.data.tf import records
 
 
@@ -13,7 +14,7 @@ class TFTrainBatches:
 
   def __init__(self, source, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
-    self.local = records.local_batch(global_batch_size, process_index, process_count)
+    self.local = local_batch(global_batch_size, process_index, process_count)
     self.source = source
     self.global_batch_size = global_batch_size
     self.seed = int(seed)

@@ -7,8 +7,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-# the per-process share and the seed mixing, shared with the Grain back end
-from resnet_flax.data.source import local_batch, seed_words  # noqa: F401
+# the seed mixing, shared with the Grain back end
+from resnet_flax.data.source import seed_words
 
 ORDER, AUGMENT, CACHE_ORDER = 0, 1, 2     # seed streams
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_flax.data import augment, folder, splits
-from resnet_flax.data.source import DATA_DEFAULTS, StreamedSource
+from resnet_flax.data.source import DATA_DEFAULTS, StreamedSource, local_batch, seed_words
 from resnet_flax.data.tf import preprocess as host_preprocess
 from resnet_flax.data.tf import records as tf_records
 from resnet_flax.data.tf import native_stderr_quiet, tf_message, tfds
@@ -119,7 +119,7 @@ class TFDataSource(StreamedSource):
   def eval_batches(self, global_batch_size: int, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the split, in order, as padded batches with `mask`."""
-    local = tf_records.local_batch(global_batch_size, process_index, process_count)
+    local = local_batch(global_batch_size, process_index, process_count)
     lo, hi = tf_records.share(self.num_examples, process_index, process_count)
     num_batches = math.ceil(math.ceil(self.num_examples / process_count) / local)
     fn = self._preprocess_fn(False)
@@ -202,7 +202,7 @@ class TFDataSource(StreamedSource):
     order_seed = tf_records.seed_int(seed, epoch, process_index, tf_records.ORDER)
     cache_seed = (tf_records.seed_int(seed, process_index, tf_records.CACHE_ORDER)
                   if self.records.is_folder else None)
-    aug_key = tf.constant(tf_records.seed_words(seed, epoch, process_index, tf_records.AUGMENT),
+    aug_key = tf.constant(seed_words(seed, epoch, process_index, tf_records.AUGMENT),
                           tf.int64)
     return order_seed, cache_seed, aug_key
 
