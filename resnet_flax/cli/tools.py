@@ -172,7 +172,7 @@ def input_table(r: dict) -> str:
       ('back end / preset', f"{r['backend']} / {r['preprocess']}" +
                             (f" ({r['worker_count']} workers)" if r['backend'] == 'grain'
                              else '')),
-      ('batch', f"{r['batch_size']} x {tuple(r['image_shape'])} uint8"),
+      ('batch', f"{r['batch_size']} x {tuple(r['image_shape'])} {r['image_dtype']}"),
       ('batches (timed, warmup)', f"{r['batches']}, {r['warmup']}"),
       ('import back end', f"{r['import_s']:.2f} s"),
       ('build sources', f"{r['build_s']:.2f} s  (train and eval)"),
@@ -187,11 +187,18 @@ def input_table(r: dict) -> str:
 
 
 def compare_table(r: dict) -> str:
-  rows = [(f'variant {i}: ' + (' '.join(f'{k}={v}' for k, v in v.items()) or '(the config)'),
-           f"{rate:,.0f} img/CPU-s, {wall:,.0f} img/s, x{ratio:.2f}")
-          for i, (v, rate, wall, ratio) in enumerate(zip(
-              r['variants'], r['median_images_per_cpu_second'], r['median_images_per_sec'],
-              r['median_ratio_to_first']))]
+  def times(ratio) -> str:
+    return 'n/a' if ratio is None else f'x{ratio:.2f}'
+  to_reference = r.get('median_ratio_to_reference')
+  rows = []
+  for i, (v, rate, wall, ratio) in enumerate(zip(
+      r['variants'], r['median_images_per_cpu_second'], r['median_images_per_sec'],
+      r['median_ratio_to_first'])):
+    text = f"{rate:,.0f} img/CPU-s, {wall:,.0f} img/s, {times(ratio)}"
+    if to_reference:
+      text += f', {times(to_reference[i])} of the reference'
+    rows.append((f'variant {i}: ' + (' '.join(f'{k}={v}' for k, v in v.items()) or
+                                     '(the config)'), text))
   rows.append(('medians over rounds', f"{r['rounds']} rounds, side by side; ratio: to "
                                       f"variant 0, per round"))
   return _table(rows)
@@ -211,8 +218,8 @@ def _variant(text: str) -> dict:
 def input_benchmark(argv=None) -> None:
   """Input-pipeline throughput of a config's data, without any model: `resnet-flax
   input-benchmark --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--batches 50] [--warmup 5]
-  [--split train|eval] [--variant 'FIELD=VALUE ...' ... --rounds 3] [--json]` (see
-  resnet_flax/tools/input_benchmark.py)."""
+  [--split train|eval] [--variant 'FIELD=VALUE ...' ... --rounds 3]
+  [--reference FILE.py:FUNCTION] [--json]` (see resnet_flax/tools/input_benchmark.py)."""
   from absl import app, flags
 
   def define():
@@ -222,6 +229,10 @@ def input_benchmark(argv=None) -> None:
     flags.DEFINE_multi_string('variant', [], "Side by side: 'data.FIELD=VALUE ...' over the "
                               'config, once per --variant (two or more), measured in rounds.')
     flags.DEFINE_integer('rounds', 3, 'Rounds of a side-by-side comparison.')
+    flags.DEFINE_string('reference', '', 'FILE.py:FUNCTION: an outside tf.data preprocessing '
+                        'function of encoded image bytes (e.g. the Flax ImageNet example\'s '
+                        'input_pipeline.py:preprocess_for_train), mapped over the files of the '
+                        'folder split; measured after the variants (or alone).')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
   def run(config, _, args):
@@ -230,12 +241,16 @@ def input_benchmark(argv=None) -> None:
     from resnet_flax.tools import input_benchmark as pipeline
     fv = flags.FLAGS
     try:
-      if fv.variant:
-        result = pipeline.compare(config, [_variant(v) for v in fv.variant], rounds=fv.rounds,
-                                  batches=fv.batches, warmup=fv.warmup, split=fv.split)
+      variants = [_variant(v) for v in fv.variant]
+      if fv.reference and variants:
+        variants.append({'reference': fv.reference})
+      if variants:
+        result = pipeline.compare(config, variants, rounds=fv.rounds, batches=fv.batches,
+                                  warmup=fv.warmup, split=fv.split)
         table = compare_table
       else:
-        result = pipeline.measure(config, batches=fv.batches, warmup=fv.warmup, split=fv.split)
+        result = pipeline.measure(config, batches=fv.batches, warmup=fv.warmup, split=fv.split,
+                                  reference=fv.reference)
         table = input_table
     except UserError as e:
       return common.report_error(e)

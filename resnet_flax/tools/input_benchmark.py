@@ -18,13 +18,23 @@ device).
 `compare(config, variants, rounds=)` measures several variants of one config side by side, in
 rounds (A B A B ...: each round measures every variant once, so a change in the machine's load
 reaches all of them), and reports each variant's median images per CPU-second and the median
-over rounds of its ratio to the first variant.
+over rounds of its ratio to the first variant (and to the reference, when there is one).
+
+A reference pipeline (`reference='FILE.py:FUNCTION'`, a variant {'reference': ...}): an outside
+tf.data preprocessing function, fn(encoded image bytes, a string tensor) -> image tensor, such
+as the Flax ImageNet example's `input_pipeline.py:preprocess_for_train`, mapped by tf.data over
+the files of the config's folder split (`from_tensor_slices(paths).repeat().map(fn(read_file),
+AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)`) and timed by the same loop. Its file is loaded
+as it is, from where it lies; it needs TensorFlow and whatever the file imports.
 """
 
 import gc
+import importlib
 import os
 import statistics
 import time
+
+from resnet_flax.errors import ConfigError
 
 
 def _cores() -> int:
@@ -48,8 +58,7 @@ def _uses_tfdata(data_cfg) -> bool:
 
 def cpu_seconds() -> dict:
   """CPU seconds (user + system) so far of this process and of each live child, by pid."""
-  times = os.times()
-  out = {os.getpid(): times.user + times.system}
+  out = {os.getpid(): time.process_time()}   # all threads, finer than os.times' clock ticks
   try:
     import psutil
   except ImportError:   # without psutil only this process counts
@@ -71,7 +80,7 @@ def _loader(data_cfg):
   """load_datasets, after importing the config's back end (TensorFlow for tf.data: the caller
   times the import)."""
   if _uses_tfdata(data_cfg):
-    from resnet_flax.data.tf import source  # noqa: F401
+    importlib.import_module('resnet_flax.data.tf.source')
   from resnet_flax import data
   return data.load_datasets
 
@@ -91,15 +100,69 @@ def _batches(config, source, split: str):
     yield from source.eval_batches(config.eval_batch_size or config.batch_size)
 
 
-def measure(config, *, batches: int, warmup: int, split: str = 'train') -> dict:
+def load_reference(spec: str):
+  """'FILE.py:FUNCTION' -> the function, its file loaded as a module (not imported by name)."""
+  import importlib.util
+  path, sep, name = spec.rpartition(':')
+  path = os.path.expanduser(path)
+  if not sep or not name or not path.endswith('.py'):
+    raise ConfigError(f'--reference {spec!r}: expected FILE.py:FUNCTION')
+  if not os.path.isfile(path):
+    raise ConfigError(f'--reference {spec!r}: {path} is not a file')
+  module_spec = importlib.util.spec_from_file_location('input_benchmark_reference', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  fn = getattr(module, name, None)
+  if not callable(fn):
+    raise ConfigError(f'--reference {spec!r}: {path} has no function {name!r}')
+  return fn
+
+
+class ReferenceSource:
+  """The files of the config's folder split, mapped by tf.data through a reference function."""
+
+  def __init__(self, data_cfg, fn, split: str):
+    from resnet_flax.data import folder
+    if data_cfg['source'] != 'folder':
+      raise ConfigError(f'--reference reads the files of data.source=folder, not '
+                        f'{data_cfg["source"]!r}')
+    root = folder.checked_root(data_cfg)
+    spec = data_cfg['train_split'] if split == 'train' else data_cfg['eval_split']
+    self.paths, self.labels, _ = folder.list_folder(root, spec)
+    self.fn, self.num_examples = fn, len(self.paths)
+
+  def batches(self, batch_size: int):
+    import tensorflow as tf
+    fn = self.fn
+    ds = tf.data.Dataset.from_tensor_slices((self.paths, self.labels)).repeat()
+    ds = ds.map(lambda path, label: (fn(tf.io.read_file(path)), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    for image, label in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+      yield {'image': image, 'label': label}
+
+
+def measure(config, *, batches: int, warmup: int, split: str = 'train',
+            reference: str = '') -> dict:
+  """Throughput of the config's pipeline, or with `reference` of that outside function over
+  the config's folder split (see the module docstring)."""
+  from resnet_flax import fields
+  from resnet_flax.data.source import DATA_DEFAULTS
   start = time.perf_counter()
-  load_datasets = _loader(config.data)
-  import_s = time.perf_counter() - start
-  start = time.perf_counter()
-  train, evaluation = load_datasets(config.data, config.seed)
-  source = train if split == 'train' else evaluation
+  if reference:
+    fn = load_reference(reference)
+    import_s = time.perf_counter() - start
+    start = time.perf_counter()
+    source = train = evaluation = ReferenceSource(
+        fields.merged(config.data, DATA_DEFAULTS, 'data'), fn, split)
+    stream = source.batches(config.batch_size)
+  else:
+    load_datasets = _loader(config.data)
+    import_s = time.perf_counter() - start
+    start = time.perf_counter()
+    train, evaluation = load_datasets(config.data, config.seed)
+    source = train if split == 'train' else evaluation
+    stream = _batches(config, source, split)
   build_s = time.perf_counter() - start
-  stream = _batches(config, source, split)
   start = time.perf_counter()
   first = next(stream)
   first_s = time.perf_counter() - start
@@ -113,7 +176,7 @@ def measure(config, *, batches: int, warmup: int, split: str = 'train') -> dict:
   wall = time.perf_counter() - wall0
   cpu = cpu_between(cpu0, cpu_seconds())
   stream.close()
-  preprocess = getattr(source, 'preprocess', config.data.get('preprocess', ''))
+  preprocess = reference or getattr(source, 'preprocess', config.data.get('preprocess', ''))
   num_examples = source.num_examples
   del stream, train, evaluation, source
   gc.collect()
@@ -123,10 +186,10 @@ def measure(config, *, batches: int, warmup: int, split: str = 'train') -> dict:
   return {
       'source': config.data.source, 'name': config.data.get('name', ''),
       'dir': config.data.get('dir', ''), 'split': split,
-      'backend': backend_of(config.data),
+      'backend': 'reference' if reference else backend_of(config.data),
       'worker_count': int(config.data.get('worker_count', 0)),
       'preprocess': preprocess, 'num_examples': num_examples,
-      'image_shape': list(first['image'].shape[1:]),
+      'image_shape': list(first['image'].shape[1:]), 'image_dtype': str(first['image'].dtype),
       'batch_size': len(first['label']), 'batches': batches, 'warmup': warmup,
       'import_s': round(import_s, 3), 'build_s': round(build_s, 3),
       'first_batch_s': round(first_s, 3),
@@ -136,30 +199,56 @@ def measure(config, *, batches: int, warmup: int, split: str = 'train') -> dict:
   }
 
 
+def with_fields(config, fields: dict):
+  """A copy of `config` with {'data.backend': 'grain', ...} set; ConfigError for a field the
+  config does not have."""
+  import copy
+  variant = copy.deepcopy(config)
+  for key, value in fields.items():
+    node = variant
+    *path, last = key.split('.')
+    try:
+      for part in path:
+        node = node[part]
+      if last not in node:
+        raise KeyError(last)
+      node[last] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ConfigError(f'--variant {key}={value!r}: the config has no field {key!r} or it '
+                        f'does not take that value ({e})') from None
+  return variant
+
+
 def compare(config, variants: list[dict], *, rounds: int, batches: int, warmup: int,
             split: str = 'train') -> dict:
-  """Each variant ({'data.backend': 'grain', ...}: fields over `config`) measured once per
-  round, in order; medians of images per CPU-second and of the ratio to variant 0."""
-  import copy
+  """Each variant ({'data.backend': 'grain', ...}: fields over `config`; {'reference':
+  'FILE.py:FUNCTION'}: that outside pipeline) measured once per round, in order; medians of
+  images per CPU-second and of the per-round ratios to variant 0 and to the reference."""
+  configs = [None if 'reference' in v else with_fields(config, v) for v in variants]
   results = [[] for _ in variants]
   for _ in range(rounds):
     for i, fields in enumerate(variants):
-      variant = copy.deepcopy(config)
-      for key, value in fields.items():
-        node = variant
-        *path, last = key.split('.')
-        for part in path:
-          node = node[part]
-        node[last] = value
-      results[i].append(measure(variant, batches=batches, warmup=warmup, split=split))
+      if 'reference' in fields:
+        result = measure(config, batches=batches, warmup=warmup, split=split,
+                         reference=fields['reference'])
+      else:
+        result = measure(configs[i], batches=batches, warmup=warmup, split=split)
+      results[i].append(result)
   rate = [[r['images_per_cpu_second'] or 0.0 for r in rs] for rs in results]
-  return {
+
+  def ratios(to: list) -> list:   # None where no round measured CPU time for both
+    pairs = [[a / b for a, b in zip(r, to) if b] for r in rate]
+    return [statistics.median(p) if p else None for p in pairs]
+  out = {
       'variants': [dict(v) for v in variants], 'rounds': rounds, 'split': split,
       'images_per_cpu_second': rate,
       'median_images_per_cpu_second': [statistics.median(r) for r in rate],
       'median_images_per_sec': [statistics.median(r['images_per_sec'] for r in rs)
                                 for rs in results],
-      'median_ratio_to_first': [statistics.median(a / b for a, b in zip(r, rate[0]) if b)
-                                for r in rate],
+      'median_ratio_to_first': ratios(rate[0]),
       'results': results,
   }
+  reference = [i for i, v in enumerate(variants) if 'reference' in v]
+  if reference:
+    out['median_ratio_to_reference'] = ratios(rate[reference[0]])
+  return out
