@@ -2,7 +2,6 @@
 resume, process shares, eval coverage, worker counts, presets, bad data, the converter, and a
 training run that imports no TensorFlow."""
 
-import io
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from PIL import Image  # noqa: E402
 from conftest import (REPO, command, run_command, subprocess_env, tiny_config,  # noqa: E402
                       unpacked_shared)
 from resnet_flax import data as data_lib  # noqa: E402
-from resnet_flax.data import arrayrecord, host  # noqa: E402
+from resnet_flax.data import arrayrecord  # noqa: E402
 from resnet_flax.data.grain.source import GrainSource  # noqa: E402
 from resnet_flax.data.info import DataInfo  # noqa: E402
 from resnet_flax.errors import ConfigError, DataError  # noqa: E402
@@ -142,60 +141,6 @@ def test_zero_and_two_workers_give_the_same_batches(tree):
   assert len(evals[0]) == len(evals[1]) == 4
   for a, b in zip(*evals):
     assert_same(a, b, ('image', 'label', 'mask', 'position'))
-
-
-# --- presets ------------------------------------------------------------------------------
-
-def _png(array) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, 'PNG')
-  return buffer.getvalue()
-
-
-def test_imagenet_windows_follow_the_inception_distribution():
-  rng = np.random.default_rng(0)
-  windows = [host.random_window(300, 400, rng, 224) for _ in range(2000)]
-  area = np.array([h * w / (300 * 400) for _, _, h, w in windows])
-  aspect = np.array([w / h for _, _, h, w in windows])
-  assert area.min() >= 0.08 - 1e-3 and area.max() <= 1.0
-  assert aspect.min() >= 0.74 and aspect.max() <= 1.35
-  assert all(0 <= y and y + h <= 300 and 0 <= x and x + w <= 400 for y, x, h, w in windows)
-  assert 0.3 < np.median(area) < 0.7 and area.min() < 0.15 and area.max() > 0.9
-  # no window fits a 1-pixel-high strip: the eval center crop instead
-  assert host.random_window(1, 50, rng, 8) == host.center_window(1, 50, 8)
-  ramp = np.tile(np.arange(0, 240, 3, dtype=np.uint8)[None, :, None], (60, 1, 3))
-  fn = host.make('imagenet', size=24, train=True)
-  outs = [fn(_png(ramp), (7, 0, k)) for k in range(8)]
-  assert all(o.shape == (24, 24, 3) and o.dtype == np.uint8 for o in outs)
-  assert len({o.tobytes() for o in outs}) == 8
-  assert fn(_png(ramp), (7, 0, 3)).tobytes() == outs[3].tobytes()
-  flipped = [o for o in outs if int(o[:, 0, 0].mean()) > int(o[:, -1, 0].mean())]
-  assert 0 < len(flipped) < 8                          # the flip is random
-
-
-def test_eval_preprocessing_is_what_inference_does():
-  from resnet_flax.inference.predictor import prepare_image
-  config = tiny_config().data
-  rng = np.random.default_rng(1)
-  for preset, size in (('imagenet', 24), ('mnist', 32), ('cifar', 16), ('none', 20)):
-    config.preprocess = preset
-    fn = host.make(preset, size=size, train=False)
-    for shape in ((37, 53, 3), (61, 29, 3), (24, 24, 3)):
-      encoded = _png(rng.integers(0, 256, shape, dtype=np.uint8))
-      ours = fn(encoded, ())
-      reference = prepare_image(encoded, config, DataInfo((size, size, 3), True))
-      assert ours.tobytes() == reference.tobytes(), (preset, shape)
-
-
-def test_cifar_and_mnist_presets():
-  image = np.random.default_rng(0).integers(1, 256, (32, 32, 3), dtype=np.uint8)
-  assert host.make('cifar', size=32, train=False)(_png(image), ()).tobytes() == image.tobytes()
-  crops = [host.make('cifar', size=32, train=True)(_png(image), (k,)) for k in range(8)]
-  assert any((c == 0).all(axis=-1).any() for c in crops)          # a window hits the padding
-  assert all(c.shape == (32, 32, 3) for c in crops)
-  grey = np.full((28, 28), 77, np.uint8)
-  mnist = host.make('mnist', size=32, train=True)(_png(grey), (0,))
-  assert mnist.shape == (32, 32, 3) and (mnist[2:30, 2:30] == 77).all() and mnist[:2].max() == 0
 
 
 # --- bad data -----------------------------------------------------------------------------
