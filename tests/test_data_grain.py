@@ -243,6 +243,46 @@ def test_arrayrecord_missing_or_empty_shards_are_one_line(tree, tmp_path):
     arrayrecord_writer.from_folder(tree, dest, ['train'])
 
 
+def test_arrayrecord_bad_images_are_named_or_skipped(tmp_path, capsys):
+  """The converter names a bad file (or leaves it out, counted); a record that does not decode
+  when read is named by its position and source key (or is left out with on_bad='skip')."""
+  from array_record.python import array_record_module
+  from resnet_flax.data import arrayrecord_writer
+  root = make_tree(tmp_path / 'tree', per_class=(3, 1))
+  with open(os.path.join(root, 'train', 'bee', '02.png'), 'wb') as f:
+    f.write(b'not an image')
+  dest = str(tmp_path / 'converted')
+  with pytest.raises(DataError, match=r'^train/bee/02\.png: cannot be decoded as an image .*'
+                                      r'--on-bad-image skip'):
+    arrayrecord_writer.from_folder(root, dest, ['train'])
+  meta = arrayrecord_writer.from_folder(root, dest, ['train'], on_bad='skip', overwrite=True)
+  entry = meta['splits']['train']
+  assert entry['num_examples'] == 8 and entry['skipped'] == 1
+  assert entry['first_skipped'] == 'train/bee/02.png'
+  assert GrainSource.from_arrayrecord(dest, 'train').num_examples == 8
+
+  # shards holding an undecodable record, as a damaged or foreign writer would leave them
+  dest = str(tmp_path / 'damaged')
+  os.makedirs(os.path.join(dest, 'train'))
+  name = os.path.join('train', arrayrecord.shard_name('train', 0, 1))
+  writer = array_record_module.ArrayRecordWriter(os.path.join(dest, name),
+                                                 arrayrecord.WRITER_OPTIONS)
+  good = open(os.path.join(root, 'train', 'ant', '01.png'), 'rb').read()
+  for i in range(4):
+    writer.write(arrayrecord.encode(b'garbage' if i == 2 else good, i % 3, f'img{i}.png'))
+  writer.close()
+  arrayrecord_writer.write_metadata(dest, list(CLASSES), {'train': {
+      'num_examples': 4, 'shards': [name], 'shard_lengths': [4]}}, 'test')
+  records = GrainSource.from_arrayrecord(dest, 'train', image_size=12)
+  with pytest.raises(DataError, match=r"damaged 'train': record 2 \(img2\.png\): cannot be "
+                                      r"decoded as an image .*data\.on_bad_image=skip"):
+    list(records.eval_batches(4))
+  capsys.readouterr()
+  skipping = GrainSource.from_arrayrecord(dest, 'train', on_bad='skip', image_size=12)
+  assert "skipped 1 unreadable image (first: " in capsys.readouterr().err
+  batch = next(iter(skipping.eval_batches(4)))
+  assert batch['mask'].tolist() == [1, 1, 1, 0] and batch['label'][:3].tolist() == [0, 1, 0]
+
 # --- training -----------------------------------------------------------------------------
 
 TRAIN_WITHOUT_TF = '''
