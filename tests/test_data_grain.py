@@ -243,6 +243,7 @@ def test_arrayrecord_missing_or_empty_shards_are_one_line(tree, tmp_path):
     arrayrecord_writer.from_folder(tree, dest, ['train'])
 
 
+
 def test_arrayrecord_bad_images_are_named_or_skipped(tmp_path, capsys):
   """The converter names a bad file (or leaves it out, counted); a record that does not decode
   when read is named by its position and source key (or is left out with on_bad='skip')."""
@@ -285,18 +286,27 @@ def test_arrayrecord_bad_images_are_named_or_skipped(tmp_path, capsys):
 
 # --- training -----------------------------------------------------------------------------
 
+# TensorFlow made unimportable at the top level, which the worker processes (started with
+# spawn) run too: neither the training process nor its workers may need it. The training
+# modules are imported under the guard only, as in scripts/train.py, so the workers import
+# just what their batches need.
 TRAIN_WITHOUT_TF = '''
-import json, sys
-from resnet_flax.config import base_config
-from resnet_flax.models import model_fields
-from resnet_flax.train import loop
-c = base_config()
-c.model.update(model_fields('resnet20'))
-c.model.depth, c.model.width, c.model.num_classes = 8, 4, 3
-c.data.source, c.data.backend, c.data.dir = 'folder', 'grain', sys.argv[1]
-c.data.eval_split, c.data.preprocess, c.data.worker_count = 'val', 'cifar', 1
-c.batch_size, c.num_train_steps, c.log_tensorboard, c.progress_bar = 9, 3, False, False
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError(f'{name} is not installed here')
+sys.meta_path.insert(0, Block())
 if __name__ == '__main__':
+  from resnet_flax.config import base_config
+  from resnet_flax.models import model_fields
+  from resnet_flax.train import loop
+  c = base_config()
+  c.model.update(model_fields('resnet20'))
+  c.model.depth, c.model.width, c.model.num_classes = 8, 4, 3
+  c.data.source, c.data.backend, c.data.dir = 'folder', 'grain', sys.argv[1]
+  c.data.eval_split, c.data.preprocess, c.data.worker_count = 'val', 'cifar', 1
+  c.batch_size, c.num_train_steps, c.log_tensorboard, c.progress_bar = 9, 3, False, False
   results = loop.train_and_evaluate(c, sys.argv[2])
   print(json.dumps({'steps': results['steps'], 'eval_top1': results['eval_top1'],
                     'tf': sorted(m for m in sys.modules if m.split('.')[0] in
