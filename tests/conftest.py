@@ -270,7 +270,7 @@ _DATA_LINES = {
     'grain': '''  c.data.source = 'folder'
   c.data.backend = 'grain'
   c.data.dir = {root!r}
-  c.data.worker_count = 1''',
+  c.data.worker_count = 0''',
 }
 # the in-memory data with ResNet-20's depth, its stages' units 2-3 as one nn.scan
 _DATA_LINES['scan'] = _DATA_LINES['memory'] + (
@@ -293,7 +293,8 @@ def image_tree(root):
 def config_text(backend, root):
   """The tiny model as a config file, on synthetic data ('memory'; 'scan': at depth 20 with
   scanned stages) or a PNG folder (written under `root`) read by tf.data ('tfdata') or by Grain
-  with a worker process ('grain')."""
+  ('grain', in the training process: worker processes give the same batches, which
+  test_data_grain checks, and would cost seconds of start-up per stream)."""
   lines = _DATA_LINES[backend]
   if backend in ('tfdata', 'grain'):
     lines = lines.format(root=str(image_tree(os.path.join(root, 'images'))))

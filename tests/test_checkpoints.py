@@ -25,8 +25,8 @@ from resnet_flax.train import loop, resume, steps
 from resnet_flax.train.build import build_run
 
 # What the exact-resume tests cover: the in-memory back end (JAX augmentation), tf.data (host
-# augmentation with stateless random ops) and Grain (host augmentation in a worker process)
-# reading an image-folder tree, and a model with scanned stages (in memory).
+# augmentation with stateless random ops) and Grain (host augmentation keyed by example, no
+# iterator state) reading an image-folder tree, and a model with scanned stages (in memory).
 BACKENDS = ['memory', 'tfdata', 'grain', 'scan']
 
 
