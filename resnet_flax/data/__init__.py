@@ -31,6 +31,11 @@ def load_datasets(data_cfg, seed: int = 0) -> tuple[Source, Source]:
   if source == 'arrayrecord' and backend not in ('auto', 'grain'):
     raise DataError(f"data.source=arrayrecord is read by Grain, not {backend!r}: set "
                     "data.backend='auto' or 'grain'")
+  if backend == 'grain' and source == 'tfds':
+    raise DataError(f"data.backend=grain does not read data.source=tfds: convert the dataset "
+                    f"once (resnet-flax make-arrayrecord --from tfds --name "
+                    f"{data_cfg['name'] or 'NAME'} --out DIR) and set data.source=arrayrecord "
+                    f"data.dir=DIR, or read it with data.backend='auto' (tf.data)")
   if backend == 'grain' and source not in GRAIN_SOURCES:
     raise DataError(f"data.backend=grain reads the {' and '.join(map(repr, GRAIN_SOURCES))} "
                     f"sources, not {source!r}; use data.backend='auto' or 'memory'")
