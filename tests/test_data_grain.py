@@ -1,6 +1,7 @@
-"""The Grain back end (`resnet_flax.data.grain`) and the ArrayRecord layout: determinism,
-resume, process shares, eval coverage, worker counts, presets, bad data, the converter, and a
-training run that imports no TensorFlow."""
+"""The Grain back end (`resnet_flax.data.grain`): determinism, resume, process shares, eval
+coverage, worker counts, bad data, the config's choices, a training run that imports no
+TensorFlow, workers that exit with their process, real JPEGs. (The ArrayRecord files it reads:
+test_data_arrayrecord; the host presets: test_data_host.)"""
 
 import json
 import os
@@ -14,43 +15,12 @@ import pytest
 pytest.importorskip('grain')
 from PIL import Image  # noqa: E402
 
-from conftest import (REPO, command, run_command, subprocess_env, tiny_config,  # noqa: E402
-                      unpacked_shared)
+from conftest import REPO, subprocess_env, tiny_config, unpacked_shared  # noqa: E402
+from grain_trees import CLASSES, assert_same, make_tree, source  # noqa: E402
 from resnet_flax import data as data_lib  # noqa: E402
-from resnet_flax.data import arrayrecord  # noqa: E402
 from resnet_flax.data.grain.source import GrainSource  # noqa: E402
 from resnet_flax.data.info import DataInfo  # noqa: E402
 from resnet_flax.errors import ConfigError, DataError  # noqa: E402
-
-CLASSES = ('ant', 'bee', 'cat')
-
-
-def make_tree(root, per_class=(9, 5), size=12, seed=0):
-  """ROOT/{train,val}/<class>/: random-pixel PNGs (and a JPEG per class) of one size."""
-  rng = np.random.default_rng(seed)
-  for split, n in zip(('train', 'val'), per_class):
-    for c, name in enumerate(CLASSES):
-      os.makedirs(os.path.join(root, split, name))
-      for i in range(n):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        pixels[..., 0] = 40 + 80 * c        # the class shows in the red channel
-        ext = '.jpg' if i == 0 else '.png'
-        if ext == '.jpg':                   # a JPEG of one colour keeps it
-          pixels[...] = pixels[0, 0]
-        Image.fromarray(pixels).save(os.path.join(root, split, name, f'{i:02d}{ext}'))
-  return str(root)
-
-
-def source(root, split='train', **options):
-  options.setdefault('random_crop_pad', 2)
-  options.setdefault('random_flip', True)
-  return GrainSource.from_folder(root, split, **options)
-
-
-def assert_same(a, b, keys=('image', 'label', 'position')):
-  for key in keys:
-    assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
-    assert a[key].tobytes() == b[key].tobytes(), key
 
 
 @pytest.fixture(scope='module')
@@ -179,6 +149,12 @@ def test_config_and_source_choices(tree):
   with pytest.raises(DataError, match="data.backend=grain reads the 'folder' and "
                                       "'arrayrecord' sources, not 'synthetic'"):
     data_lib.load_datasets(config.data)
+  config = tiny_config(**{'data.source': 'tfds', 'data.name': 'cifar10',
+                          'data.backend': 'grain'})
+  with pytest.raises(DataError, match=r"does not read data.source=tfds: convert the dataset "
+                                      r"once \(resnet-flax make-arrayrecord --from tfds --name "
+                                      r"cifar10 --out DIR\)"):
+    data_lib.load_datasets(config.data)
   config = tiny_config(**{'data.source': 'arrayrecord', 'data.backend': 'memory'})
   with pytest.raises(DataError, match='arrayrecord is read by Grain'):
     data_lib.load_datasets(config.data)
@@ -193,96 +169,6 @@ def test_config_and_source_choices(tree):
   assert train.image_shape == (12, 12, 3) and val.image_shape == (16, 16, 3)
   assert next(iter(val.eval_batches(5)))['image'].shape == (5, 16, 16, 3)
 
-
-# --- ArrayRecord --------------------------------------------------------------------------
-
-def test_arrayrecord_round_trip_and_refusal(tree, tmp_path):
-  dest = str(tmp_path / 'records')
-  p = run_command(command('make_arrayrecord', '--in', tree, '--out', dest, '--shards', 2))
-  assert p.returncode == 0, p.stderr[-2000:]
-  assert 'train: 27 images in 2 shards' in p.stdout and 'val: 15 images' in p.stdout
-  assert re.search(r'train: \[#+\] 27/27 images', p.stderr)          # the progress bar
-  meta = arrayrecord.read_metadata(dest)
-  assert meta['class_names'] == list(CLASSES)
-  assert meta['splits']['train']['shard_lengths'] == [14, 13]
-  for split in ('train', 'val[1:12]'):
-    ours = GrainSource.from_arrayrecord(dest, split)
-    files = source(tree, split)
-    assert ours.num_examples == files.num_examples and ours.class_names == files.class_names
-    for index in range(ours.num_examples):         # the same bytes, labels and order
-      assert ours.records[index] == files.records[index]
-    for a, b in zip(ours.eval_batches(4), files.eval_batches(4)):
-      assert_same(a, b, ('image', 'label', 'mask'))
-  a = GrainSource.from_arrayrecord(dest, 'train', random_flip=True).train_batches(8, 0)
-  b = source(tree, random_crop_pad=0).train_batches(8, 0)
-  assert_same(a.batch(4), b.batch(4))
-
-  again = run_command(command('make_arrayrecord', '--in', tree, '--out', dest))
-  assert again.returncode == 2
-  line = again.stderr.strip().splitlines()
-  assert len(line) == 1 and line[0].startswith('data error: ') and '--overwrite' in line[0]
-  over = run_command(command('make_arrayrecord', '--in', tree, '--out', dest, '--overwrite'))
-  assert over.returncode == 0, over.stderr[-2000:]
-  assert arrayrecord.read_metadata(dest)['splits']['train']['shard_lengths'] == [27]
-  assert len(arrayrecord.existing_shards(dest, 'train')) == 1
-
-
-def test_arrayrecord_missing_or_empty_shards_are_one_line(tree, tmp_path):
-  with pytest.raises(DataError, match=r'metadata.json: no such file \(the folder does not '
-                                      r'exist\); write one with resnet-flax make-arrayrecord'):
-    GrainSource.from_arrayrecord(str(tmp_path / 'nothing'), 'train')
-  dest = str(tmp_path / 'records')
-  from resnet_flax.data import arrayrecord_writer
-  arrayrecord_writer.from_folder(tree, dest, ['train', 'val'], shards=3)
-  with pytest.raises(DataError, match=r"has no split 'test'; its splits: train, val"):
-    GrainSource.from_arrayrecord(dest, 'test')
-  os.remove(arrayrecord.existing_shards(dest, 'val')[1])
-  with pytest.raises(DataError, match=r"split 'val': 1 of its 3 shards are missing .*--overwrite"):
-    GrainSource.from_arrayrecord(dest, 'val')
-  with pytest.raises(DataError, match='already holds'):
-    arrayrecord_writer.from_folder(tree, dest, ['train'])
-
-
-
-def test_arrayrecord_bad_images_are_named_or_skipped(tmp_path, capsys):
-  """The converter names a bad file (or leaves it out, counted); a record that does not decode
-  when read is named by its position and source key (or is left out with on_bad='skip')."""
-  from array_record.python import array_record_module
-  from resnet_flax.data import arrayrecord_writer
-  root = make_tree(tmp_path / 'tree', per_class=(3, 1))
-  with open(os.path.join(root, 'train', 'bee', '02.png'), 'wb') as f:
-    f.write(b'not an image')
-  dest = str(tmp_path / 'converted')
-  with pytest.raises(DataError, match=r'^train/bee/02\.png: cannot be decoded as an image .*'
-                                      r'--on-bad-image skip'):
-    arrayrecord_writer.from_folder(root, dest, ['train'])
-  meta = arrayrecord_writer.from_folder(root, dest, ['train'], on_bad='skip', overwrite=True)
-  entry = meta['splits']['train']
-  assert entry['num_examples'] == 8 and entry['skipped'] == 1
-  assert entry['first_skipped'] == 'train/bee/02.png'
-  assert GrainSource.from_arrayrecord(dest, 'train').num_examples == 8
-
-  # shards holding an undecodable record, as a damaged or foreign writer would leave them
-  dest = str(tmp_path / 'damaged')
-  os.makedirs(os.path.join(dest, 'train'))
-  name = os.path.join('train', arrayrecord.shard_name('train', 0, 1))
-  writer = array_record_module.ArrayRecordWriter(os.path.join(dest, name),
-                                                 arrayrecord.WRITER_OPTIONS)
-  good = open(os.path.join(root, 'train', 'ant', '01.png'), 'rb').read()
-  for i in range(4):
-    writer.write(arrayrecord.encode(b'garbage' if i == 2 else good, i % 3, f'img{i}.png'))
-  writer.close()
-  arrayrecord_writer.write_metadata(dest, list(CLASSES), {'train': {
-      'num_examples': 4, 'shards': [name], 'shard_lengths': [4]}}, 'test')
-  records = GrainSource.from_arrayrecord(dest, 'train', image_size=12)
-  with pytest.raises(DataError, match=r"damaged 'train': record 2 \(img2\.png\): cannot be "
-                                      r"decoded as an image .*data\.on_bad_image=skip"):
-    list(records.eval_batches(4))
-  capsys.readouterr()
-  skipping = GrainSource.from_arrayrecord(dest, 'train', on_bad='skip', image_size=12)
-  assert "skipped 1 unreadable image (first: " in capsys.readouterr().err
-  batch = next(iter(skipping.eval_batches(4)))
-  assert batch['mask'].tolist() == [1, 1, 1, 0] and batch['label'][:3].tolist() == [0, 1, 0]
 
 # --- training -----------------------------------------------------------------------------
 
@@ -398,15 +284,3 @@ def test_real_imagenette_jpegs_at_224():
   b = train.train_batches(16, seed=0).batch(1)
   assert b['image'].shape == (16, 224, 224, 3) and b['label'].max() < 10
 
-
-def test_arrayrecord_from_a_tfds_dataset(tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets')
-  from resnet_flax.data import arrayrecord_writer
-  dest = str(tmp_path / 'records')
-  with tfds.testing.mock_data(num_examples=10):
-    meta = arrayrecord_writer.from_tfds('cifar10', '', dest, ['train', 'test'])
-  assert meta['splits']['train']['num_examples'] == 10 and len(meta['class_names']) == 10
-  train = GrainSource.from_arrayrecord(dest, 'train', preprocess='cifar')
-  batch = next(iter(train.eval_batches(4)))
-  assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].max() < 10
-  assert re.search(r"'train': record 0 \(cifar10-train\S+\)$", train.records.key(0))
