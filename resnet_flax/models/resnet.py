@@ -79,6 +79,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_one_pass: bool = False         # BatchNorm variance in one pass (layers.BatchNorm)
   flavour: str = 'torch'
   scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
   remat: bool = False               # recompute each unit's activations in the backward pass
@@ -134,7 +135,8 @@ class ResNet(nn.Module):
     norm = functools.partial(
         BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-        group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
+        group_size=self.bn_group_size or None, one_pass=self.bn_one_pass, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     pre_act = self.version == 'v2'
     keras = self.flavour == 'keras'
     features = {}
