@@ -1,5 +1,7 @@
 """Training and inference throughput of a config's model on synthetic data, with model FLOPs.
 
+`SyntheticRun(config, ...)` is that run stepped one call at a time (for callers that time
+steps their own way: the framework comparison, the accelerator report's batch search).
 `benchmark(config, steps=..., warmup=..., peak_flops=...)` builds the run exactly as training
 does (`train.build.build_run`: same model, precision, optimizer, parallelism and compiled steps),
 but on synthetic uint8 images held in memory, so no dataset (and no TensorFlow) is needed and
@@ -133,7 +135,7 @@ def _to_devices(par, host_batch):
   return jax.block_until_ready(batch)
 
 
-def _time_calls(fn, n: int) -> np.ndarray:
+def time_calls(fn, n: int) -> np.ndarray:
   """Seconds of each of `n` calls of fn(i), each waited for with block_until_ready."""
   times = np.empty(n)
   for i in range(n):
@@ -157,14 +159,38 @@ def _peak_memory_bytes() -> Optional[int]:
   return int(stats['peak_bytes_in_use'])
 
 
-def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = None,
-              devices=None) -> dict[str, Any]:
-  """Times the train and eval steps of `config`'s run on synthetic data; see the module doc.
-
-  `peak_flops` is the peak FLOP/s of one device (None: looked up in `PEAK_FLOPS`); `devices`
-  as in `train.build.build_run` (None: all). Single process. Raises `ConfigError` / `ValueError`
-  for a config or arguments that cannot run.
+class SyntheticRun:
+  """The run of `benchmark_config(config)` with its synthetic batches on the devices, stepped
+  one call at a time: `train(k)` runs train step k on batch k % n (n <= MAX_TRAIN_BATCHES) and
+  returns (state, metrics); `evaluate()` runs the eval step on one batch of `eval_batch_size`
+  (or `batch_size`) images with the current state. Nothing is waited for: the caller blocks.
+  `steps` and `warmup` only size the synthetic data and the schedule (`benchmark_config`).
   """
+
+  def __init__(self, config, *, steps: int, warmup: int, devices=None):
+    self.config = benchmark_config(config, steps=steps, warmup=warmup)
+    self.run = build_run(self.config, devices=devices)
+    self.par = self.run.par
+    self.batch_size = int(self.config.batch_size)
+    self.eval_batch_size = int(self.config.eval_batch_size or self.config.batch_size)
+    self.state = self.run.state
+    n_train = self.run.train_batches.steps_per_epoch
+    self.train_batches = [_to_devices(self.par, self.run.train_batches.batch(k))
+                          for k in range(n_train)]
+    self.eval_batch = _to_devices(self.par, next(iter(self.run.eval_ds.eval_batches(
+        self.eval_batch_size, 0, 1))))
+
+  def train(self, k: int):
+    self.state, metrics = self.run.p_train(self.state,
+                                           self.train_batches[k % len(self.train_batches)])
+    return self.state, metrics
+
+  def evaluate(self, _: int = 0):
+    return self.run.p_eval(self.state, self.eval_batch)
+
+
+def check_arguments(steps: int, warmup: int, peak_flops: Optional[float] = None) -> None:
+  """ValueError for step counts or a peak FLOP/s the benchmark cannot use."""
   if int(steps) < 1:
     raise ValueError(f'steps={steps} must be a positive number of timed steps')
   if int(warmup) < 0:
@@ -174,41 +200,35 @@ def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = 
   if jax.process_count() > 1:
     raise ValueError('the benchmark runs in a single process; start it without '
                      'distributed initialisation')
+
+
+def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = None,
+              devices=None) -> dict[str, Any]:
+  """Times the train and eval steps of `config`'s run on synthetic data; see the module doc.
+
+  `peak_flops` is the peak FLOP/s of one device (None: looked up in `PEAK_FLOPS`); `devices`
+  as in `train.build.build_run` (None: all). Single process. Raises `ConfigError` / `ValueError`
+  for a config or arguments that cannot run.
+  """
+  check_arguments(steps, warmup, peak_flops)
   steps, warmup = int(steps), int(warmup)
-  config = benchmark_config(config, steps=steps, warmup=warmup)
-  run = build_run(config, devices=devices)
-  par = run.par
-  batch_size = int(config.batch_size)
-  eval_batch_size = int(config.eval_batch_size or config.batch_size)
+  bench = SyntheticRun(config, steps=steps, warmup=warmup, devices=devices)
+  config, run, par = bench.config, bench.run, bench.par
+  batch_size, eval_batch_size = bench.batch_size, bench.eval_batch_size
   image_size = int(config.data.image_size)
   channels = int(config.data.channels)
 
   # Training.
-  n_train = run.train_batches.steps_per_epoch
-  train_batches = [_to_devices(par, run.train_batches.batch(k)) for k in range(n_train)]
-  state = run.state
-
-  def train_call(k):
-    nonlocal state
-    state, metrics = run.p_train(state, train_batches[k % n_train])
-    return state, metrics
-
-  compile_s = float(_time_calls(train_call, 1)[0])
+  compile_s = float(time_calls(bench.train, 1)[0])
   for k in range(1, 1 + warmup):
-    jax.block_until_ready(train_call(k))
-  train_times = _time_calls(lambda i: train_call(1 + warmup + i), steps)
+    jax.block_until_ready(bench.train(k))
+  train_times = time_calls(lambda i: bench.train(1 + warmup + i), steps)
 
-  # Inference (the eval step).
-  eval_host = next(iter(run.eval_ds.eval_batches(eval_batch_size, 0, 1)))
-  eval_batch = _to_devices(par, eval_host)
-
-  def eval_call(_):
-    return run.p_eval(state, eval_batch)
-
-  infer_compile_s = float(_time_calls(eval_call, 1)[0])
+  # Inference: the eval step on one batch, with the trained state.
+  infer_compile_s = float(time_calls(bench.evaluate, 1)[0])
   for _ in range(warmup):
-    jax.block_until_ready(eval_call(0))
-  infer_times = _time_calls(eval_call, steps)
+    jax.block_until_ready(bench.evaluate())
+  infer_times = time_calls(bench.evaluate, steps)
 
   # Model FLOPs (an unbound copy of the model: no BatchNorm axis name needed in eval mode).
   dtype = compute_dtype(config)
