@@ -33,13 +33,15 @@ training FLOPs per image = 3 x 2 x MACs. MFU = achieved model FLOP/s / (peak FLO
 devices), with the peak from `PEAK_FLOPS` for the device kind and compute dtype, or as given.
 """
 
+import importlib
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from resnet_flax.errors import ConfigError, first_line
 from resnet_flax.models import NAMES, create_model, default_image_size, model_fields
 from resnet_flax.tools import model_stats
 from resnet_flax.train.build import build_run
@@ -99,6 +101,37 @@ def _same(a, b) -> bool:
   if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
     return tuple(a or ()) == tuple(b or ())
   return a == b
+
+
+# the shipped config (resnet_flax/configs/NAME.py) whose recipe a model family is measured with
+FAMILY_CONFIGS = {'cifar': 'cifar10', 'imagenet': 'imagenet'}
+
+
+def shipped_config(name: str, *, batch_size: int, dtype: str = 'float32',
+                   overrides: Optional[Mapping[str, Any]] = None):
+  """The shipped training config of a registered model's family (`FAMILY_CONFIGS`) with that
+  model's fields: configs/cifar10.py for the CIFAR family (He et al.'s recipe, the pad-4 crop
+  and flip run on the device), configs/imagenet.py for the others; `batch_size` for training and evaluation,
+  `dtype` the compute precision, then the 'section.field' = value `overrides`. A ConfigError
+  names an unknown model, field or a value of the wrong type."""
+  fields = model_fields(name)
+  config = importlib.import_module(
+      f"resnet_flax.configs.{FAMILY_CONFIGS[fields['family']]}").get_config()
+  config.model.update(fields)
+  config.batch_size = config.eval_batch_size = int(batch_size)
+  config.dtype = dtype
+  for key, value in (overrides or {}).items():
+    *parents, last = key.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if hasattr(node, 'get') else None
+    if not hasattr(node, 'keys') or last not in node:
+      raise ConfigError(f'{key}: the config has no such field')
+    try:
+      node[last] = tuple(value) if isinstance(value, list) else value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f'{key}={value!r}: {first_line(e)}') from None
+  return config
 
 
 def benchmark_config(config, *, steps: int, warmup: int):
