@@ -19,6 +19,7 @@ COMMANDS = {
     'summary': ('tools', 'summary'),
     'benchmark': ('tools', 'benchmark'),
     'input-benchmark': ('tools', 'input_benchmark'),
+    'compare-frameworks': ('reports', 'compare_frameworks'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
     'gradient-flow': ('experiments', 'gradient_flow'),
