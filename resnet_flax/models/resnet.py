@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_flax.models import conv as conv_lib
 from resnet_flax.models import scan
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
@@ -81,6 +82,7 @@ class ResNet(nn.Module):
   flavour: str = 'torch'
   scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
   remat: bool = False               # recompute each unit's activations in the backward pass
+  conv_impl: str = 'xla'            # 'xla' | 'fast' (conv.py)
   stem_pool: str = 'max'
   shortcut_downsample: str = 'conv'
   se_ratio: float = 0.0
@@ -127,6 +129,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True, return_features: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        conv_general_dilated=conv_lib.conv_function(self.conv_impl),
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(
         BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
