@@ -51,6 +51,7 @@ def test_quick_report_runs_without_tensorflow_and_writes_both_files(tmp_path):
   assert r50['batch_size'] == accelerator_sections.QUICK.resnet50_batch
   assert r50['train_images_per_sec'] > 0 and r50['infer_images_per_sec'] > 0
   assert r50['mfu'] is None and 'cpu' in r50['mfu_omitted']          # no CPU peak is known
+  assert r50['conv_impl'] == 'fast'                                    # 'auto' on a CPU
   for name, depth in zip(('cifar_resnet20', 'cifar_resnet56'),
                          accelerator_sections.QUICK.cifar_depths):
     c = sections[name]

@@ -25,8 +25,8 @@ def test_counterparts_follow_the_overridden_fields():
   assert _spec('resnet20')['source'] == 'cifar'
   deeper = _spec('resnet20', **{'model.depth': 56})
   assert (deeper['source'], deeper['depth']) == ('cifar', 56)
-  assert _spec('resnet50', **{'model.scan_units': 'off', 'model.remat': 'unit'})[
-      'source'] == 'torchvision'
+  assert _spec('resnet50', **{'model.scan_units': 'off', 'model.remat': 'unit',
+                              'model.conv_impl': 'fast'})['source'] == 'torchvision'
   with pytest.raises(ConfigError, match=r'model\.width differs from the CIFAR reference'):
     _spec('resnet20', **{'model.width': 4})
   with pytest.raises(ConfigError, match=r'model\.depth differs from torchvision resnet50'):
@@ -84,7 +84,7 @@ def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch
   record = str(tmp_path / 'record.json')
   code = reports.compare_frameworks([
       'compare-frameworks', '--model', 'resnet20', '--set', 'model.depth=8', '--set',
-      'model.scan_units=off', '--batch', '8', '--rounds', '2', '--steps', '1', '--warmup', '0',
+      'model.scan_units=off', '--set', 'model.conv_impl=xla', '--batch', '8', '--rounds', '2', '--steps', '1', '--warmup', '0',
       '--threads', '1', '--json', record])
   assert code == 0
   r = json.load(open(record))
@@ -92,6 +92,7 @@ def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch
   # the same network: the reference code's parameter count is ours (75,290 at depth 8)
   assert ours['num_params'] == torch['num_params'] == 75290 and r['same_parameter_count']
   assert ours['model_fields']['depth'] == 8 and ours['model_fields']['scan_units'] == 'off'
+  assert ours['model_fields']['conv_impl'] == ours['conv_impl'] == 'xla'   # 'auto' is 'fast'
   assert torch['model_source'] == os.path.join('tests', 'torch_models.py')
   assert torch['threads'] == 1 and torch['layout'] == 'channels_last'
   assert not ours['imports_torch'] and not torch['imports_jax']   # one framework a process

@@ -96,7 +96,8 @@ def _num(value, digits: int = 4) -> str:
 
 
 def _throughput_rows(r: dict, name: str) -> list[tuple[str, str]]:
-  what = f"{r['model']}, {r['image_size']} px, batch {r['batch_size']}, {r['dtype']}"
+  what = (f"{r['model']}, {r['image_size']} px, batch {r['batch_size']}, {r['dtype']}, "
+          f"conv_impl {r['conv_impl']}")
   rows = [(f'train images/s ({what})', _num(r['train_images_per_sec'])),
           ('train step, median (p10 - p90)', f"{_num(r['train_step_ms_median'])} ms "
            f"({_num(r['train_step_ms_p10'])} - {_num(r['train_step_ms_p90'])})"),

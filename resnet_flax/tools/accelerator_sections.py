@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import jax
 
 from resnet_flax.errors import first_line
+from resnet_flax.models import conv
 from resnet_flax.tools import benchmarking, host_info, input_benchmark
 
 PAPER_CIFAR_ITERATIONS = 64_000      # He et al. 2015, Section 4.2
@@ -112,7 +113,9 @@ def _throughput(config, settings: Settings) -> dict:
           'infer_images_per_sec', 'macs_per_image', 'train_flops_per_image',
           'train_tflops_achieved', 'infer_tflops_achieved', 'peak_tflops_per_device', 'mfu',
           'infer_mfu', 'peak_memory_bytes', 'device_kind')
-  return {k: r[k] for k in keep}
+  out = {k: r[k] for k in keep}
+  out['conv_impl'] = conv.resolve(config.model.conv_impl)   # what 'auto' became here
+  return out
 
 
 def resnet50_train(settings: Settings, context: Context) -> dict:

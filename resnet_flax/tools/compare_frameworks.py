@@ -184,7 +184,8 @@ def table(result: dict) -> str:
            f"{result['warmup']} untimed (median per side and round)",
            f"machine: {m['cpu_model']}, {m['cores']} cores, {' '.join(m['vector_flags'])}",
            f"ours: resnet_flax (jax {result['ours']['jax_version']}, "
-           f"{result['ours']['num_params']:,} parameters); torch {result['torch']['torch_version']}"
+           f"{result['ours']['num_params']:,} parameters, conv_impl "
+           f"{result['ours']['conv_impl']}); torch {result['torch']['torch_version']}"
            f" ({result['torch']['model_source']}, {result['torch']['num_params']:,} parameters, "
            f"{result['layout']}, {result['torch']['threads']} threads)"]
   if not result['same_parameter_count']:

@@ -17,6 +17,7 @@ import time
 
 import jax
 
+from resnet_flax.models import conv
 from resnet_flax.tools import benchmarking, step_server
 
 
@@ -46,6 +47,7 @@ def build(spec: dict):
       'overrides': dict(spec.get('overrides') or {}),
       'model_fields': {k: list(v) if isinstance(v, tuple) else v
                        for k, v in bench.config.model.items()},
+      'conv_impl': conv.resolve(bench.config.model.conv_impl),   # what 'auto' became here
       'jax_version': jax.__version__,
       'backend': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
