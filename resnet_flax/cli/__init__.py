@@ -19,6 +19,8 @@ COMMANDS = {
     'summary': ('tools', 'summary'),
     'benchmark': ('tools', 'benchmark'),
     'input-benchmark': ('tools', 'input_benchmark'),
+    'compare-frameworks': ('reports', 'compare_frameworks'),
+    'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
     'gradient-flow': ('experiments', 'gradient_flow'),
