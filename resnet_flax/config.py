@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-from resnet_flax import optim, transfer, tree
+from resnet_flax import compiler, optim, transfer, tree
 from resnet_flax.data import source as data_source
 from resnet_flax.data import policies, splits
 from resnet_flax.errors import ConfigError
@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0               # 0: no EMA; else eval uses the EMA of params and batch_stats
   c.seed = 0
   c.parallelism = 'jit'           # jit (Mesh + NamedSharding) | pmap
+  c.compiler_options = compiler.DEFAULT  # auto (per back end, see compiler.py) | none
   c.nan_policy = 'stop'           # stop | skip_step
 
   c.log_every_steps = 50
@@ -185,6 +186,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   optim.optimizers.optimizer_fields(config.optimizer)
   optim.schedules.schedule_fields(config.schedule, config.batch_size)
   _check_choice(config, 'parallelism', PARALLELISM)
+  _check_choice(config, 'compiler_options', compiler.CHOICES)
   _check_choice(config, 'nan_policy', NAN_POLICIES)
   _check_choice(config, 'best_metric', BEST_METRICS)
   _check_choice(config, 'best_mode', ('max', 'min'))

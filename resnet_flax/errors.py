@@ -46,6 +46,11 @@ class SweepError(UserError):
   kind = 'sweep error'
 
 
+class DependencyError(UserError):
+  """A package (or a reference file of the source checkout) that a command needs is missing."""
+  kind = 'missing dependency'
+
+
 def first_line(error: BaseException) -> str:
   """'TypeName: first line of the message', for quoting a library's error inside ours."""
   text = str(error).strip().splitlines()

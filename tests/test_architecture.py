@@ -14,7 +14,7 @@ PACKAGE = os.path.join(REPO, 'resnet_flax')
 # Bottom to top: a module may import its own layer or a lower one, never a higher one.
 LAYERS = (
     ('resnet_flax', 'resnet_flax.errors', 'resnet_flax.tree', 'resnet_flax.fields',
-     'resnet_flax.rundir'),
+     'resnet_flax.rundir', 'resnet_flax.compiler'),
     ('resnet_flax.models', 'resnet_flax.data'),
     ('resnet_flax.optim', 'resnet_flax.transfer'),
     ('resnet_flax.config', 'resnet_flax.configs'),

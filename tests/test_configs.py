@@ -85,3 +85,27 @@ def test_modern_recipes():
   c.model.name = 'preact_resnet1001'
   configuration.select_model_name(c, {'model.name': 'preact_resnet1001'})
   assert (c.model.depth, c.model.drop_path_rate) == (1001, 0.5)
+
+
+@pytest.mark.parametrize('epochs', [30, 60])
+def test_the_budget_recipe_spans_its_budget(epochs):
+  """configs/paper/cifar10_budget.py: the paper's network, data, batch, optimizer and weight
+  decay; `num_epochs` is the budget, and the cosine decay spans exactly that many epochs after
+  one warm-up epoch from lr 0.01."""
+  from resnet_flax.train.build import build_optimizer
+  c = load('configs/paper/cifar10_budget.py')
+  assert (c.model.depth, c.model.version, c.model.shortcut, c.data.preprocess) == (
+      20, 'v1', 'A', 'cifar')
+  assert (c.data.train_split, c.data.eval_split, c.batch_size) == ('train[:45000]', 'test', 128)
+  assert (c.optimizer.momentum, c.optimizer.weight_decay, c.optimizer.weight_decay_mode) == (
+      0.9, 1e-4, 'l2')
+  assert c.num_epochs == 30
+  c.num_epochs = float(epochs)
+  plan, schedule, _ = build_optimizer(c, 45_000)
+  per_epoch = 45_000 // 128
+  assert (plan.steps_per_epoch, plan.total_steps) == (per_epoch, epochs * per_epoch)
+  assert float(schedule(0)) == pytest.approx(0.01)
+  assert float(schedule(per_epoch)) == pytest.approx(0.1)
+  middle = per_epoch + (plan.total_steps - per_epoch) // 2
+  assert float(schedule(middle)) == pytest.approx(0.05, rel=1e-2)
+  assert float(schedule(plan.total_steps)) == pytest.approx(0.0, abs=1e-6)

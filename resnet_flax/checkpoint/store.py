@@ -157,8 +157,16 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    steps = self.steps()
-    return steps[-1] if steps else None
+    """The latest complete checkpoint, read from the folder itself: the manager lists a step as
+    soon as its save starts, also one whose write then failed; a folder named by its step exists
+    only once orbax has written it whole and renamed it."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return None
+    steps = [int(n) for n in names
+             if n.isdigit() and os.path.isdir(os.path.join(self.directory, n))]
+    return max(steps) if steps else None
 
   # -- saving
   def save(self, step: int, host_state, *, meta: dict, config, metrics: Optional[dict]) -> None:

@@ -20,6 +20,8 @@ COMMANDS = {
     'benchmark': ('tools', 'benchmark'),
     'input-benchmark': ('tools', 'input_benchmark'),
     'make-arrayrecord': ('arrayrecord', 'make_arrayrecord'),
+    'compare-frameworks': ('reports', 'compare_frameworks'),
+    'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
     'gradient-flow': ('experiments', 'gradient_flow'),

@@ -43,6 +43,17 @@ def parse_value(text: str):
   return text
 
 
+def parse_assignments(items) -> dict:
+  """['FIELD=VALUE', ...] (the values as `parse_value` reads them) -> {FIELD: value}."""
+  out = {}
+  for item in items:
+    field, sep, value = item.partition('=')
+    if not sep or not field.strip():
+      raise UserError(f'--set expects FIELD=VALUE, got {item!r}')
+    out[field.strip()] = parse_value(value)
+  return out
+
+
 def human(n: float) -> str:
   for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
     if abs(n) >= scale:
@@ -87,11 +98,7 @@ def summary(argv=None) -> int:
   from resnet_flax.tools import model_stats
   try:
     cfg = model_fields(args.name)
-    for item in args.set:
-      field, sep, value = item.partition('=')
-      if not sep or not field.strip():
-        raise UserError(f'--set expects FIELD=VALUE, got {item!r}')
-      cfg[field.strip()] = parse_value(value)
+    cfg.update(parse_assignments(args.set))
     result = model_stats.summarize(cfg, args.image_size)
   except UserError as e:
     return common.report_error(e)

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnet_flax import rundir, tree
+from resnet_flax import compiler, rundir, tree
 from resnet_flax.checkpoint import compat
 from resnet_flax.checkpoint.pretrained import load_checkpoint
 from resnet_flax.data import augment, host
@@ -150,18 +150,19 @@ def load(path: str, step: int = -1) -> Predictor:
                           f'build with this code ({e})') from None
   _check_variables(model, variables, augment.output_shape(config.data, data.image_shape),
                    f'{directory} (step {chosen})')
-  apply = make_apply(model, preprocess)
+  apply = make_apply(model, preprocess, config.get('compiler_options', compiler.DEFAULT))
   return Predictor(config, chosen, directory, model, jax.device_put(variables), uses_ema, data,
                    apply)
 
 
-def make_apply(model, preprocess):
+def make_apply(model, preprocess, compiler_options: str = compiler.DEFAULT):
   """jitted fn(variables, uint8 or float images (N, H, W, C)) -> float32 logits (N, classes):
-  the eval preprocessing (`augment.make_preprocess`, train=False) and the model."""
+  the eval preprocessing (`augment.make_preprocess`, train=False) and the model, compiled with
+  `compiler_options` for the default back end."""
   def apply(variables, images):
     x = preprocess(images, jax.random.PRNGKey(0), jnp.zeros(images.shape[:1], jnp.int32), False)
     return model.apply(variables, x, train=False).astype(jnp.float32)
-  return jax.jit(apply)
+  return compiler.jit(apply, compiler_options, jax.default_backend())
 
 
 def _check_variables(model, variables: dict, image_shape, where: str) -> None:

@@ -89,6 +89,12 @@ class BatchNorm(nn.Module):
     group_size: when set, statistics are computed per group of this many consecutive examples
       of the batch (ghost BN); the running statistics average the groups' statistics.
     scale_init: initialiser of the scale (zeros for a zero-initialised residual branch).
+    one_pass: the batch variance as E[x^2] - E[x]^2 from one read of x (flax's
+      `use_fast_variance`) instead of E[(x - E[x])^2] after the mean; faster on CPU, slightly
+      less exact for activations with a large mean.
+
+  The output is computed as `x * a + b` with `a = scale / sqrt(var + epsilon)` and
+  `b = bias - mean * a` per channel: one multiply-add per element.
   """
   use_running_average: bool = False
   momentum: float = 0.9
@@ -98,6 +104,7 @@ class BatchNorm(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scale_init: Any = nn.initializers.ones
+  one_pass: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -130,17 +137,26 @@ class BatchNorm(nn.Module):
           batch_var = jax.lax.pmean(batch_var, self.axis_name)
       else:
         axes = tuple(range(x32.ndim - 1))
-        batch_mean = x32.mean(axis=axes)
-        if self.axis_name is not None:
-          batch_mean = jax.lax.pmean(batch_mean, self.axis_name)
-        batch_var = jnp.square(x32 - batch_mean).mean(axis=axes)
-        if self.axis_name is not None:
-          batch_var = jax.lax.pmean(batch_var, self.axis_name)
-        y = (x32 - batch_mean) * jax.lax.rsqrt(batch_var + self.epsilon)
+        if self.one_pass:
+          moments = jnp.stack([x32.mean(axis=axes), jnp.square(x32).mean(axis=axes)])
+          if self.axis_name is not None:
+            moments = jax.lax.pmean(moments, self.axis_name)
+          batch_mean = moments[0]
+          batch_var = jnp.maximum(moments[1] - jnp.square(batch_mean), 0.0)
+        else:
+          batch_mean = x32.mean(axis=axes)
+          if self.axis_name is not None:
+            batch_mean = jax.lax.pmean(batch_mean, self.axis_name)
+          batch_var = jnp.square(x32 - batch_mean).mean(axis=axes)
+          if self.axis_name is not None:
+            batch_var = jax.lax.pmean(batch_var, self.axis_name)
+        mean, var = batch_mean, batch_var
       if not self.is_initializing():
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * batch_mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * batch_var
-      return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+      if self.group_size:
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
-    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+    a = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+    b = bias.astype(jnp.float32) - mean * a
+    return (x.astype(jnp.float32) * a + b).astype(self.dtype)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from resnet_flax import fields
 from resnet_flax.errors import ConfigError
-from resnet_flax.models import scan
+from resnet_flax.models import conv, scan
 from resnet_flax.models.blocks import (DOWNSAMPLES, FLAVOURS, SHORTCUTS, VERSIONS, BasicBlock,
                                        BottleneckBlock)
 from resnet_flax.models.resnet import POOLINGS, STEM_POOLS, STEMS, ResNet
@@ -42,12 +42,15 @@ MODEL_DEFAULTS = {
     'param_dtype': 'float32',
     'bn_momentum': 0.9,
     'bn_epsilon': 1e-5,
+    'bn_one_pass': False,    # BatchNorm variance as E[x^2] - E[x]^2 (one read; faster on CPU)
     'bn_group_size': 0,      # 0: statistics over the global batch; k: over groups of k examples
     'flavour': 'torch',      # 'keras': Keras applications' conv biases, padding and V2 strides
     'scan_units': 'auto',    # 'on' | 'off' | 'auto': a stage's identical units as one nn.scan
                              # over stacked parameters ('auto': runs of >= scan.AUTO_MIN_UNITS,
                              # or every run when remat='unit')
     'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
+    'conv_impl': 'auto',     # 'xla' | 'fast' | 'auto' (fast on CPU): how convs are computed
+                             # (conv.py); the same numbers to float32 round-off
     'stem': 'auto',          # 'auto' (the family's: 'imagenet' 7x7 / 'cifar' 3x3) or 'deep'
                              # (three 3x3 convs, ResNet-C/D); 'imagenet' and 'cifar' also allowed
     'stem_pool': 'max',      # strided stems: 'max' (3x3/2 max pool) or 'conv' (3x3/2 conv-BN-ReLU,
@@ -232,6 +235,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   fields.choice(cfg, 'model', 'flavour', FLAVOURS)
   fields.choice(cfg, 'model', 'scan_units', scan.SCAN_CHOICES)
   fields.choice(cfg, 'model', 'remat', scan.REMAT_CHOICES)
+  fields.choice(cfg, 'model', 'conv_impl', conv.CONV_IMPLS)
   fields.choice(cfg, 'model', 'dtype', DTYPES)
   fields.choice(cfg, 'model', 'param_dtype', DTYPES)
   pooling = None if cfg['pooling'] in (None, 'none') else cfg['pooling']
@@ -277,9 +281,11 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       bn_epsilon=float(cfg['bn_epsilon']),
       bn_axis_name=bn_axis_name,
       bn_group_size=int(cfg['bn_group_size']) or None,
+      bn_one_pass=bool(cfg['bn_one_pass']),
       flavour=cfg['flavour'],
       scan_min_units=scan.min_units(cfg['scan_units'], cfg['remat'] == 'unit'),
       remat=cfg['remat'] == 'unit',
+      conv_impl=conv.resolve(cfg['conv_impl']),
       stem_pool=cfg['stem_pool'],
       shortcut_downsample=cfg['shortcut_downsample'],
       se_ratio=float(cfg['se_ratio']),

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_flax.models import conv as conv_lib
 from resnet_flax.models import scan
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
@@ -78,9 +79,11 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_axis_name: Optional[str] = None
   bn_group_size: Optional[int] = None
+  bn_one_pass: bool = False         # BatchNorm variance in one pass (layers.BatchNorm)
   flavour: str = 'torch'
   scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
   remat: bool = False               # recompute each unit's activations in the backward pass
+  conv_impl: str = 'xla'            # 'xla' | 'fast' (conv.py)
   stem_pool: str = 'max'
   shortcut_downsample: str = 'conv'
   se_ratio: float = 0.0
@@ -127,11 +130,13 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True, return_features: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        conv_general_dilated=conv_lib.conv_function(self.conv_impl),
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(
         BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-        group_size=self.bn_group_size or None, dtype=self.dtype, param_dtype=self.param_dtype)
+        group_size=self.bn_group_size or None, one_pass=self.bn_one_pass, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     pre_act = self.version == 'v2'
     keras = self.flavour == 'keras'
     features = {}

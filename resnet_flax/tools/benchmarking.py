@@ -1,5 +1,7 @@
 """Training and inference throughput of a config's model on synthetic data, with model FLOPs.
 
+`SyntheticRun(config, ...)` is that run stepped one call at a time (for callers that time
+steps their own way: the framework comparison, the accelerator report's batch search).
 `benchmark(config, steps=..., warmup=..., peak_flops=...)` builds the run exactly as training
 does (`train.build.build_run`: same model, precision, optimizer, parallelism and compiled steps),
 but on synthetic uint8 images held in memory, so no dataset (and no TensorFlow) is needed and
@@ -31,13 +33,15 @@ training FLOPs per image = 3 x 2 x MACs. MFU = achieved model FLOP/s / (peak FLO
 devices), with the peak from `PEAK_FLOPS` for the device kind and compute dtype, or as given.
 """
 
+import importlib
 import math
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from resnet_flax.errors import ConfigError, first_line
 from resnet_flax.models import NAMES, create_model, default_image_size, model_fields
 from resnet_flax.tools import model_stats
 from resnet_flax.train.build import build_run
@@ -99,6 +103,37 @@ def _same(a, b) -> bool:
   return a == b
 
 
+# the shipped config (resnet_flax/configs/NAME.py) whose recipe a model family is measured with
+FAMILY_CONFIGS = {'cifar': 'cifar10', 'imagenet': 'imagenet'}
+
+
+def shipped_config(name: str, *, batch_size: int, dtype: str = 'float32',
+                   overrides: Optional[Mapping[str, Any]] = None):
+  """The shipped training config of a registered model's family (`FAMILY_CONFIGS`) with that
+  model's fields: configs/cifar10.py for the CIFAR family (He et al.'s recipe, the pad-4 crop
+  and flip run on the device), configs/imagenet.py for the others; `batch_size` for training and evaluation,
+  `dtype` the compute precision, then the 'section.field' = value `overrides`. A ConfigError
+  names an unknown model, field or a value of the wrong type."""
+  fields = model_fields(name)
+  config = importlib.import_module(
+      f"resnet_flax.configs.{FAMILY_CONFIGS[fields['family']]}").get_config()
+  config.model.update(fields)
+  config.batch_size = config.eval_batch_size = int(batch_size)
+  config.dtype = dtype
+  for key, value in (overrides or {}).items():
+    *parents, last = key.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if hasattr(node, 'get') else None
+    if not hasattr(node, 'keys') or last not in node:
+      raise ConfigError(f'{key}: the config has no such field')
+    try:
+      node[last] = tuple(value) if isinstance(value, list) else value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f'{key}={value!r}: {first_line(e)}') from None
+  return config
+
+
 def benchmark_config(config, *, steps: int, warmup: int):
   """A copy of `config` set up for benchmarking: synthetic data, a long schedule, no logging."""
   config = config.copy_and_resolve_references()
@@ -133,7 +168,7 @@ def _to_devices(par, host_batch):
   return jax.block_until_ready(batch)
 
 
-def _time_calls(fn, n: int) -> np.ndarray:
+def time_calls(fn, n: int) -> np.ndarray:
   """Seconds of each of `n` calls of fn(i), each waited for with block_until_ready."""
   times = np.empty(n)
   for i in range(n):
@@ -157,14 +192,38 @@ def _peak_memory_bytes() -> Optional[int]:
   return int(stats['peak_bytes_in_use'])
 
 
-def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = None,
-              devices=None) -> dict[str, Any]:
-  """Times the train and eval steps of `config`'s run on synthetic data; see the module doc.
-
-  `peak_flops` is the peak FLOP/s of one device (None: looked up in `PEAK_FLOPS`); `devices`
-  as in `train.build.build_run` (None: all). Single process. Raises `ConfigError` / `ValueError`
-  for a config or arguments that cannot run.
+class SyntheticRun:
+  """The run of `benchmark_config(config)` with its synthetic batches on the devices, stepped
+  one call at a time: `train(k)` runs train step k on batch k % n (n <= MAX_TRAIN_BATCHES) and
+  returns (state, metrics); `evaluate()` runs the eval step on one batch of `eval_batch_size`
+  (or `batch_size`) images with the current state. Nothing is waited for: the caller blocks.
+  `steps` and `warmup` only size the synthetic data and the schedule (`benchmark_config`).
   """
+
+  def __init__(self, config, *, steps: int, warmup: int, devices=None):
+    self.config = benchmark_config(config, steps=steps, warmup=warmup)
+    self.run = build_run(self.config, devices=devices)
+    self.par = self.run.par
+    self.batch_size = int(self.config.batch_size)
+    self.eval_batch_size = int(self.config.eval_batch_size or self.config.batch_size)
+    self.state = self.run.state
+    n_train = self.run.train_batches.steps_per_epoch
+    self.train_batches = [_to_devices(self.par, self.run.train_batches.batch(k))
+                          for k in range(n_train)]
+    self.eval_batch = _to_devices(self.par, next(iter(self.run.eval_ds.eval_batches(
+        self.eval_batch_size, 0, 1))))
+
+  def train(self, k: int):
+    self.state, metrics = self.run.p_train(self.state,
+                                           self.train_batches[k % len(self.train_batches)])
+    return self.state, metrics
+
+  def evaluate(self, _: int = 0):
+    return self.run.p_eval(self.state, self.eval_batch)
+
+
+def check_arguments(steps: int, warmup: int, peak_flops: Optional[float] = None) -> None:
+  """ValueError for step counts or a peak FLOP/s the benchmark cannot use."""
   if int(steps) < 1:
     raise ValueError(f'steps={steps} must be a positive number of timed steps')
   if int(warmup) < 0:
@@ -174,41 +233,35 @@ def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = 
   if jax.process_count() > 1:
     raise ValueError('the benchmark runs in a single process; start it without '
                      'distributed initialisation')
+
+
+def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = None,
+              devices=None) -> dict[str, Any]:
+  """Times the train and eval steps of `config`'s run on synthetic data; see the module doc.
+
+  `peak_flops` is the peak FLOP/s of one device (None: looked up in `PEAK_FLOPS`); `devices`
+  as in `train.build.build_run` (None: all). Single process. Raises `ConfigError` / `ValueError`
+  for a config or arguments that cannot run.
+  """
+  check_arguments(steps, warmup, peak_flops)
   steps, warmup = int(steps), int(warmup)
-  config = benchmark_config(config, steps=steps, warmup=warmup)
-  run = build_run(config, devices=devices)
-  par = run.par
-  batch_size = int(config.batch_size)
-  eval_batch_size = int(config.eval_batch_size or config.batch_size)
+  bench = SyntheticRun(config, steps=steps, warmup=warmup, devices=devices)
+  config, run, par = bench.config, bench.run, bench.par
+  batch_size, eval_batch_size = bench.batch_size, bench.eval_batch_size
   image_size = int(config.data.image_size)
   channels = int(config.data.channels)
 
   # Training.
-  n_train = run.train_batches.steps_per_epoch
-  train_batches = [_to_devices(par, run.train_batches.batch(k)) for k in range(n_train)]
-  state = run.state
-
-  def train_call(k):
-    nonlocal state
-    state, metrics = run.p_train(state, train_batches[k % n_train])
-    return state, metrics
-
-  compile_s = float(_time_calls(train_call, 1)[0])
+  compile_s = float(time_calls(bench.train, 1)[0])
   for k in range(1, 1 + warmup):
-    jax.block_until_ready(train_call(k))
-  train_times = _time_calls(lambda i: train_call(1 + warmup + i), steps)
+    jax.block_until_ready(bench.train(k))
+  train_times = time_calls(lambda i: bench.train(1 + warmup + i), steps)
 
-  # Inference (the eval step).
-  eval_host = next(iter(run.eval_ds.eval_batches(eval_batch_size, 0, 1)))
-  eval_batch = _to_devices(par, eval_host)
-
-  def eval_call(_):
-    return run.p_eval(state, eval_batch)
-
-  infer_compile_s = float(_time_calls(eval_call, 1)[0])
+  # Inference: the eval step on one batch, with the trained state.
+  infer_compile_s = float(time_calls(bench.evaluate, 1)[0])
   for _ in range(warmup):
-    jax.block_until_ready(eval_call(0))
-  infer_times = _time_calls(eval_call, steps)
+    jax.block_until_ready(bench.evaluate())
+  infer_times = time_calls(bench.evaluate, steps)
 
   # Model FLOPs (an unbound copy of the model: no BatchNorm axis name needed in eval mode).
   dtype = compute_dtype(config)

@@ -106,7 +106,7 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
   `par` (created by the caller, which validated the config for its device count) skips those
   two steps."""
   if par is None:
-    par = parallel.create(config.parallelism, devices)
+    par = parallel.create(config.parallelism, devices, config.compiler_options)
     config_lib.validate(config, device_count=par.num_devices)
   train_ds, eval_ds = data.load_datasets(config.data, config.seed)
   _check_data_fits(config, train_ds)

@@ -249,7 +249,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
   `Preempted` (a SystemExit with code 0) after saving a checkpoint on SIGTERM.
   """
   is_main = jax.process_index() == 0
-  par = parallel.create(config.parallelism, devices)
+  par = parallel.create(config.parallelism, devices, config.compiler_options)
   config_lib.validate(config, device_count=par.num_devices)
   lock = own_workdir(workdir)     # before any set-up: a busy or unusable workdir fails first
   say = print if is_main else (lambda *args, **kwargs: None)

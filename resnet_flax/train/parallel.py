@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from resnet_flax import compiler
+
 BATCH_AXIS = 'data'
 
 
@@ -51,8 +53,10 @@ class JitParallel:
   mode = 'jit'
   axis_name = None
 
-  def __init__(self, devices=None):
+  def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     devices = jax.devices() if devices is None else devices
+    self.platform = devices[0].platform
+    self.compiler_options = compiler_options
     self.mesh = Mesh(np.asarray(devices), (BATCH_AXIS,))
     self.num_devices = len(devices)
     self.replicated = NamedSharding(self.mesh, P())
@@ -66,12 +70,14 @@ class JitParallel:
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
   def compile_train(self, train_step):
-    return jax.jit(train_step, in_shardings=(self.replicated, self.batch_sharding),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    return compiler.jit(train_step, self.compiler_options, self.platform,
+                        in_shardings=(self.replicated, self.batch_sharding),
+                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
   def compile_eval(self, eval_step):
-    return jax.jit(eval_step, in_shardings=(self.replicated, self.batch_sharding),
-                   out_shardings=self.replicated)
+    return compiler.jit(eval_step, self.compiler_options, self.platform,
+                        in_shardings=(self.replicated, self.batch_sharding),
+                        out_shardings=self.replicated)
 
   def host_state(self, state):
     return jax.device_get(state)
@@ -81,11 +87,13 @@ class JitParallel:
 
 
 class PmapParallel:
-  """jax.pmap over this process's local devices; collectives over the axis 'batch'."""
+  """jax.pmap over this process's local devices; collectives over the axis 'batch'. (pmap takes
+  no compiler options: `compiler_options` is accepted for the common signature.)"""
   mode = 'pmap'
   axis_name = 'batch'
 
-  def __init__(self, devices=None):
+  def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
+    del compiler_options
     self.devices = jax.local_devices() if devices is None else devices
     self.num_local = len(self.devices)
     self.num_devices = self.num_local * jax.process_count()
@@ -120,5 +128,7 @@ class PmapParallel:
 MODES = {'jit': JitParallel, 'pmap': PmapParallel}   # config.PARALLELISM, checked by validate
 
 
-def create(mode: str, devices=None) -> Parallel:
-  return MODES[mode](devices)
+def create(mode: str, devices=None, compiler_options: str = compiler.DEFAULT) -> Parallel:
+  """The `mode` ('jit' | 'pmap') over `devices`, compiling with `compiler_options`
+  (`compiler.CHOICES`)."""
+  return MODES[mode](devices, compiler_options)

@@ -1,0 +1,68 @@
+"""XLA compiler options per back end (`config.compiler_options`), passed to each `jax.jit`
+compilation of the train, eval and predict steps.
+
+* 'auto': on the CPU back end, XLA's YNNPACK library fusions for dots, element-wise ops and
+  reductions (`xla_cpu_experimental_ynn_fusion_type`; with `model.conv_impl='fast'` the 1x1
+  convs are dots and the BatchNorm and ReLU around every conv fuse into them), measured in
+  docs/BENCHMARKS.md; nothing on GPU and TPU. An option the user sets in `XLA_FLAGS` is left to
+  the user's value, and a jaxlib that does not know an option compiles without it (a warning
+  says so once).
+* 'none': XLA's defaults everywhere.
+
+The options change how XLA groups operations, not what is computed: results agree with the
+defaults to float32 round-off (tests/test_compiler.py). `pmap` compilations take no options
+(`jax.pmap` has no such argument); they run with XLA's defaults or `XLA_FLAGS`.
+"""
+
+import functools
+import logging
+import os
+from typing import Mapping
+
+import jax
+
+CHOICES = ('auto', 'none')
+DEFAULT = 'auto'
+
+CPU_OPTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
+}
+PLATFORM_OPTIONS = {'cpu': CPU_OPTIONS}
+
+
+def user_flags() -> str:
+  return os.environ.get('XLA_FLAGS', '')
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(platform: str, items: tuple) -> bool:
+  """Whether this jaxlib compiles a tiny function with the options on `platform`."""
+  try:
+    device = jax.devices(platform)[0]
+    jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(
+        jax.device_put(jax.numpy.zeros(()), device)).compile()
+    return True
+  except Exception as e:  # noqa: BLE001 - any refusal means: compile without them
+    logging.warning('XLA compiler options %s are not supported by this jaxlib (%s); compiling '
+                    'with the defaults', sorted(dict(items)), str(e).splitlines()[0][:200])
+    return False
+
+
+def options(setting: str, platform: str) -> Mapping[str, str]:
+  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)."""
+  if setting not in CHOICES:
+    raise ValueError(f'compiler_options={setting!r}: choose one of {CHOICES}')
+  if setting == 'none':
+    return {}
+  flags = user_flags()
+  chosen = {k: v for k, v in PLATFORM_OPTIONS.get(platform, {}).items() if k not in flags}
+  if chosen and not _accepted(platform, tuple(sorted(chosen.items()))):
+    return {}
+  return chosen
+
+
+def jit(fn, setting: str, platform: str, **kwargs):
+  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform`."""
+  chosen = options(setting, platform)
+  return jax.jit(fn, compiler_options=dict(chosen), **kwargs) if chosen else jax.jit(fn, **kwargs)

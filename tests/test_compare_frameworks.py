@@ -1,0 +1,111 @@
+"""The framework comparison: which of our models have a PyTorch counterpart, bad input as one
+line and exit code 2, a missing torch reported before anything compiles, and a real side-by-side
+run of both frameworks in alternating rounds (torch in worker processes, never in this one)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import REPO, subprocess_env
+from resnet_flax.cli import reports
+from resnet_flax.errors import ConfigError
+from resnet_flax.tools import benchmarking
+from resnet_flax.tools import compare_frameworks as tool
+
+
+def _spec(model, **overrides):
+  config = benchmarking.shipped_config(model, batch_size=8, overrides=overrides)
+  return tool.torch_spec(model, dict(config.model), image_size=32, batch_size=8,
+                         layout='nchw', threads=1)
+
+
+def test_counterparts_follow_the_overridden_fields():
+  assert _spec('resnet20')['source'] == 'cifar'
+  deeper = _spec('resnet20', **{'model.depth': 56})
+  assert (deeper['source'], deeper['depth']) == ('cifar', 56)
+  assert _spec('resnet50', **{'model.scan_units': 'off', 'model.remat': 'unit',
+                              'model.conv_impl': 'fast'})['source'] == 'torchvision'
+  with pytest.raises(ConfigError, match=r'model\.width differs from the CIFAR reference'):
+    _spec('resnet20', **{'model.width': 4})
+  with pytest.raises(ConfigError, match=r'model\.depth differs from torchvision resnet50'):
+    _spec('resnet50', **{'model.depth': 101})
+  with pytest.raises(ConfigError, match='depth 6n\\+2'):
+    _spec('resnet20', **{'model.depth': 9})
+  with pytest.raises(ConfigError, match='model.block, model.shortcut, model.version differ'):
+    _spec('preact_resnet110')
+  with pytest.raises(ConfigError, match=r'model\.residual, model\.shortcut differ'):
+    _spec('plain20')
+  with pytest.raises(ConfigError, match='resnet50d: no PyTorch counterpart'):
+    _spec('resnet50d')
+
+
+@pytest.mark.parametrize('args,start', [
+    (['--set', 'model.width=4'], 'config error: model.width differs'),
+    (['--set', 'model.dept=8'], 'config error: model.dept: the config has no such field'),
+    (['--set', 'model.depth'], 'error: --set expects FIELD=VALUE'),
+    (['--kinds', 'train,infer'], 'config error: kinds'),
+    (['--rounds', '0'], 'config error: rounds=0'),
+    (['--batch', '-4'], 'config error: batch size -4'),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, args, start):
+  assert reports.compare_frameworks(['compare-frameworks', *args]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(start), err
+
+
+def _blocked_torch(tmp_path) -> str:
+  """A folder whose `torch` package fails to import, as where torch is not installed."""
+  package = tmp_path / 'blocked' / 'torch'
+  package.mkdir(parents=True)
+  (package / '__init__.py').write_text("raise ImportError(\"No module named 'torch'\")\n")
+  return str(tmp_path / 'blocked')
+
+
+def test_missing_torch_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv('PYTHONPATH', _blocked_torch(tmp_path))
+  code = reports.compare_frameworks(['compare-frameworks', '--model', 'resnet20'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert len(err) == 1, err
+  assert err[0].startswith('missing dependency: torch is not importable'), err
+  assert 'requirements-test.txt' in err[0]
+
+
+@pytest.mark.slow
+def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch):
+  """ResNet-8 (resnet20's recipe at depth 8) in both frameworks, 2 rounds of 1 timed step."""
+  if importlib.util.find_spec('torch') is None:
+    pytest.skip('torch missing: test requirements, pip install -r requirements-test.txt')
+  # the workers inherit this environment: the shared compilation cache, every program in it
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', subprocess_env()['JAX_COMPILATION_CACHE_DIR'])
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  record = str(tmp_path / 'record.json')
+  code = reports.compare_frameworks([
+      'compare-frameworks', '--model', 'resnet20', '--set', 'model.depth=8', '--set',
+      'model.scan_units=off', '--set', 'model.conv_impl=xla', '--batch', '8', '--rounds', '2', '--steps', '1', '--warmup', '0',
+      '--threads', '1', '--json', record])
+  assert code == 0
+  r = json.load(open(record))
+  ours, torch = r['ours'], r['torch']
+  # the same network: the reference code's parameter count is ours (75,290 at depth 8)
+  assert ours['num_params'] == torch['num_params'] == 75290 and r['same_parameter_count']
+  assert ours['model_fields']['depth'] == 8 and ours['model_fields']['scan_units'] == 'off'
+  assert ours['model_fields']['conv_impl'] == ours['conv_impl'] == 'xla'   # 'auto' is 'fast'
+  assert torch['model_source'] == os.path.join('tests', 'torch_models.py')
+  assert torch['threads'] == 1 and torch['layout'] == 'channels_last'
+  assert not ours['imports_torch'] and not torch['imports_jax']   # one framework a process
+  assert [p['first'] for p in r['per_round']] == ['ours', 'torch']
+  for kind in ('train', 'eval'):
+    for p in r['per_round']:
+      v = p[kind]
+      assert v['ours']['step_ms'] > 0 and v['torch']['step_ms'] > 0
+      assert v['time_ratio'] == pytest.approx(v['ours']['step_ms'] / v['torch']['step_ms'],
+                                              rel=1e-3)
+      assert v['ours']['images_per_sec'] == pytest.approx(8e3 / v['ours']['step_ms'], rel=1e-3)
+    s = r['summary'][kind]
+    ratios = sorted(p[kind]['time_ratio'] for p in r['per_round'])
+    assert s['time_ratio_min'] == ratios[0] and s['time_ratio_max'] == ratios[-1]
+    assert s['time_ratio_median'] == pytest.approx(sum(ratios) / 2, rel=1e-3)
+  assert os.path.isfile(os.path.join(REPO, torch['model_source']))
