@@ -1,7 +1,8 @@
 """The accelerator report: `--quick` runs every section on the CPU in a process that cannot
 import TensorFlow (the GPU machines have none) and writes the Markdown table and the JSON file;
 a section that fails or runs past its cap is recorded in its place and the budget skips the
-rest; `--prepare`'s class-balanced Imagenette subset; bad input as one line and exit code 2."""
+rest; the input section with Grain and whether it keeps up with the step; `--prepare`'s
+class-balanced Imagenette subset; bad input as one line and exit code 2."""
 
 import json
 import subprocess
@@ -62,6 +63,11 @@ def test_quick_report_runs_without_tensorflow_and_writes_both_files(tmp_path):
   # the generated tree: 2 classes of 8 train JPEGs, decoded with the one-batch eval slice
   assert pipe['num_examples'] == 16 and pipe['decoded_images'] == 16 + 8
   assert pipe['image_shape'] == [32, 32, 3] and pipe['decode_images_per_sec'] > 0
+  keeps = record['input_keeps_up']          # Grain blocked: the in-memory back end's rate
+  assert pipe['backend'] == 'memory' and isinstance(keeps['keeps_up'], bool)
+  assert keeps['ratio'] == pytest.approx(pipe['images_per_sec'] /
+                                         r50['train_images_per_sec'], rel=1e-2)
+  assert '| input vs step | the input pipeline keeps up with the resnet50_train step | ' in table
   search = sections['resnet50_max_batch']
   assert search['tries'][0]['batch'] == 2 * r50['batch_size'] and search['tries'][0]['fits']
   assert search['largest_fitting_batch'] == accelerator_sections.QUICK.max_batch_limit
@@ -103,6 +109,33 @@ def test_failures_and_time_caps_are_recorded_and_the_budget_skips_the_rest(monke
   assert '| late (skipped, 0 s) | skipped |' in table
 
 
+def test_input_pipeline_section_streams_with_grain_and_is_judged_against_the_step(tmp_path):
+  pytest.importorskip('grain')
+  folder = accelerator_prepare.sample_folder(str(tmp_path / 'images'))
+  context = accelerator_sections.Context(folder, time.monotonic() + 60)
+  assert accelerator_sections.input_backend('auto') == 'grain'          # installed here
+  pipe = accelerator_sections.input_pipeline(accelerator_sections.QUICK, context)
+  assert pipe['backend'] == 'grain' and pipe['preprocess'] == 'imagenet'   # crops on the host
+  assert pipe['image_shape'] == [32, 32, 3] and pipe['batch_size'] == 8
+  assert pipe['worker_count'] == 0 and pipe['image_library'] in ('pillow', 'opencv')
+  assert pipe['num_examples'] == 16 and pipe['images_per_sec'] > 0
+  assert 'decoded_images' not in pipe                    # nothing decoded ahead, in memory
+  results = {'input_pipeline': {'status': 'ok', 'seconds': 1.0, **pipe},
+             'resnet50_train': {'status': 'ok', 'train_images_per_sec': 2 * pipe[
+                 'images_per_sec']}}
+  assert accelerator_sections.input_keeps_up(results) == {
+      'keeps_up': False, 'ratio': 0.5, 'input_images_per_sec': pipe['images_per_sec'],
+      'train_images_per_sec': 2 * pipe['images_per_sec']}
+  results['resnet50_train'] = {'status': 'failed', 'error': 'x'}
+  keeps = accelerator_sections.input_keeps_up(results)
+  assert keeps == {'keeps_up': None, 'reason': 'resnet50_train failed'}
+  table = accelerator_report.markdown({
+      'mode': 'quick', 'command': 'c', 'started_utc': 't', 'elapsed_s': 1.0,
+      'xla_flags_at_end': '', 'sections': {'input_pipeline': results['input_pipeline']},
+      'input_keeps_up': keeps})
+  assert '0 workers, ' in table and '| n/a: resnet50_train failed |' in table
+
+
 def test_prepare_copies_the_first_files_of_every_class(tmp_path):
   source = accelerator_prepare.sample_folder(str(tmp_path / 'tree'), classes=3, per_class=5)
   archive = tmp_path / 'tree.tar.gz'
@@ -122,6 +155,7 @@ def test_prepare_copies_the_first_files_of_every_class(tmp_path):
 @pytest.mark.parametrize('args,start', [
     (['--data-dir', '/nonexistent/imagenette'], 'data error: --data-dir /nonexistent'),
     (['--budget-s', '-1'], 'config error: --budget-s -1'),
+    (['--input-backend', 'grian'], 'config error: --input-backend grian: choose one of auto'),
     (['--prepare', 'x', '--imagenette', '/nonexistent.tar.gz'],
      'data error: /nonexistent.tar.gz: not an Imagenette folder'),
 ])

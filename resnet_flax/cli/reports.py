@@ -65,7 +65,7 @@ def compare_frameworks(argv=None) -> int:
 def accelerator_report(argv=None) -> int:
   """Throughput, MFU, memory and compile times of one device in one report, a Markdown table
   and a JSON file: `resnet-flax accelerator-report [--out DIR] [--quick] [--budget-s 450]
-  [--data-dir IMAGENETTE] [--input-backend memory]`; on a machine with network, `resnet-flax
+  [--data-dir IMAGENETTE] [--input-backend auto]`; on a machine with network, `resnet-flax
   accelerator-report --prepare DIR` first puts the wheels and data the report needs into DIR
   (see resnet_flax/tools/accelerator_report.py and docs/BENCHMARKS.md)."""
   parser = argparse.ArgumentParser(prog='resnet-flax accelerator-report',
@@ -82,8 +82,9 @@ def accelerator_report(argv=None) -> int:
                       help='Imagenette image folder (SPLIT/CLASS/*.JPEG) for the input '
                            'pipeline (default: DIR/imagenette of --prepare when it exists; '
                            '--quick: a few generated JPEGs)')
-  parser.add_argument('--input-backend', default='memory',
-                      help="the input pipeline's back end (default memory: no TensorFlow)")
+  parser.add_argument('--input-backend', default='auto',
+                      help="the input pipeline's back end (default auto: Grain where it is "
+                           "installed, else memory; neither needs TensorFlow)")
   parser.add_argument('--prepare', metavar='DIR', default=None,
                       help='only prepare DIR/wheels and DIR/imagenette for a machine without '
                            'network, then exit')
@@ -102,6 +103,7 @@ def accelerator_report(argv=None) -> int:
 
 
 PREPARED = '.accelerator'   # the default folder of --prepare (git ignores it)
+INPUT_BACKENDS = ('auto', 'grain', 'memory', 'tfdata')
 
 
 def _prepare(args) -> int:
@@ -117,6 +119,9 @@ def _prepare(args) -> int:
 def _report(args, argv) -> int:
   import tempfile
   from resnet_flax.tools import accelerator_prepare, accelerator_report, accelerator_sections
+  if args.input_backend not in INPUT_BACKENDS:
+    raise ConfigError(f'--input-backend {args.input_backend}: choose one of '
+                      f'{", ".join(INPUT_BACKENDS)}')
   settings = accelerator_sections.QUICK if args.quick else accelerator_sections.FULL
   settings = accelerator_sections.dataclasses.replace(settings,
                                                       input_backend=args.input_backend)

@@ -5,9 +5,10 @@ into FOLDER/wheels and a small Imagenette subset (`copy_subset`) into FOLDER/ima
 `sample_folder(root)` writes a tiny random JPEG tree instead (the report's `--quick` mode).
 
 The GPU machine this is for has jax, flax, optax, orbax-checkpoint, absl-py, PyYAML, numpy,
-pillow, opencv, torch and timm, but no TensorFlow, TFDS or ml-collections. The report's code
-path imports ml-collections (the config schema) and nothing else missing there; its own
-dependencies (absl-py, PyYAML) are present.
+pillow, opencv, torch and timm, but no TensorFlow, TFDS, ml-collections or Grain. The report's
+code path imports ml-collections (the config schema) and, for its input pipeline, Grain with
+the packages it imports that such a machine lacks (array-record, cloudpickle, portpicker; etils
+and protobuf come with orbax-checkpoint).
 """
 
 import importlib.metadata
@@ -22,7 +23,7 @@ import numpy as np
 
 from resnet_flax.errors import DataError, DependencyError
 
-CARRIED_PACKAGES = ('ml-collections',)
+CARRIED_PACKAGES = ('ml-collections', 'grain', 'array-record', 'cloudpickle', 'portpicker')
 WHEEL_PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64')
 TRAIN_PER_CLASS = 160
 VAL_PER_CLASS = 20

@@ -1,7 +1,9 @@
 """The accelerator report: every section of `accelerator_sections` in one process, each under a
 time cap and all within one budget (default 450 s: a report fits in 8 minutes of a GPU), a
 section's failure recorded in its place rather than ending the report; the result as one
-Markdown table (`accelerator_report.md`) and one JSON file (`accelerator_report.json`).
+Markdown table (`accelerator_report.md`) and one JSON file (`accelerator_report.json`),
+with whether the input pipeline keeps up with the ResNet-50 train step
+(`accelerator_sections.input_keeps_up`).
 
 `report(settings, out_dir, budget_s=, data_dir=)`; the command is `resnet-flax
 accelerator-report [--quick]`. A section's cap is its entry in `settings.caps_s`, cut to what
@@ -136,8 +138,10 @@ def _rows(name: str, r: dict) -> list[tuple[str, str]]:
                _num(r['decode_images_per_sec'])),
               (f"host batches from memory, images/s (batch {r['batch_size']}; crop and flip "
                f"on the device)", _num(r['images_per_sec']))]
+    workers = (f", {r['worker_count']} workers, {r['image_library']}" if 'worker_count' in r
+               else '')
     return [(f"images/s ({r['backend']} back end, preset {r['preprocess']}, {size}, batch "
-             f"{r['batch_size']}, {r['cores']} host cores)", _num(r['images_per_sec']))]
+             f"{r['batch_size']}, {r['cores']} host cores{workers})", _num(r['images_per_sec']))]
   if name == 'resnet50_max_batch':
     tries = '; '.join(f"{t['batch']}: " + (f"{_num(t['images_per_sec'])} img/s" if t['fits']
                                             else 'does not fit') for t in r['tries'])
@@ -154,6 +158,14 @@ def markdown(record: dict) -> str:
     for i, (what, value) in enumerate(_rows(name, r)):
       head = f"{name} ({r['status']}, {r['seconds']:.0f} s)" if i == 0 else ''
       lines.append(f"| {head} | {what} | {str(value).replace('|', '/')} |")
+  keeps = record.get('input_keeps_up')
+  if keeps is not None:
+    verdict = (f"n/a: {keeps['reason']}" if keeps['keeps_up'] is None else
+               f"{'yes' if keeps['keeps_up'] else 'no'}: x{keeps['ratio']:.2f} "
+               f"({_num(keeps['input_images_per_sec'])} vs "
+               f"{_num(keeps['train_images_per_sec'])} images/s)")
+    lines.append(f"| input vs step | the input pipeline keeps up with the resnet50_train step "
+                 f"| {verdict} |")
   lines.append(f"| end | XLA_FLAGS (at the end) | {record['xla_flags_at_end'] or '(unset)'} |")
   return '\n'.join(lines) + '\n'
 
@@ -168,7 +180,7 @@ def report(settings: sections.Settings, out_dir: str, *, budget_s: float = DEFAU
   record = {'mode': settings.mode, 'command': command, 'started_utc': started,
             'budget_s': budget_s, 'elapsed_s': round(time.monotonic() - start, 1),
             'data_dir': data_dir, 'xla_flags_at_end': os.environ.get('XLA_FLAGS', ''),
-            'sections': results}
+            'sections': results, 'input_keeps_up': sections.input_keeps_up(results)}
   with open(os.path.join(out_dir, JSON_FILE), 'w') as f:
     json.dump(record, f, indent=2)
     f.write('\n')

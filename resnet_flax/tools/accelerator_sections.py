@@ -5,12 +5,14 @@ Each section is a function `(settings, context) -> dict` of plain JSON values; t
 (`accelerator_report`) runs them under a time cap and records a failure instead of stopping.
 Everything runs on the first device, in this process, on synthetic data except the input
 pipeline (`benchmarking.SyntheticRun` / `benchmark`: the project's real train and eval steps).
-No section imports TensorFlow (the input pipeline's default back end is the in-memory one).
+No section imports TensorFlow (the input pipeline's default back end is Grain where it is
+installed, else the in-memory one).
 """
 
 import dataclasses
 import gc
 import importlib.metadata
+import importlib.util
 import os
 import time
 from typing import Any, Callable, Optional
@@ -42,8 +44,9 @@ class Settings:
   cifar_depths: tuple = (20, 56)      # the depths of the sections cifar_resnet20, _resnet56
   input_batch: int = 256
   input_image_size: int = 224
-  input_batches: int = 20
-  input_backend: str = 'memory'
+  input_batches: int = 80
+  input_backend: str = 'auto'        # Grain where it is installed, else in memory
+  input_workers: int = -1            # Grain: one worker process per host core
   caps_s: tuple = (('environment', 30), ('resnet50_train', 150), ('cifar_resnet20', 60),
                    ('cifar_resnet56', 80), ('input_pipeline', 60), ('resnet50_max_batch', 150))
 
@@ -60,7 +63,7 @@ QUICK = Settings(
     mode='quick', resnet50_batch=4, dtype='float32', steps=2, warmup=1, max_batch_limit=8,
     search_steps=1, resnet50_overrides=_TINY, cifar_batch=8, cifar_overrides=(
         ('model.width', 4),), cifar_depths=(8, 14), input_batch=8, input_image_size=32,
-    input_batches=2,
+    input_batches=2, input_workers=0,
     caps_s=(('environment', 20), ('resnet50_train', 90), ('cifar_resnet20', 60),
             ('cifar_resnet56', 60), ('input_pipeline', 30), ('resnet50_max_batch', 60)))
 
@@ -187,35 +190,73 @@ def resnet50_max_batch(settings: Settings, context: Context) -> dict:
           'dtype': settings.dtype, 'overrides': dict(settings.resnet50_overrides)}
 
 
+def input_backend(requested: str) -> str:
+  """'auto': Grain where it is installed (it streams and augments on the host without
+  TensorFlow), else the in-memory back end; any other name as it is."""
+  if requested != 'auto':
+    return requested
+  return 'grain' if importlib.util.find_spec('grain') is not None else 'memory'
+
+
 def input_pipeline(settings: Settings, context: Context) -> dict:
   """The input pipeline of the ImageNet recipe on an Imagenette folder's train split, no model.
-  The in-memory back end (no TensorFlow) decodes every JPEG once with Pillow (a thread per
-  host core) and resizes it to the input size; the crop and flip then run on the device, and
-  the host only gathers batches: both rates are reported. (Its random-resized crops, preset
-  'imagenet', exist only in the tf.data back end.) Other back ends stream and augment on the
+
+  Grain (the default where installed): the `imagenet` preset's random-resized crop and flip on
+  the host, in `input_workers` worker processes (-1: one per host core), decoding and resizing
+  with OpenCV where it is installed (about twice Pillow's rate, docs/BENCHMARKS.md), else
+  Pillow; as many untimed batches as workers first, so the timed ones are made while timed.
+  The in-memory back end decodes every JPEG once with Pillow (a thread per host core) and
+  resizes it to the input size; the crop and flip then run on the device, and the host only
+  gathers batches: both rates are reported. Other back ends (tfdata) stream and augment on the
   host, and their images/s is the pipeline's."""
   if not context.data_dir:
     raise FileNotFoundError('no Imagenette folder: pass --data-dir (see --prepare)')
+  backend = input_backend(settings.input_backend)
   config = benchmarking.shipped_config('resnet50', batch_size=settings.input_batch)
   config.data.source = 'folder'
   config.data.dir = context.data_dir
-  config.data.backend = settings.input_backend
+  config.data.backend = backend
   config.data.train_split = 'train'
   # the eval source is built too but not measured: one batch of the same split
   config.data.eval_split = f'train[:{settings.input_batch}]'
   config.data.image_size = settings.input_image_size
-  memory = settings.input_backend == 'memory'
+  memory = backend == 'memory'
+  warmup = 1
   if memory:
     config.data.preprocess = 'none'
-  r = input_benchmark.measure(config, batches=settings.input_batches, warmup=1, split='train')
+  if backend == 'grain':
+    config.data.preprocess = 'imagenet'
+    config.data.worker_count = settings.input_workers
+    config.data.image_library = ('opencv' if importlib.util.find_spec('cv2') is not None
+                                 else 'pillow')
+    warmup = max(1, host_info.cores() if settings.input_workers < 0 else
+                 settings.input_workers)
+  r = input_benchmark.measure(config, batches=settings.input_batches, warmup=warmup,
+                              split='train')
   out = {k: r[k] for k in ('backend', 'preprocess', 'num_examples', 'image_shape', 'batch_size',
-                           'batches', 'build_s', 'first_batch_s', 'images_per_sec', 'cores',
-                           'images_per_cpu_second', 'cpu_utilisation')}
+                           'batches', 'warmup', 'build_s', 'first_batch_s', 'images_per_sec',
+                           'cores', 'images_per_cpu_second', 'cpu_utilisation')}
+  if backend == 'grain':
+    out['worker_count'] = warmup if settings.input_workers < 0 else settings.input_workers
+    out['image_library'] = config.data.image_library
   if memory:
     decoded = r['num_examples'] + min(settings.input_batch, r['num_examples'])
     out['decoded_images'] = decoded
     out['decode_images_per_sec'] = round(decoded / r['build_s'], 1)
   return out
+
+
+def input_keeps_up(results: dict) -> dict:
+  """Whether the input pipeline's images/s reach the ResNet-50 train step's (both sections
+  of one report): {'keeps_up', 'ratio', 'input_images_per_sec', 'train_images_per_sec'}, or
+  {'keeps_up': None, 'reason'} when either section has no figure."""
+  pipe, step = results.get('input_pipeline', {}), results.get('resnet50_train', {})
+  for name, r in (('input_pipeline', pipe), ('resnet50_train', step)):
+    if r.get('status') != 'ok':
+      return {'keeps_up': None, 'reason': f"{name} {r.get('status', 'not run')}"}
+  supply, demand = pipe['images_per_sec'], step['train_images_per_sec']
+  return {'keeps_up': supply >= demand, 'ratio': round(supply / demand, 3),
+          'input_images_per_sec': supply, 'train_images_per_sec': demand}
 
 
 SECTIONS: tuple[tuple[str, Callable[..., dict]], ...] = (
