@@ -103,6 +103,10 @@ class TrainingLoop:
     flags = [float(np.min(f)) for f in jax.device_get(self.pending_flags)]
     if min(flags) < 1.0 and self.config.nan_policy == 'stop':
       bad = self.step - len(flags) + flags.index(min(flags)) + 1
+      try:    # a save still being written is on disk before the message counts it as kept
+        self.ckpts.wait()
+      except CheckpointError:
+        pass  # not kept, so not counted; the non-finite loss is what stops the run
       latest = self.ckpts.latest_step()
       raise NonFiniteLossError(
           f'non-finite loss or gradients at step {bad}; stopping (nan_policy=stop). Lower '
