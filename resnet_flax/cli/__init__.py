@@ -20,6 +20,7 @@ COMMANDS = {
     'benchmark': ('tools', 'benchmark'),
     'input-benchmark': ('tools', 'input_benchmark'),
     'compare-frameworks': ('reports', 'compare_frameworks'),
+    'compare-variants': ('tools', 'compare_variants'),
     'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
