@@ -21,6 +21,7 @@ COMMANDS = {
     'input-benchmark': ('tools', 'input_benchmark'),
     'make-arrayrecord': ('arrayrecord', 'make_arrayrecord'),
     'compare-frameworks': ('reports', 'compare_frameworks'),
+    'compare-variants': ('tools', 'compare_variants'),
     'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),

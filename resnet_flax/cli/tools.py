@@ -170,6 +170,48 @@ def benchmark(argv=None) -> None:
   common.run_absl(run, argv, define)
 
 
+def _assignment(text: str) -> tuple[str, str]:
+  field, sep, value = text.partition('=')
+  if not sep or not field.strip():
+    raise UserError(f'--variant expects FIELD=VALUE;FIELD=VALUE, got {text!r}')
+  return field.strip(), value.strip()
+
+
+def compare_variants(argv=None) -> None:
+  """Config variants side by side in one process, in alternating rounds:
+  `resnet-flax compare-variants --config FILE_OR_NAME [--config.FIELD=VALUE ...] --variant
+  'FIELD=VALUE;FIELD=VALUE' --variant ... [--what train|eval|compile|memory] [--rounds 5]
+  [--steps 3] [--warmup 1] [--json]`; the first variant is the reference (an empty one: the
+  config as it is). See resnet_flax/tools/variants.py."""
+  from absl import app, flags
+
+  def define():
+    flags.DEFINE_multi_string('variant', [], "Overrides 'FIELD=VALUE;FIELD=VALUE' (repeat; "
+                              'the first is the reference, an empty string the config itself).')
+    flags.DEFINE_string('what', 'train', 'train, eval (step time), compile (train step compile '
+                        'time) or memory (XLA temporary memory of the train step).')
+    flags.DEFINE_integer('rounds', 5, 'Alternating rounds.')
+    flags.DEFINE_integer('steps', 3, 'Timed steps per variant and round (train, eval).')
+    flags.DEFINE_integer('warmup', 1, 'Untimed steps before them, each round.')
+    flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
+
+  def run(config, _, args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+    from resnet_flax.tools import variants
+    fv = flags.FLAGS
+    try:
+      chosen = [dict(_assignment(a) for a in v.split(';') if a.strip()) for v in fv.variant]
+      result = variants.compare(config, chosen, kind=fv.what, rounds=fv.rounds,
+                                steps=fv.steps, warmup=fv.warmup)
+    except (UserError, ValueError) as e:
+      return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
+    print(json.dumps(result) if fv.json else variants.table(result))
+    return 0
+
+  common.run_absl(run, argv, define)
+
+
 # --- input benchmark --------------------------------------------------------------------------
 
 def input_table(r: dict) -> str:
