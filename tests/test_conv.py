@@ -137,7 +137,7 @@ def test_models_give_the_same_logits_and_gradients(name, overrides, modes):
   variables = create_model({**fields, 'conv_impl': 'xla'}).init(jax.random.PRNGKey(0), x[:1],
                                                                  train=False)
   _, calibrated = create_model({**fields, 'conv_impl': 'xla', 'bn_momentum': 0.0}).apply(
-      variables, jax.random.normal(jax.random.PRNGKey(2), (16, 32, 32, 3)), train=True,
+      variables, jax.random.normal(jax.random.PRNGKey(2), (64, 32, 32, 3)), train=True,
       mutable=['batch_stats'])
   variables = {'params': variables['params'], 'batch_stats': calibrated['batch_stats']}
   out = {}

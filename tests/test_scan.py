@@ -19,7 +19,7 @@ from resnet_flax.train import loop
 # (name, field overrides, image size): ImageNet-family widths cut to 8 (the same structure, a
 # fraction of the compile time), at 32 px
 EQUIVALENCE = [('resnet20', {}, 32), ('resnet50', {'version': 'v1', 'width': 8}, 32),
-               ('resnet50', {'width': 8}, 32), ('resnet50_v2', {'width': 8}, 32),
+               ('resnet50', {'width': 8}, 32), ('resnet50_v2', {'width': 8}, 64),
                ('preact_resnet164', {}, 32), ('resnext50_32x4d', {'width': 32}, 32),
                ('plain20', {}, 32), ('keras_resnet50v2', {'width': 8}, 32)]
 

@@ -32,11 +32,12 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')   # jax.export lowering platforms
 
 
 def inference_function(predictor: Predictor):
-  """fn(images (N, H, W, C) uint8 or float 0..255) -> float32 logits, weights as constants."""
+  """fn(images (N, H, W, C) uint8 or float 0..255) -> float32 logits, weights as constants
+  (the predictor's forward function: an exported program carries no compiler options)."""
   variables = predictor.variables
 
   def fn(images):
-    return predictor.apply(variables, images)
+    return predictor.forward(variables, images)
   return fn
 
 

@@ -59,7 +59,8 @@ class Predictor:
   variables: dict              # {'params', 'batch_stats'} as evaluation uses them
   uses_ema: bool
   data: DataInfo
-  apply: Any                   # jitted fn(variables, images (N, H, W, C)) -> float32 logits
+  forward: Any                 # fn(variables, images (N, H, W, C)) -> float32 logits
+  apply: Any                   # `forward` jitted with the config's compiler options
 
   @property
   def input_shape(self) -> tuple:
@@ -150,19 +151,20 @@ def load(path: str, step: int = -1) -> Predictor:
                           f'build with this code ({e})') from None
   _check_variables(model, variables, augment.output_shape(config.data, data.image_shape),
                    f'{directory} (step {chosen})')
-  apply = make_apply(model, preprocess, config.get('compiler_options', compiler.DEFAULT))
+  forward = make_forward(model, preprocess)
+  apply = compiler.jit(forward, config.get('compiler_options', compiler.DEFAULT),
+                       jax.default_backend())
   return Predictor(config, chosen, directory, model, jax.device_put(variables), uses_ema, data,
-                   apply)
+                   forward, apply)
 
 
-def make_apply(model, preprocess, compiler_options: str = compiler.DEFAULT):
-  """jitted fn(variables, uint8 or float images (N, H, W, C)) -> float32 logits (N, classes):
-  the eval preprocessing (`augment.make_preprocess`, train=False) and the model, compiled with
-  `compiler_options` for the default back end."""
+def make_forward(model, preprocess):
+  """fn(variables, uint8 or float images (N, H, W, C)) -> float32 logits (N, classes): the
+  eval preprocessing (`augment.make_preprocess`, train=False) and the model."""
   def apply(variables, images):
     x = preprocess(images, jax.random.PRNGKey(0), jnp.zeros(images.shape[:1], jnp.int32), False)
     return model.apply(variables, x, train=False).astype(jnp.float32)
-  return compiler.jit(apply, compiler_options, jax.default_backend())
+  return apply
 
 
 def _check_variables(model, variables: dict, image_shape, where: str) -> None:
