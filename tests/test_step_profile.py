@@ -1,8 +1,8 @@
-"""Step profiles: the time of a train or eval step per kind of operation, from a thunk trace."""
+"""`profile-step`: the time of a train or eval step per kind of operation, from a thunk trace."""
 
 import pytest
 
-from conftest import tiny_config
+from conftest import command, run_command, tiny_config
 from resnet_flax.tools import step_profile
 from resnet_flax.tools.hlo_kinds import KINDS
 
@@ -34,3 +34,9 @@ def test_an_eval_step_has_no_gradient_kinds():
   kinds = _kinds(record)
   assert 'conv forward' in kinds and not kinds & GRADIENTS, kinds
 
+
+def test_the_command_refuses_a_bad_config_field_in_one_line():
+  p = run_command(command('profile_step', '--config', 'cifar10', '--config.model.bogus=1'))
+  lines = [line for line in p.stderr.splitlines() if line.strip()]
+  assert p.returncode == 2 and len(lines) == 1 and 'model' in lines[0] and 'bogus' in lines[0], \
+      p.stderr[-2000:]

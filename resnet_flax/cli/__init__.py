@@ -21,6 +21,7 @@ COMMANDS = {
     'input-benchmark': ('tools', 'input_benchmark'),
     'compare-frameworks': ('reports', 'compare_frameworks'),
     'compare-variants': ('tools', 'compare_variants'),
+    'profile-step': ('tools', 'profile_step'),
     'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),
