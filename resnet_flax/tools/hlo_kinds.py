@@ -9,9 +9,11 @@ marks the backward pass) and the source files:
   outside the backward pass, and in it 'conv weight-gradient' when its result has as many
   elements as the layer's kernel (any conv kernel when no layer is named), else 'conv
   input-gradient';
-* layout-only instructions (copies, transposes, pads, slices, concatenations) and the other
-  operations of a conv layer (the im2col gradients' pads and sums) count in the kind of the
-  convolution or dot they feed, else of the one feeding them (and are flagged as layout);
+* layout instructions (copies, pads, slices, concatenations, and a fusion with a transpose:
+  XLA fuses the BatchNorm and ReLU element-wise work into the transposes into a convolution's
+  layout) and the other operations of a conv layer (the im2col gradients' pads and sums) count
+  in the kind of the convolution or dot they feed, else of the one feeding them (flagged as
+  layout); a fusion that holds several convolutions or dots counts in the kind of its first;
 * RNG (threefry) and the data package's code (augmentation, the cast and normalisation):
   'augmentation + RNG';
 * the model's reductions: 'BatchNorm reductions' under a norm module, else 'pooling'; the rest
@@ -159,7 +161,9 @@ def classify(module_text: str) -> dict:
     else:
       kind = 'element-wise (BN/ReLU/residual)' if in_model else OUTSIDE
     kinds[name] = kind
-    layout = {i.opcode for i in body} <= LAYOUT and instr.opcode not in ('parameter', 'tuple')
+    opcodes = {i.opcode for i in body}
+    layout = (opcodes <= LAYOUT or ('transpose' in opcodes and not reductions)) and (
+        instr.opcode != 'parameter')
     if layout or conv_side:
       pending.add(name)
   return _attribute(kinds, pending, instructions)
