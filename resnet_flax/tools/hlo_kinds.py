@@ -116,7 +116,7 @@ def classify(module_text: str) -> dict:
   """{instruction name: (kind, counted as layout / conv-side work)} for the whole module."""
   _, instructions, computations, files = parse_module(module_text)
   kernels, memo, kinds, pending = _kernel_sizes(instructions), {}, {}, set()
-  train = 'transpose(' in module_text
+  train = any('transpose(' in i.op_name for i in instructions.values())   # a backward pass
 
   def layer(op_name):   # the longest conv layer path whose parts appear in order in op_name
     if op_name not in memo:
