@@ -22,6 +22,7 @@ COMMANDS = {
     'make-arrayrecord': ('arrayrecord', 'make_arrayrecord'),
     'compare-frameworks': ('reports', 'compare_frameworks'),
     'compare-variants': ('tools', 'compare_variants'),
+    'profile-step': ('tools', 'profile_step'),
     'accelerator-report': ('reports', 'accelerator_report'),
     'sweep': ('experiments', 'sweep'),
     'plot': ('experiments', 'plot'),

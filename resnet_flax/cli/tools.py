@@ -1,5 +1,6 @@
-"""`resnet-flax summary`, `resnet-flax benchmark` and `resnet-flax input-benchmark`: model
-statistics, step throughput on synthetic data, input-pipeline throughput."""
+"""`resnet-flax summary`, `resnet-flax benchmark`, `resnet-flax compare-variants`, `resnet-flax
+profile-step` and `resnet-flax input-benchmark`: model statistics, step throughput on synthetic
+data, config variants side by side, where a step's time goes, input-pipeline throughput."""
 
 import argparse
 import json
@@ -207,6 +208,37 @@ def compare_variants(argv=None) -> None:
     except (UserError, ValueError) as e:
       return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
     print(json.dumps(result) if fv.json else variants.table(result))
+    return 0
+
+  common.run_absl(run, argv, define)
+
+
+# --- step profile -----------------------------------------------------------------------------
+
+def profile_step(argv=None) -> None:
+  """Where the time of a train or eval step goes, per kind of operation: `resnet-flax
+  profile-step --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--mode train|eval] [--steps 3]
+  [--warmup 2] [--json]` (see resnet_flax/tools/step_profile.py)."""
+  from absl import app, flags
+
+  def define():
+    flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Which step to profile.')
+    flags.DEFINE_integer('steps', 3, 'Profiled steps.')
+    flags.DEFINE_integer('warmup', 2, 'Untimed steps after the compiling first call.')
+    flags.DEFINE_integer('top', 10, 'Instructions listed in the JSON record, slowest first.')
+    flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
+
+  def run(config, _, args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+    from resnet_flax.tools import step_profile
+    fv = flags.FLAGS
+    try:
+      result = step_profile.profile(config, mode=fv.mode, steps=fv.steps, warmup=fv.warmup,
+                                    top=fv.top)
+    except UserError as e:
+      return common.report_error(e)
+    print(json.dumps(result) if fv.json else step_profile.table(result))
     return 0
 
   common.run_absl(run, argv, define)
