@@ -9,8 +9,9 @@ reference. Each variant's run is built as training builds it, on synthetic data
 * `train` / `eval`: per round, `steps` timed steps of each variant (each waited for) after
   `warmup` untimed ones; a variant's figure for the round is the median of its steps, and its
   ratio for the round is that over the reference's in the same round.
-* `compile`: per round, each variant's train step traced, lowered and compiled from scratch
-  (the persistent compilation cache is switched off for the call).
+* `compile`: per round, each variant's train step lowered and compiled from scratch (the
+  persistent compilation cache is switched off for the call), after one untimed compilation
+  of the first variant (the first compilation in a process also pays one-time set-up).
 * `memory`: XLA's temporary memory of the compiled train step
   (`compiled.memory_analysis().temp_size_in_bytes`), once per variant (it is deterministic).
 """
@@ -94,6 +95,7 @@ def compare(config, variants: Sequence[dict], *, kind: str = 'train', rounds: in
     saved = jax.config.jax_enable_compilation_cache
     jax.config.update('jax_enable_compilation_cache', False)
     try:
+      _compiled(config, variants[0], devices)   # untimed: the process's one-time set-up
       for r in range(rounds):
         order = list(zip(names, variants))
         for name, v in (order if r % 2 == 0 else order[::-1]):
