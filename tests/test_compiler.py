@@ -20,6 +20,12 @@ def test_auto_sets_the_cpu_library_fusions_only_on_cpu():
     compiler.options('fastest', 'cpu')
 
 
+def test_auto_leaves_small_images_to_the_defaults():
+  assert compiler.resolve('auto', (8, 8, 3)) == 'none'
+  assert compiler.resolve('auto', (16, 16, 3)) == 'auto'
+  assert compiler.resolve('none', (224, 224, 3)) == 'none'
+
+
 def test_a_users_xla_flags_win(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot')
   assert compiler.options('auto', 'cpu') == {}
@@ -59,11 +65,12 @@ def test_the_cpu_options_give_the_same_logits_and_gradients(conv_impl):
 def test_a_training_run_compiles_with_the_options_it_is_given():
   """The train step of a run with compiler_options=auto hands more of its ops to the library
   fusions than with none (the element-wise ones join the dots and reductions), and both take
-  the same steps."""
+  the same steps; at 8 px (below compiler.MIN_IMAGE_SIZE) auto compiles as none."""
   from resnet_flax.train.build import build_run
   fusions, params = {}, {}
   for setting in ('none', 'auto'):
-    run = build_run(tiny_config(compiler_options=setting), devices=jax.devices()[:1])
+    run = build_run(tiny_config(compiler_options=setting, **{'data.image_size': 16}),
+                    devices=jax.devices()[:1])
     batch = run.par.put_batch(run.train_batches.batch(0))
     fusions[setting] = run.p_train.lower(run.state, batch).compile().as_text().count(
         '__ynn_fusion')
@@ -72,6 +79,7 @@ def test_a_training_run_compiles_with_the_options_it_is_given():
     params[setting] = run.par.host_state(state).params
   assert fusions['auto'] > fusions['none']
   assert _rel(params['auto'], params['none']) < 1e-5
+  assert build_run(tiny_config(), devices=jax.devices()[:1]).par.compiler_options == 'none'
 
 
 @pytest.mark.parametrize('axis', [None, 'batch'])

@@ -152,8 +152,9 @@ def load(path: str, step: int = -1) -> Predictor:
   _check_variables(model, variables, augment.output_shape(config.data, data.image_shape),
                    f'{directory} (step {chosen})')
   forward = make_forward(model, preprocess)
-  apply = compiler.jit(forward, config.get('compiler_options', compiler.DEFAULT),
-                       jax.default_backend())
+  setting = compiler.resolve(config.get('compiler_options', compiler.DEFAULT),
+                             augment.output_shape(config.data, data.image_shape))
+  apply = compiler.jit(forward, setting, jax.default_backend())
   return Predictor(config, chosen, directory, model, jax.device_put(variables), uses_ema, data,
                    forward, apply)
 

@@ -28,6 +28,7 @@ class Parallel(Protocol):
   mode: str                       # 'jit' or 'pmap' (config.parallelism)
   axis_name: Optional[str]        # the device axis for BatchNorm and collectives (pmap only)
   num_devices: int                # over all processes
+  compiler_options: str           # compiler.CHOICES, for the steps compiled next
 
   def put_state(self, state: Any) -> Any:
     """A host state (numpy or jax arrays) on the devices, replicated."""
@@ -93,7 +94,7 @@ class PmapParallel:
   axis_name = 'batch'
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
-    del compiler_options
+    self.compiler_options = compiler_options   # unused: jax.pmap takes none
     self.devices = jax.local_devices() if devices is None else devices
     self.num_local = len(self.devices)
     self.num_devices = self.num_local * jax.process_count()
