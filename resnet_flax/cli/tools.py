@@ -171,6 +171,24 @@ def benchmark(argv=None) -> None:
   common.run_absl(run, argv, define)
 
 
+def _measure_command(argv, define, measure, table) -> None:
+  """A measuring command over a config: `define()` adds its flags (with --json), `measure(config,
+  flags)` returns the record, `table(record)` prints it; user errors are one line, exit 2."""
+  from absl import app, flags
+
+  def run(config, _, args):
+    if len(args) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+    try:
+      result = measure(config, flags.FLAGS)
+    except (UserError, ValueError) as e:
+      return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
+    print(json.dumps(result) if flags.FLAGS.json else table(result))
+    return 0
+
+  common.run_absl(run, argv, define)
+
+
 def _assignment(text: str) -> tuple[str, str]:
   field, sep, value = text.partition('=')
   if not sep or not field.strip():
@@ -184,7 +202,7 @@ def compare_variants(argv=None) -> None:
   'FIELD=VALUE;FIELD=VALUE' --variant ... [--what train|eval|compile|memory] [--rounds 5]
   [--steps 3] [--warmup 1] [--json]`; the first variant is the reference (an empty one: the
   config as it is). See resnet_flax/tools/variants.py."""
-  from absl import app, flags
+  from absl import flags
 
   def define():
     flags.DEFINE_multi_string('variant', [], "Overrides 'FIELD=VALUE;FIELD=VALUE' (repeat; "
@@ -196,21 +214,14 @@ def compare_variants(argv=None) -> None:
     flags.DEFINE_integer('warmup', 1, 'Untimed steps before them, each round.')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
-  def run(config, _, args):
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+  def measure(config, fv):
     from resnet_flax.tools import variants
-    fv = flags.FLAGS
-    try:
-      chosen = [dict(_assignment(a) for a in v.split(';') if a.strip()) for v in fv.variant]
-      result = variants.compare(config, chosen, kind=fv.what, rounds=fv.rounds,
-                                steps=fv.steps, warmup=fv.warmup)
-    except (UserError, ValueError) as e:
-      return common.report_error(e if isinstance(e, UserError) else UserError(str(e)))
-    print(json.dumps(result) if fv.json else variants.table(result))
-    return 0
+    chosen = [dict(_assignment(a) for a in v.split(';') if a.strip()) for v in fv.variant]
+    return variants.compare(config, chosen, kind=fv.what, rounds=fv.rounds, steps=fv.steps,
+                            warmup=fv.warmup)
 
-  common.run_absl(run, argv, define)
+  from resnet_flax.tools import variants
+  _measure_command(argv, define, measure, variants.table)
 
 
 # --- step profile -----------------------------------------------------------------------------
@@ -219,7 +230,7 @@ def profile_step(argv=None) -> None:
   """Where the time of a train or eval step goes, per kind of operation: `resnet-flax
   profile-step --config FILE_OR_NAME [--config.FIELD=VALUE ...] [--mode train|eval] [--steps 3]
   [--warmup 2] [--json]` (see resnet_flax/tools/step_profile.py)."""
-  from absl import app, flags
+  from absl import flags
 
   def define():
     flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Which step to profile.')
@@ -228,20 +239,13 @@ def profile_step(argv=None) -> None:
     flags.DEFINE_integer('top', 10, 'Instructions listed in the JSON record, slowest first.')
     flags.DEFINE_boolean('json', False, 'Print one JSON object instead of a table.')
 
-  def run(config, _, args):
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(args[1:])}')
+  def measure(config, fv):
     from resnet_flax.tools import step_profile
-    fv = flags.FLAGS
-    try:
-      result = step_profile.profile(config, mode=fv.mode, steps=fv.steps, warmup=fv.warmup,
-                                    top=fv.top)
-    except UserError as e:
-      return common.report_error(e)
-    print(json.dumps(result) if fv.json else step_profile.table(result))
-    return 0
+    return step_profile.profile(config, mode=fv.mode, steps=fv.steps, warmup=fv.warmup,
+                                top=fv.top)
 
-  common.run_absl(run, argv, define)
+  from resnet_flax.tools import step_profile
+  _measure_command(argv, define, measure, step_profile.table)
 
 
 # --- input benchmark --------------------------------------------------------------------------
