@@ -116,6 +116,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def with_fields(config, fields: Mapping[str, Any]):
+  """A copy of `config` with {'data.backend': 'grain', ...} set (a variant of a measurement);
+  ConfigError for a field the config does not have or a value its type refuses."""
+  variant = config.copy_and_resolve_references()
+  for key, value in fields.items():
+    node = variant
+    *path, last = key.split('.')
+    try:
+      for part in path:
+        node = node[part]
+      if last not in node:
+        raise KeyError(last)
+      node[last] = value
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+      raise ConfigError(f'--variant {key}={value!r}: the config has no field {key!r} or it '
+                        f'does not take that value ({e})') from None
+  return variant
+
+
 def _fail(field: str, value: Any, why: str) -> None:
   raise ConfigError(f'config.{field}={value!r}: {why}')
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, subprocess_env, tiny_config
+from resnet_flax import config as config_lib
 from resnet_flax.errors import ConfigError
 from resnet_flax.tools import input_benchmark as bench
 
@@ -91,7 +92,7 @@ def test_bad_variants_and_references_are_one_line(tree, tmp_path):
   config = folder_config(tree)
   with pytest.raises(ConfigError, match=r"--variant data\.worker_cout=1: the config has no "
                                         r"field 'data\.worker_cout'"):
-    bench.with_fields(config, {'data.worker_cout': 1})
+    config_lib.with_fields(config, {'data.worker_cout': 1})
   with pytest.raises(ConfigError, match='expected FILE.py:FUNCTION'):
     bench.load_reference('preprocess_for_train')
   with pytest.raises(ConfigError, match=r'nothing\.py is not a file'):

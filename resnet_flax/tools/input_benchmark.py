@@ -34,6 +34,7 @@ import os
 import statistics
 import time
 
+from resnet_flax import config as config_lib
 from resnet_flax.errors import ConfigError
 
 
@@ -199,32 +200,12 @@ def measure(config, *, batches: int, warmup: int, split: str = 'train',
   }
 
 
-def with_fields(config, fields: dict):
-  """A copy of `config` with {'data.backend': 'grain', ...} set; ConfigError for a field the
-  config does not have."""
-  import copy
-  variant = copy.deepcopy(config)
-  for key, value in fields.items():
-    node = variant
-    *path, last = key.split('.')
-    try:
-      for part in path:
-        node = node[part]
-      if last not in node:
-        raise KeyError(last)
-      node[last] = value
-    except (KeyError, AttributeError, TypeError) as e:
-      raise ConfigError(f'--variant {key}={value!r}: the config has no field {key!r} or it '
-                        f'does not take that value ({e})') from None
-  return variant
-
-
 def compare(config, variants: list[dict], *, rounds: int, batches: int, warmup: int,
             split: str = 'train') -> dict:
   """Each variant ({'data.backend': 'grain', ...}: fields over `config`; {'reference':
   'FILE.py:FUNCTION'}: that outside pipeline) measured once per round, in order; medians of
   images per CPU-second and of the per-round ratios to variant 0 and to the reference."""
-  configs = [None if 'reference' in v else with_fields(config, v) for v in variants]
+  configs = [None if 'reference' in v else config_lib.with_fields(config, v) for v in variants]
   results = [[] for _ in variants]
   for _ in range(rounds):
     for i, fields in enumerate(variants):

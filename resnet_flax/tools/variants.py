@@ -22,6 +22,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from resnet_flax import config as config_lib
 from resnet_flax.errors import ConfigError
 from resnet_flax.tools.benchmarking import SyntheticRun, time_calls
 
@@ -33,21 +34,18 @@ def label(overrides: dict) -> str:
 
 
 def _configure(config, overrides: dict):
-  config = config.copy_and_resolve_references()
+  """`config` with the overrides, text values typed as the fields they set."""
+  typed = {}
   for field, value in overrides.items():
-    *parents, leaf = field.split('.')
     node = config
-    for name in parents:
-      if name not in node:
-        raise ConfigError(f'--variant {field}={value}: the config has no field {field!r}')
-      node = node[name]
-    if leaf not in node:
-      raise ConfigError(f'--variant {field}={value}: the config has no field {field!r}')
+    for name in field.split('.')[:-1]:
+      node = node[name] if name in node else {}
+    current = node.get(field.split('.')[-1]) if hasattr(node, 'get') else None
     try:
-      node[leaf] = _typed(value, node[leaf])
-    except (TypeError, ValueError) as e:
+      typed[field] = _typed(value, current)
+    except ValueError as e:
       raise ConfigError(f'--variant {field}={value}: {e}') from None
-  return config
+  return config_lib.with_fields(config, typed)
 
 
 def _typed(value, current):
