@@ -1,6 +1,7 @@
-"""The framework comparison: which of our models have a PyTorch counterpart, bad input as one
-line and exit code 2, a missing torch reported before anything compiles, and a real side-by-side
-run of both frameworks in alternating rounds (torch in worker processes, never in this one)."""
+"""The framework comparison: which of our models have a PyTorch or Keras counterpart, bad input
+as one line and exit code 2, a missing torch reported before anything compiles, a real
+side-by-side run of both frameworks in alternating rounds (torch in worker processes, never in
+this one), and the Keras worker timing Keras' own network with our parameter count."""
 
 import importlib.util
 import json
@@ -11,7 +12,8 @@ import pytest
 from conftest import REPO, subprocess_env
 from resnet_flax.cli import reports
 from resnet_flax.errors import ConfigError
-from resnet_flax.tools import benchmarking
+from resnet_flax.models import create_model, model_fields
+from resnet_flax.tools import benchmarking, model_stats, step_server
 from resnet_flax.tools import compare_frameworks as tool
 
 
@@ -41,6 +43,28 @@ def test_counterparts_follow_the_overridden_fields():
     _spec('resnet50d')
 
 
+def _keras_spec(model, against='keras', layout='channels_last', **overrides):
+  config = benchmarking.shipped_config(model, batch_size=2, overrides=overrides)
+  return tool.reference_spec(against, model, dict(config.model), image_size=32, batch_size=2,
+                             layout=layout, threads=1)
+
+
+def test_keras_counterparts_are_the_keras_flavour_models():
+  assert _keras_spec('keras_resnet50')['application'] == 'ResNet50'
+  assert _keras_spec('keras_resnet152v2')['application'] == 'ResNet152V2'
+  assert _keras_spec('keras_resnet101', **{'model.scan_units': 'off'})['num_classes'] == 1000
+  with pytest.raises(ConfigError, match='resnet50: no Keras counterpart; compare one of '
+                                        'keras_resnet50, keras_resnet50v2'):
+    _keras_spec('resnet50')
+  with pytest.raises(ConfigError, match=r'model\.depth differs from Keras ResNet50, so there '
+                                        r'is no Keras counterpart'):
+    _keras_spec('keras_resnet50', **{'model.depth': 101})
+  with pytest.raises(ConfigError, match="Keras runs channels_last only"):
+    _keras_spec('keras_resnet50', layout='nchw')
+  with pytest.raises(ConfigError, match="against 'mxnet': expected one of torch, keras"):
+    _keras_spec('keras_resnet50', against='mxnet')
+
+
 @pytest.mark.parametrize('args,start', [
     (['--set', 'model.width=4'], 'config error: model.width differs'),
     (['--set', 'model.dept=8'], 'config error: model.dept: the config has no such field'),
@@ -48,6 +72,7 @@ def test_counterparts_follow_the_overridden_fields():
     (['--kinds', 'train,infer'], 'config error: kinds'),
     (['--rounds', '0'], 'config error: rounds=0'),
     (['--batch', '-4'], 'config error: batch size -4'),
+    (['--against', 'keras'], 'config error: resnet20: no Keras counterpart'),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, args, start):
   assert reports.compare_frameworks(['compare-frameworks', *args]) == 2
@@ -109,3 +134,28 @@ def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch
     assert s['time_ratio_min'] == ratios[0] and s['time_ratio_max'] == ratios[-1]
     assert s['time_ratio_median'] == pytest.approx(sum(ratios) / 2, rel=1e-3)
   assert os.path.isfile(os.path.join(REPO, torch['model_source']))
+
+
+@pytest.mark.slow
+def test_keras_worker_times_keras_own_network_with_our_parameter_count():
+  """Keras applications' ResNet50 at 32 px, batch 2, in its worker: the same parameter count
+  as our keras_resnet50 (10 classes), TensorFlow's back end, no JAX in that process."""
+  if importlib.util.find_spec('tensorflow') is None:
+    pytest.skip('tensorflow missing: pip install -r requirements.txt')
+  spec = _keras_spec('keras_resnet50', **{'model.num_classes': 10})
+  fields = {**model_fields('keras_resnet50'), 'num_classes': 10}
+  ours = model_stats.count_variables(create_model(fields), 32)
+  worker = step_server.Worker('keras', tool.WORKERS['keras'], spec, env=subprocess_env(),
+                              timeout_s=900)
+  try:
+    info = worker.info
+    # Keras' ResNet50: 25,583,592 trainable weights with 1000 classes (25,636,712 with the
+    # BatchNorm moving statistics); 990 fewer classes of a 2048-wide head
+    assert info['num_params'] == ours['params'] == 25_583_592 - 990 * (2048 + 1)
+    assert info['keras_backend'] == 'tensorflow' and not info['imports_jax']
+    assert info['model_source'] == 'keras.applications.ResNet50' and info['threads'] == 1
+    for kind in ('train', 'eval'):
+      reply = worker.time(kind, warmup=0, steps=2)
+      assert len(reply['seconds']) == 2 and min(reply['seconds']) > 0
+  finally:
+    worker.close()

@@ -127,8 +127,11 @@ def _tree_rel(a, b):
     ('keras_resnet50v2', {'width': 8}, (False,)),
     ('resnet20', {'scan_units': 'on'}, (False, True))])
 def test_models_give_the_same_logits_and_gradients(name, overrides, modes):
-  """Logits and parameter gradients within 1e-5, in eval mode with the running statistics of a
-  real batch. Train mode is compared where BatchNorm is well conditioned (CIFAR nets: 8x8 maps
+  """Logits and parameter gradients within 2e-5, in eval mode with the running statistics of a
+  real batch. A whole network is held to twice the per-conv bound: float32 round-off adds up
+  over its layers (ResNet-50 at width 8, measured on an AVX2 machine: its logits differ from a
+  float64 evaluation by 2.3e-5 with XLA's convs and by 2.0e-5 with the fast ones, and from each
+  other by 1.1e-5), so between two float32 implementations 1e-5 is below the noise. Train mode is compared where BatchNorm is well conditioned (CIFAR nets: 8x8 maps
   in the last stage); in an ImageNet net at 32 px the last stages normalise over 4 values per
   channel, which turns float32 round-off into 1e-3 differences for XLA's own convs alone (the
   per-conv tests above cover those convs in both directions)."""
@@ -154,8 +157,8 @@ def test_models_give_the_same_logits_and_gradients(name, overrides, modes):
   for i, _ in enumerate(modes):
     (_, fast_logits), fast_grads = out['fast'][i]
     (_, xla_logits), xla_grads = out['xla'][i]
-    assert _rel(fast_logits, xla_logits) < 1e-5
-    assert _tree_rel(fast_grads, xla_grads) < 1e-5
+    assert _rel(fast_logits, xla_logits) < 2e-5
+    assert _tree_rel(fast_grads, xla_grads) < 2e-5
 
 
 def test_a_checkpoint_evaluates_the_same_with_either_implementation(tmp_path):

@@ -20,16 +20,20 @@ def _write_json(path: str, record: dict) -> None:
 
 
 def compare_frameworks(argv=None) -> int:
-  """Our train and eval steps against PyTorch's on the same model and batch shape, each
-  framework in its own process, in alternating rounds: `resnet-flax compare-frameworks
-  [--model resnet20] [--batch N] [--rounds 5] [--steps 5] [--warmup 1] [--layout
-  channels_last|nchw] [--threads T] [--kinds train,eval] [--set FIELD=VALUE ...] [--json PATH]`
+  """Our train and eval steps against PyTorch's (or Keras') on the same model and batch shape,
+  each framework in its own process, in alternating rounds: `resnet-flax compare-frameworks
+  [--model resnet20] [--against torch|keras] [--batch N] [--rounds 5] [--steps 5] [--warmup 1]
+  [--layout channels_last|nchw] [--threads T] [--kinds train,eval] [--set FIELD=VALUE ...]
+  [--json PATH]`
   (see resnet_flax/tools/compare_frameworks.py)."""
   parser = argparse.ArgumentParser(prog='resnet-flax compare-frameworks',
                                    description=compare_frameworks.__doc__.split('\n')[0])
   parser.add_argument('--model', default='resnet20',
                       help='a registered model name with a PyTorch counterpart (resnet20, '
                            'resnet56, resnet50, ...; default resnet20)')
+  parser.add_argument('--against', default='torch',
+                      help="the other framework: torch (default) or keras (Keras applications' "
+                           "ResNets on TensorFlow, for our keras_resnet* models)")
   parser.add_argument('--batch', type=int, default=None,
                       help='batch size (default: 128 for the CIFAR family, 16 otherwise)')
   parser.add_argument('--rounds', type=int, default=5, help='timing rounds (default 5)')
@@ -40,7 +44,8 @@ def compare_frameworks(argv=None) -> int:
   parser.add_argument('--layout', default='channels_last', choices=('channels_last', 'nchw'),
                       help="PyTorch's memory layout (default channels_last)")
   parser.add_argument('--threads', type=int, default=None,
-                      help="PyTorch's threads (default: the cores this process may use)")
+                      help="the other framework's threads (default: the cores this process "
+                           "may use)")
   parser.add_argument('--kinds', default='train,eval', help='train, eval or both (default)')
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='override a field of our config (repeatable), e.g. '
@@ -49,9 +54,10 @@ def compare_frameworks(argv=None) -> int:
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
   from resnet_flax.tools import compare_frameworks as tool
   try:
-    result = tool.compare(args.model, batch_size=args.batch, rounds=args.rounds,
-                          steps=args.steps, warmup=args.warmup, layout=args.layout,
-                          threads=args.threads, overrides=parse_assignments(args.set),
+    result = tool.compare(args.model, against=args.against, batch_size=args.batch,
+                          rounds=args.rounds, steps=args.steps, warmup=args.warmup,
+                          layout=args.layout, threads=args.threads,
+                          overrides=parse_assignments(args.set),
                           kinds=[k.strip() for k in args.kinds.split(',') if k.strip()])
   except UserError as e:
     return common.report_error(e)
