@@ -130,7 +130,7 @@ def test_finished_points_are_skipped_and_interrupted_ones_resume(tiny_sweep):
   assert after[1]['train_loss'] == before[1]['train_loss']
   assert float(after[1]['wall_time_s']) > float(before[1]['wall_time_s'])   # time adds up
   strip = lambda text: [{k: v for k, v in json.loads(line).items()
-                         if k not in ('images_per_sec', 'data_wait_fraction')}
+                         if k not in ('images_per_sec', 'data_wait_fraction', 'train_time_s')}
                         for line in text.splitlines()]
   assert strip((plain / 'metrics.jsonl').read_text()) == strip(metrics_before)
 
@@ -187,3 +187,21 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
   assert (tmp_path / 'all_vs_depth.png').stat().st_size > 10_000
   result = _script('plot.py', str(tmp_path / 'nothing'))
   assert result.returncode == 2 and 'no such directory' in result.stderr
+
+
+def test_curves_against_wall_time_use_the_eval_records_times(tmp_path):
+  _fake_run(str(tmp_path / 'run'), 20, 'v1', [50, 30, 20])
+  path = tmp_path / 'run' / 'metrics.jsonl'
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  for r in records:
+    if 'eval_top1' in r:
+      r['train_time_s'] = 120.0 * r['epoch']
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  fig, data = plotting.curves_figure(plotting.load_runs([str(tmp_path / 'run')]), x='time')
+  assert [label for label, _, _ in data['top1_error']] == ['run (eval)']   # train: no times
+  _, xs, ys = data['top1_error'][0]
+  assert xs == [2.0, 4.0, 6.0] and ys == [pytest.approx(50), pytest.approx(30),
+                                          pytest.approx(20)]
+  assert fig.axes[1].get_xlabel() == "the run's wall time (minutes)"
+  result = _script('plot.py', str(tmp_path / 'run'), '--x', 'hours')
+  assert result.returncode == 2 and "x axis 'hours': expected one of epoch, time" in result.stderr

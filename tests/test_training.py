@@ -213,6 +213,8 @@ def test_script_trains_digits_and_writes_run_files(tmp_path):
   assert all('step' in e and 'epoch' in e for e in events)
   assert {'train_loss', 'train_top1', 'lr', 'images_per_sec'} <= set(events[0])
   assert any('eval_top5' in e for e in events)
+  times = [e['train_time_s'] for e in events if 'eval_top1' in e]   # the run's wall time
+  assert len(times) == 4 and times == sorted(times) and times[0] > 0
   assert os.listdir(tmp_path / 'tensorboard')
 
 

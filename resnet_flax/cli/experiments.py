@@ -54,7 +54,8 @@ def sweep(argv=None) -> int:
 
 
 def plot(argv=None) -> int:
-  """Plot runs: `resnet-flax plot DIR [DIR ...] [--out FILE.png] [--select FIELD=VALUE]`. DIR is
+  """Plot runs: `resnet-flax plot DIR [DIR ...] [--out FILE.png] [--select FIELD=VALUE] [--x
+  epoch|time]`. DIR is
   a sweep directory (one run per sub-folder) or a single run's workdir; runs of several
   directories share the figures. Writes the training curves (loss and top-1 error against
   epoch, train dashed, eval solid) to --out (default DIR/curves.png) and, when the runs differ
@@ -68,13 +69,16 @@ def plot(argv=None) -> int:
   parser.add_argument('--select', action='append', default=[], metavar='FIELD=VALUE',
                       help='keep only runs whose config has this value; repeatable')
   parser.add_argument('--title', default='', help='figure title')
+  parser.add_argument('--x', default='epoch',
+                      help="the curves' x axis: epoch (default) or time (the run's wall time; "
+                           "eval points only)")
   args = parser.parse_args(argv[1:])
   try:
     runs = plotting.load_runs(args.dirs, args.select)
+    fig, _ = plotting.curves_figure(runs, args.title, args.x)
   except UserError as e:
     return common.report_error(e)
   out = args.out or os.path.join(args.dirs[0], 'curves.png')
-  fig, _ = plotting.curves_figure(runs, args.title)
   print(f'{len(runs)} runs; curves: {plotting.save(fig, out)}')
   fig, _ = plotting.depth_figure(runs, args.title)
   if fig is not None:

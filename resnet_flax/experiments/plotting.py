@@ -3,8 +3,8 @@
 A run is a workdir with `metrics.jsonl` (and `config.json`); a sweep directory holds one run per
 sub-folder. `load_runs` reads runs from any mix of both, labelled by the config fields that differ
 between them (the swept fields, read from each run's `config.json`), so runs of two sweeps can
-share a figure. `curves_figure` draws loss and top-1 error against epoch, train dashed and eval
-solid, one colour per run; `depth_figure` draws the final error against `model.depth`, one line
+share a figure. `curves_figure` draws loss and top-1 error against epoch (or the run's wall
+time), train dashed and eval solid, one colour per run; `depth_figure` draws the final error against `model.depth`, one line
 per combination of the other differing fields (the degradation figure when one of them is
 `model.residual`). Both return the figure and the data behind every line.
 
@@ -81,8 +81,14 @@ def load_runs(paths: Sequence[str], select: Sequence[str] = ()) -> list[RunRecor
   return runs
 
 
-def _series(metrics: list, key: str, as_error: bool):
-  points = [(m['epoch'], m[key]) for m in metrics if m.get(key) is not None]
+X_AXES = {'epoch': ('epoch', 1.0, 'epoch'),
+          'time': ('train_time_s', 1 / 60, "the run's wall time (minutes)")}
+
+
+def _series(metrics: list, key: str, as_error: bool, x: str = 'epoch'):
+  field, scale, _ = X_AXES[x]
+  points = [(m[field] * scale, m[key]) for m in metrics
+            if m.get(key) is not None and m.get(field) is not None]
   xs = [p[0] for p in points]
   ys = [100.0 * (1.0 - p[1]) if as_error else p[1] for p in points]
   return xs, ys
@@ -96,8 +102,12 @@ def pyplot():
   return plt
 
 
-def curves_figure(runs: Sequence[RunRecord], title: str = ''):
-  """(figure, data): loss and top-1 error % against epoch; data[panel] = [(label, xs, ys)]."""
+def curves_figure(runs: Sequence[RunRecord], title: str = '', x: str = 'epoch'):
+  """(figure, data): loss and top-1 error % against `x`, 'epoch' or 'time' (the run's wall time
+  in minutes, which only the eval records carry: `train_time_s`); data[panel] = [(label, xs,
+  ys)]."""
+  if x not in X_AXES:
+    raise SweepError(f'x axis {x!r}: expected one of {", ".join(X_AXES)}')
   plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   data = {'loss': [], 'top1_error': []}
@@ -107,7 +117,7 @@ def curves_figure(runs: Sequence[RunRecord], title: str = ''):
     for ax, panel, key_base, as_error in ((axes[0], 'loss', 'loss', False),
                                           (axes[1], 'top1_error', 'top1', True)):
       for split, style in (('train', '--'), ('eval', '-')):
-        xs, ys = _series(run.metrics, f'{split}_{key_base}', as_error)
+        xs, ys = _series(run.metrics, f'{split}_{key_base}', as_error, x)
         if xs:
           label = f'{run.label} ({split})'
           ax.plot(xs, ys, style, color=color, label=label, marker='o' if split == 'eval' else None,
@@ -116,7 +126,7 @@ def curves_figure(runs: Sequence[RunRecord], title: str = ''):
   axes[0].set_ylabel('cross-entropy loss')
   axes[1].set_ylabel('top-1 error (%)')
   for ax in axes:
-    ax.set_xlabel('epoch')
+    ax.set_xlabel(X_AXES[x][2])
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7, loc='upper right')
   fig.suptitle(title or 'train (dashed) and eval (solid)')

@@ -161,7 +161,11 @@ class TrainingLoop:
     if at_eval:
       self.loop.eval_metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
                                         self.config.eval_batch_size or self.config.batch_size)
-      self.log.write(step, step / plan.steps_per_epoch, self.loop.eval_metrics)
+      # with the run's wall time so far (all its segments, evaluations included): the
+      # error-against-time curve of a run comes from metrics.jsonl alone
+      self.log.write(step, step / plan.steps_per_epoch,
+                     {**self.loop.eval_metrics,
+                      'train_time_s': round(self.timing()['train_time_s'], 1)})
       self.log.info(f'step {step}: ' + ' '.join(f'{k} {v:.4f}'
                                                 for k, v in self.loop.eval_metrics.items()))
     throughput.begin()
