@@ -13,7 +13,6 @@ Spec: {"model": NAME, "batch_size": B, "overrides": {"section.field": value, ...
 
 import os
 import sys
-import time
 
 import jax
 
@@ -32,11 +31,8 @@ def build(spec: dict):
   def evaluate(k):
     jax.block_until_ready(bench.evaluate(k))
 
-  first = {}
-  for name, call in (('train', train), ('eval', evaluate)):
-    start = time.perf_counter()
-    call(0)
-    first[name] = round(time.perf_counter() - start, 3)
+  calls = {'train': train, 'eval': evaluate}
+  first = step_server.time_first_calls(calls)
   info = {
       'framework': 'resnet_flax',
       'config': f"configs/{benchmarking.FAMILY_CONFIGS[config.model.family]}.py",
@@ -55,7 +51,7 @@ def build(spec: dict):
       'first_call_s': first,
       'imports_torch': 'torch' in sys.modules,   # must be False: one framework a process
   }
-  return {'train': train, 'eval': evaluate}, info
+  return calls, info
 
 
 if __name__ == '__main__':

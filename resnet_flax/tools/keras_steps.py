@@ -23,7 +23,6 @@ import importlib
 import math
 import os
 import sys
-import time
 
 from resnet_flax.errors import DependencyError, first_line
 from resnet_flax.tools import step_server
@@ -65,11 +64,8 @@ def build(spec: dict):
   def evaluate(_):
     model.predict_on_batch(images)
 
-  first = {}
-  for name, call in (('train', train), ('eval', evaluate)):
-    start = time.perf_counter()
-    call(0)
-    first[name] = round(time.perf_counter() - start, 3)
+  calls = {'train': train, 'eval': evaluate}
+  first = step_server.time_first_calls(calls)
   info = {
       'framework': 'keras',
       # trainable weights, as ours and torch count them (Keras' count_params() adds the
@@ -86,7 +82,7 @@ def build(spec: dict):
       'first_call_s': first,
       'imports_jax': sys.modules.get('jax') is not None,   # must be False
   }
-  return {'train': train, 'eval': evaluate}, info
+  return calls, info
 
 
 if __name__ == '__main__':

@@ -64,6 +64,17 @@ def serve(calls: Mapping[str, Callable[[int], object]], info: dict) -> None:
     _reply({'seconds': seconds, 'cpu_seconds': time.process_time() - cpu0})
 
 
+def time_first_calls(calls: Mapping[str, Callable[[int], object]]) -> dict:
+  """{name: seconds} of each step's first call (compilation, where the framework compiles),
+  made once in a worker before it says it is ready."""
+  first = {}
+  for name, call in calls.items():
+    start = time.perf_counter()
+    call(0)
+    first[name] = round(time.perf_counter() - start, 3)
+  return first
+
+
 def run_worker(build: Callable[[dict], tuple[dict, dict]], argv=None) -> None:
   """A worker's main: `build(spec)` -> (calls, info), then `serve`. The spec is argv[1]."""
   argv = sys.argv if argv is None else argv

@@ -21,7 +21,6 @@ Spec: {"source": "torchvision" | "cifar", "model": NAME, "depth": D, "num_classe
 import importlib.util
 import os
 import sys
-import time
 
 from resnet_flax.errors import DependencyError, first_line
 from resnet_flax.tools import step_server
@@ -84,11 +83,8 @@ def build(spec: dict):
     with torch.no_grad():
       model(images)
 
-  first = {}
-  for name, call in (('train', train), ('eval', evaluate)):
-    start = time.perf_counter()
-    call(0)
-    first[name] = round(time.perf_counter() - start, 3)
+  calls = {'train': train, 'eval': evaluate}
+  first = step_server.time_first_calls(calls)
   torchvision = sys.modules.get('torchvision')
   info = {
       'framework': 'torch',
@@ -103,7 +99,7 @@ def build(spec: dict):
       'first_call_s': first,
       'imports_jax': 'jax' in sys.modules,   # must be False: one framework a process
   }
-  return {'train': train, 'eval': evaluate}, info
+  return calls, info
 
 
 if __name__ == '__main__':
