@@ -4,9 +4,10 @@ A run is a workdir with `metrics.jsonl` (and `config.json`); a sweep directory h
 sub-folder. `load_runs` reads runs from any mix of both, labelled by the config fields that differ
 between them (the swept fields, read from each run's `config.json`), so runs of two sweeps can
 share a figure. `curves_figure` draws loss and top-1 error against epoch (or the run's wall
-time), train dashed and eval solid, one colour per run; `depth_figure` draws the final error against `model.depth`, one line
-per combination of the other differing fields (the degradation figure when one of them is
-`model.residual`). Both return the figure and the data behind every line.
+time), train dashed and eval solid, one colour per run; `depth_figure` draws the final error
+against `model.depth`, one line per combination of the other differing fields (the
+degradation figure when one of them is `model.residual`). Both return the figure and the data
+behind every line.
 
 Matplotlib is imported here only (with the Agg back end): training never needs it.
 """

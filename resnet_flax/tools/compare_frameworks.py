@@ -21,11 +21,12 @@ sides' parameter counts are in the result (`same_parameter_count`).
 The timing runs in rounds. In each round every step kind (train, eval) is timed on both sides,
 one after the other: `warmup` untimed calls, then `steps` timed ones, the median of those is
 the side's figure for the round. The order alternates, ours first in rounds 1, 3, ... and
-the reference first in rounds 2, 4, ..., so a change in the machine's load reaches both sides. Per
-round: each side's median step time, images/s (batch / median), the process's CPU cores busy
-during its timed steps, and the ratios ours/reference of step time and of images/s; over rounds:
-the median of each. The reference side's values are under its framework's name ('torch' or
-'keras'). The per-round values stay in the result: on a loaded machine PyTorch's OpenMP threads (spinning while they wait) can collapse several-fold when other work takes the
+the reference first in rounds 2, 4, ..., so a change in the machine's load reaches both
+sides. Per round: each side's median step time, images/s (batch / median), the process's CPU
+cores busy during its timed steps, and the ratios ours/reference of step time and of images/s;
+over rounds: the median of each. The reference side's values are under its framework's name
+('torch' or 'keras'). The per-round values stay in the result: on a loaded machine PyTorch's
+OpenMP threads (spinning while they wait) can collapse several-fold when other work takes the
 cores, and a reader needs to see that.
 """
 
@@ -160,16 +161,17 @@ def _summary(per_round: Sequence[dict], kind: str, against: str) -> dict:
           'time_ratio_min': min(time_ratios), 'time_ratio_max': max(time_ratios)}
 
 
-def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = None, rounds: int = 5, steps: int = 5,
-            warmup: int = 1, layout: str = 'channels_last', threads: Optional[int] = None,
+def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = None,
+            rounds: int = 5, steps: int = 5, warmup: int = 1, layout: str = 'channels_last',
+            threads: Optional[int] = None,
             overrides: Optional[Mapping[str, Any]] = None, kinds: Sequence[str] = KINDS,
             timeout_s: float = 1800.0) -> dict:
   """Times `model` in ours and in the framework `against` ('torch' or 'keras'; see the
   module doc); returns the whole record.
 
   `batch_size` None: 128 for the CIFAR family, 16 otherwise; `threads`: the reference's
-  intra-op threads (None: the cores this process may use); `overrides`: 'section.field' = value for
-  our config (e.g. {'model.scan_units': 'off'}); `kinds`: a subset of ('train', 'eval').
+  intra-op threads (None: the cores this process may use); `overrides`: 'section.field' =
+  value for our config (e.g. {'model.scan_units': 'off'}); `kinds`: a subset of ('train', 'eval').
   Raises a UserError for what a user can fix (a missing torch or TensorFlow, an unknown model
   or field).
   """

@@ -19,21 +19,15 @@ Spec: {"application": "ResNet50", "model": NAME, "num_classes": C, "image_size":
 "batch_size": N, "threads": T}.
 """
 
-import importlib
 import math
 import os
 import sys
 
-from resnet_flax.errors import DependencyError, first_line
 from resnet_flax.tools import step_server
 
 
 def _import(name: str):
-  try:
-    return importlib.import_module(name)
-  except ImportError as e:
-    raise DependencyError(f'{name} is not importable ({first_line(e)}); the comparison with '
-                          f'Keras needs TensorFlow: pip install -r requirements.txt') from None
+  return step_server.import_framework(name, 'TensorFlow: pip install -r requirements.txt')
 
 
 def build(spec: dict):

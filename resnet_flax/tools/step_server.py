@@ -17,6 +17,7 @@ kind (one line, exit code 2 at the command line) or, for a crash, a `RuntimeErro
 the end of the worker's stderr.
 """
 
+import importlib
 import json
 import os
 import queue
@@ -27,7 +28,7 @@ import threading
 import time
 from typing import Callable, Mapping, Optional
 
-from resnet_flax.errors import UserError
+from resnet_flax.errors import DependencyError, UserError, first_line
 
 REPLY_PREFIX = '@@step-server '
 WORKER_ERROR_EXIT = 3
@@ -62,6 +63,17 @@ def serve(calls: Mapping[str, Callable[[int], object]], info: dict) -> None:
       seconds.append(time.perf_counter() - start)
       counts[what] += 1
     _reply({'seconds': seconds, 'cpu_seconds': time.process_time() - cpu0})
+
+
+def import_framework(name: str, needed_for: str):
+  """A worker's framework module `name`, or a one-line `DependencyError` that says what it is
+  needed for and how to install it (`needed_for`, e.g. 'PyTorch and torchvision: pip install
+  -r requirements-test.txt')."""
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    raise DependencyError(f'{name} is not importable ({first_line(e)}); the framework '
+                          f'comparison needs {needed_for}') from None
 
 
 def time_first_calls(calls: Mapping[str, Callable[[int], object]]) -> dict:

@@ -22,19 +22,15 @@ import importlib.util
 import os
 import sys
 
-from resnet_flax.errors import DependencyError, first_line
+from resnet_flax.errors import DependencyError
 from resnet_flax.tools import step_server
 
 REFERENCE_MODELS = os.path.join('tests', 'torch_models.py')   # in the source checkout
 
 
 def _import(name: str):
-  try:
-    return importlib.import_module(name)
-  except ImportError as e:
-    raise DependencyError(f'{name} is not importable ({first_line(e)}); the framework '
-                          f'comparison needs PyTorch and torchvision: pip install -r '
-                          f'requirements-test.txt') from None
+  return step_server.import_framework(
+      name, 'PyTorch and torchvision: pip install -r requirements-test.txt')
 
 
 def reference_models():
