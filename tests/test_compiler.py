@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 from resnet_flax import compiler
 from resnet_flax.models import create_model, model_fields
 from resnet_flax.models.layers import BatchNorm
@@ -48,7 +48,7 @@ def _rel(a, b):
 def test_the_cpu_options_give_the_same_logits_and_gradients(conv_impl):
   model = create_model({**model_fields('resnet20'), 'conv_impl': conv_impl})
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+  variables = init_variables(model, x[:1])
 
   def loss(params):
     logits, _ = model.apply({**variables, 'params': params}, x, train=True,

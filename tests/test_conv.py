@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 from resnet_flax.models import conv, create_model, model_fields
 from resnet_flax.train import loop
 
@@ -142,11 +142,11 @@ def test_models_give_the_same_logits_and_gradients(name, overrides, modes):
   per-conv tests above cover those convs in both directions)."""
   fields = {**model_fields(name), **overrides}
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
-  variables = create_model({**fields, 'conv_impl': 'xla'}).init(jax.random.PRNGKey(0), x[:1],
-                                                                 train=False)
-  _, calibrated = create_model({**fields, 'conv_impl': 'xla', 'bn_momentum': 0.0}).apply(
-      variables, jax.random.normal(jax.random.PRNGKey(2), (64, 32, 32, 3)), train=True,
-      mutable=['batch_stats'])
+  variables = init_variables(create_model({**fields, 'conv_impl': 'xla'}), x[:1])
+  calibrating = create_model({**fields, 'conv_impl': 'xla', 'bn_momentum': 0.0})
+  _, calibrated = jax.jit(lambda v, batch: calibrating.apply(v, batch, train=True,
+                                                             mutable=['batch_stats']))(
+      variables, jax.random.normal(jax.random.PRNGKey(2), (64, 32, 32, 3)))
   variables = {'params': variables['params'], 'batch_stats': calibrated['batch_stats']}
   out = {}
   for impl in ('xla', 'fast'):

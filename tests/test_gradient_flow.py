@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import init_variables, tiny_config
 from resnet_flax.experiments import gradient_flow
 from resnet_flax.models import create_model, model_fields
 from resnet_flax.train import loop, steps
@@ -25,7 +25,7 @@ def _init_rows(name, depth, seed=0):
   model = create_model(fields)
   images = jax.random.normal(jax.random.PRNGKey(seed + 1), (32, 16, 16, 3))
   labels = jax.random.randint(jax.random.PRNGKey(seed + 2), (32,), 0, 10)
-  variables = model.init(jax.random.PRNGKey(seed), images[:1], train=False)
+  variables = init_variables(model, images[:1], seed)
   return gradient_flow.layer_statistics(model, variables['params'], variables['batch_stats'],
                                         images, labels, 10)
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import init_variables
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import UnitLayer, create_model, model_fields, unit_layer
 from resnet_flax.models import layers
@@ -182,7 +183,7 @@ def test_resnet_d_shortcut_is_avgpool_then_1x1(size):
 def net_and_variables(rate, name='resnet18d'):
   model = make(name, num_classes=10, width=8, drop_path_rate=rate)
   x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 32, 32, 3)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = init_variables(model, x)
   return model, variables, x
 
 

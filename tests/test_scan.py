@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_close, metrics_events, run_steps, tiny_config
+from conftest import (assert_trees_close, init_variables, metrics_events, run_steps,
+                      tiny_config)
 from resnet_flax.models import create_model, model_fields, scan
 from resnet_flax.tools import model_stats
 from resnet_flax.train import loop
@@ -63,7 +64,7 @@ def test_scanned_and_unrolled_models_compute_the_same(name, overrides, size):
   scanned, unrolled = _pair(name, overrides)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
   labels = jnp.arange(4) % 10
-  vs = scanned.init(jax.random.PRNGKey(0), x[:1], train=False)
+  vs = init_variables(scanned, x[:1])
   vs = {'params': vs['params'], 'batch_stats': _random_stats(vs)}
   shapes = jax.eval_shape(lambda: unrolled.init(jax.random.PRNGKey(0), x[:1], train=False))
   vu = {c: scan.restack(tree, shapes[c]) for c, tree in vs.items()}
@@ -94,7 +95,7 @@ def test_scanned_and_unrolled_models_compute_the_same(name, overrides, size):
 
 def test_the_layouts_convert_losslessly_and_units_initialise_independently():
   scanned, unrolled = _pair('preact_resnet164', {})
-  params = scanned.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
+  params = init_variables(scanned, jnp.zeros((1, 32, 32, 3)))['params']
   shapes = jax.eval_shape(lambda: unrolled.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
                                                 train=False))['params']
   flat = scan.restack(params, shapes)
@@ -112,7 +113,7 @@ def test_the_layouts_convert_losslessly_and_units_initialise_independently():
 def _hlo_ops(depth):
   model = create_model({**model_fields('resnet20'), 'depth': depth, 'scan_units': 'on'})
   x = jnp.zeros((2, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = init_variables(model, x)
 
   def step(params):
     def loss(p):
@@ -163,7 +164,7 @@ def test_remat_recomputes_to_save_memory_with_the_same_gradients():
   stats, grads = {}, {}
   for remat in ('none', 'unit'):
     model = create_model({**model_fields('resnet20'), 'remat': remat, 'scan_units': 'on'})
-    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+    variables = init_variables(model, x[:1])
 
     def loss(p, model=model, variables=variables):
       out, _ = model.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
@@ -244,7 +245,7 @@ def test_scanned_units_get_their_own_drop_rates_and_masks(monkeypatch):
   monkeypatch.setattr(blocks, 'drop_path', recording)
   model = create_model({**model_fields('resnet20'), 'scan_units': 'on', 'drop_path_rate': 0.4})
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = init_variables(model, x)
   jax.block_until_ready(model.apply(variables, x, train=True, mutable=['batch_stats'],
                                     rngs={'drop_path': jax.random.PRNGKey(2)}))
   jax.effects_barrier()
