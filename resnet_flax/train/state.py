@@ -30,8 +30,8 @@ class TrainState:
 def create_train_state(model, tx: optax.GradientTransformation, *, seed: int, image_shape,
                        use_ema: bool) -> TrainState:
   """Initialises the model on one example of `image_shape` (H, W, C) and the optimizer, as one
-  compiled program (run op by op, each small op compiles on its own: with a warm compilation
-  cache a tiny CIFAR net starts in 0.4 instead of 2.2 s, ResNet-50 in 1.3 instead of 8 s)."""
+  compiled program (run op by op, each small op compiles on its own: docs/BENCHMARKS.md,
+  start-up, has what that costs)."""
   example = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
 
   def build(root):
