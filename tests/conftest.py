@@ -162,12 +162,6 @@ def flax_logits(fields, params, batch_stats, nchw):
                           nchw.transpose(0, 2, 3, 1)))
 
 
-def init_variables(model, x, seed=0):
-  """`model.init(PRNGKey(seed), x, train=False)` as one compiled program: run op by op, each
-  small op of a whole network compiles on its own (seconds a network)."""
-  return jax.jit(lambda key: model.init(key, x, train=False))(jax.random.PRNGKey(seed))
-
-
 def run_steps(config, devices, num_steps=2):
   """Runs `num_steps` train steps; returns (host state, list of host metrics)."""
   from resnet_flax.train.build import build_run

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_variables, tiny_config
+from conftest import tiny_config
 from resnet_flax import compiler
-from resnet_flax.models import create_model, model_fields
+from resnet_flax.models import create_model, init_variables, model_fields
 from resnet_flax.models.layers import BatchNorm
 
 

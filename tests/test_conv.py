@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_variables, tiny_config
-from resnet_flax.models import conv, create_model, model_fields
+from conftest import tiny_config
+from resnet_flax.models import conv, create_model, init_variables, model_fields
 from resnet_flax.train import loop
 
 # one model of each structure: stems (cifar, imagenet, deep, conv pool), shortcuts (A, B, avg),

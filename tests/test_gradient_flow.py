@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import init_variables, tiny_config
+from conftest import tiny_config
 from resnet_flax.experiments import gradient_flow
-from resnet_flax.models import create_model, model_fields
+from resnet_flax.models import create_model, init_variables, model_fields
 from resnet_flax.train import loop, steps
 
 
@@ -25,7 +25,7 @@ def _init_rows(name, depth, seed=0):
   model = create_model(fields)
   images = jax.random.normal(jax.random.PRNGKey(seed + 1), (32, 16, 16, 3))
   labels = jax.random.randint(jax.random.PRNGKey(seed + 2), (32,), 0, 10)
-  variables = init_variables(model, images[:1], seed)
+  variables = init_variables(model, images[:1], jax.random.PRNGKey(seed))
   return gradient_flow.layer_statistics(model, variables['params'], variables['batch_stats'],
                                         images, labels, 10)
 

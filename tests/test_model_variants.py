@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_variables
 from resnet_flax.errors import ConfigError
-from resnet_flax.models import UnitLayer, create_model, model_fields, unit_layer
+from resnet_flax.models import (UnitLayer, create_model, init_variables, model_fields,
+                                unit_layer)
 from resnet_flax.models import layers
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_flax.models.resnet import drop_path_rates

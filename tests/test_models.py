@@ -16,7 +16,8 @@ import pytest
 
 from conftest import command, run_command
 from resnet_flax.tools import model_stats
-from resnet_flax.models import NAMES, UnitLayer, create_model, model_fields, unit_layer
+from resnet_flax.models import (NAMES, UnitLayer, create_model, init_variables, model_fields,
+                                unit_layer)
 from resnet_flax.models import layers
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 
@@ -126,6 +127,25 @@ def test_batch_stats_count():
   # ResNet-20: 19 BN layers (stem + 18 in units) of 16/32/64 channels, mean and var each.
   assert model_stats.count_variables(make('resnet20'), 32)['batch_stats'] == 2 * (
       16 + 6 * 16 + 6 * 32 + 6 * 64)
+
+
+def test_init_variables_is_model_init_in_one_program():
+  """The same variables as `model.init` run op by op (one draw per key, to float32 round-off of
+  the fused normal sampling), another key giving other ones, BatchNorm statistics at their
+  initial values."""
+  model = create_model({**model_fields('resnet20'), 'scan_units': 'on'})
+  x = jnp.zeros((1, 32, 32, 3))
+  eager = model.init(jax.random.PRNGKey(3), x, train=False)
+  jitted = init_variables(model, x, jax.random.PRNGKey(3))
+  assert jax.tree.structure(jitted) == jax.tree.structure(eager)
+  for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  other = init_variables(model, x)                               # PRNGKey(0)
+  kernel = lambda v: np.asarray(v['params']['stem_conv']['kernel'])
+  assert not np.allclose(kernel(other), kernel(jitted))
+  stats = jax.tree.leaves(jitted['batch_stats'])
+  assert all(np.all((s == 0) | (s == 1)) for s in stats)
 
 
 def test_params_do_not_depend_on_image_size():

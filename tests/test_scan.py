@@ -11,17 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (assert_trees_close, init_variables, metrics_events, run_steps,
-                      tiny_config)
-from resnet_flax.models import create_model, model_fields, scan
+from conftest import assert_trees_close, metrics_events, run_steps, tiny_config
+from resnet_flax.models import create_model, init_variables, model_fields, scan
 from resnet_flax.tools import model_stats
 from resnet_flax.train import loop
 
 # (name, field overrides, image size): ImageNet-family widths cut to 8 and stages to one unit
 # but stage 2's four (a scanned run of identical units inside it, also in the Keras flavour
 # whose last unit strides): every kind of unit and shortcut of the full network, under half the
-# compile time. The pre-activation bottleneck net at depth 29 (3 units
-# a stage, each stage's units 2-3 scanned) instead of 164: the same units, a fifth of the work.
+# compile time. The pre-activation bottleneck net at depth 29 (3 units a stage, each stage's
+# units 2-3 scanned) instead of 164: the same units, a fifth of the work.
 SHORT = {'stage_sizes': (1, 4, 1, 1)}
 EQUIVALENCE = [('resnet20', {}, 32), ('resnet50', {'version': 'v1', 'width': 8, **SHORT}, 32),
                ('resnet50', {'width': 8, **SHORT}, 32),

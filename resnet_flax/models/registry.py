@@ -303,6 +303,14 @@ def abstract_variables(cfg: Mapping[str, Any], image_size: Optional[int] = None,
                         jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
 
 
+def init_variables(model, example: jax.Array, key: Optional[jax.Array] = None) -> dict:
+  """`model.init(key, example, train=False)` (key: `PRNGKey(0)` when None) as one compiled
+  program. Run op by op, each small op of a network compiles on its own: seconds of every
+  run's start-up (docs/BENCHMARKS.md, start-up)."""
+  key = jax.random.PRNGKey(0) if key is None else key
+  return jax.jit(lambda k, x: model.init(k, x, train=False))(key, example)
+
+
 def unrolled(cfg: Mapping[str, Any]) -> dict[str, Any]:
   """The same model with every unit its own module (no scan): the layout of per-unit names."""
   return {**MODEL_DEFAULTS, **dict(cfg), 'scan_units': 'off'}
