@@ -36,6 +36,7 @@ def _random_flip(image, key):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
+CIFAR_PAD = 4     # the 'cifar' preset's zero padding before the random crop
 MNIST_SIZE = 32   # the common transfer-learning recipe pads MNIST's 28x28 to 32x32
 IMAGENET_SIZE = 224               # the 'imagenet' preset's default side S
 CENTER_CROP_FRACTION = 0.875      # its eval: shorter side resized to S / 0.875, center crop S
@@ -63,6 +64,15 @@ def output_shape(data_cfg, stored_shape) -> tuple[int, int, int]:
   return size, size, channels
 
 
+def crop_and_flip(data_cfg) -> tuple[int, bool]:
+  """(pad, flip) of the training augmentation: the zero padding of the random crop (the
+  'cifar' preset's 4 unless `random_crop_pad` says otherwise) and whether images are flipped."""
+  data_cfg = fields.merged(data_cfg, DATA_DEFAULTS, 'data')
+  preset = data_cfg['preprocess']
+  pad = int(data_cfg['random_crop_pad']) or (CIFAR_PAD if preset == 'cifar' else 0)
+  return pad, bool(data_cfg['random_flip']) or preset == 'cifar'
+
+
 def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -> Callable:
   """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,C).
 
@@ -81,8 +91,7 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
                       "end: set data.backend='grain' or data.backend='tfdata'")
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
-  pad = int(data_cfg['random_crop_pad']) or (4 if preset == 'cifar' else 0)
-  flip = bool(data_cfg['random_flip']) or preset == 'cifar'
+  pad, flip = crop_and_flip(data_cfg)
   if not augment_on_device:
     pad, flip = 0, False
   border = (MNIST_SIZE - stored_size) // 2 if (preset == 'mnist' and stored_size < MNIST_SIZE

@@ -28,14 +28,13 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE
+from resnet_flax.data.augment import CENTER_CROP_FRACTION, CIFAR_PAD, MNIST_SIZE
 from resnet_flax.data.source import IMAGE_LIBRARIES, PRESETS
 from resnet_flax.errors import ConfigError
 
 AREA_RANGE = (0.08, 1.0)          # random-resized crop: fraction of the image area
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_ATTEMPTS = 10
-CIFAR_PAD = 4
 # the message of a strict-size failure (the `none` preset without an image size)
 SIZE_MISMATCH = 'is not the size of the first image'
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)

@@ -1,0 +1,248 @@
+"""The accuracy reference: a config's CIFAR recipe trained in PyTorch, on our data, so that a
+result of ours can be set beside another framework's on the same images, batches and schedule.
+
+`train(config, workdir)` trains the reference network of the source checkout's test code
+(`tests/torch_models.py`: the CIFAR ResNet of He et al. 2015 with option-A shortcuts, the
+parameter count of ours) with what the config says and nothing of our model or step code:
+
+* data: the config's training and eval splits through `data.load_datasets` (the same decoded
+  images), the training batches of `batches.TrainBatches` (the same epoch permutations, seeded
+  by `config.seed`), so both frameworks see the same examples at every step;
+* augmentation, written here in NumPy and independent of `data.augment`: zero-pad by
+  `random_crop_pad` (4 for the 'cifar' preset), a random crop back to the stored size and a
+  random horizontal flip, drawn from `default_rng((seed, step))`; then (x - mean) / std;
+* optimizer: `torch.optim.SGD` (momentum, Nesterov, weight decay added to the gradient, which
+  is our 'l2' mode), the decay on every parameter or, with `weight_decay_exclude='bn_and_bias'`,
+  not on those of ndim <= 1; the learning rate of step k is our schedule's
+  (`optim.build_schedule`, the same plan of steps), set before the step;
+* loss: softmax cross-entropy with the config's label smoothing;
+* BatchNorm: torch's, momentum 1 - `model.bn_momentum`, epsilon `model.bn_epsilon`;
+  initialisation: the reference network's (He normal, fan-out, for the convolutions; torch's
+  defaults elsewhere).
+
+It writes the run folder's `config.json`, `metrics.jsonl` (the keys our trainer logs:
+`train_loss`, `train_top1`, `lr`, `images_per_sec`; at each evaluation `eval_loss`,
+`eval_top1`, `eval_top5`, `train_time_s`) and `results.json` (with `framework: torch`), so
+`scripts/plot.py` and the sweep tables read it like one of ours. There is no checkpoint and no
+resume: the workdir must not hold a run yet. Anything of the config this reference does not
+implement is refused with one line (`UNSUPPORTED`), never silently trained otherwise.
+"""
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from resnet_flax import config as config_lib
+from resnet_flax import data, rundir
+from resnet_flax.data import augment
+from resnet_flax.data.arrays import ArrayDataset
+from resnet_flax.errors import ConfigError, WorkdirError
+from resnet_flax.tools import step_server
+from resnet_flax.tools.torch_steps import REFERENCE_MODELS, reference_models
+from resnet_flax.train.build import build_optimizer
+from resnet_flax.train.metrics_log import MetricsLog
+
+# field -> (the values the reference implements, what to say); every other value is refused
+UNSUPPORTED = {
+    'model.family': (('cifar',), 'the reference network is the CIFAR ResNet'),
+    'model.version': (('v1',), 'the reference has the original (v1) units'),
+    'model.shortcut': (('A',), 'the reference has option-A shortcuts'),
+    'model.residual': ((True,), 'the reference is residual'),
+    'model.width': ((0,), 'the reference has the paper widths 16/32/64'),
+    'model.groups': ((1,), 'the reference has plain 3x3 convolutions'),
+    'model.head_hidden': (((),), 'the reference head is one linear layer'),
+    'model.include_top': ((True,), 'the reference has its classifier'),
+    'model.drop_path_rate': ((0.0,), 'the reference has no stochastic depth'),
+    'model.se_ratio': ((0.0,), 'the reference has no squeeze-and-excitation'),
+    'data.preprocess': (('cifar', 'none'), 'the reference augments with pad-crop and flip'),
+    'data.image_size': ((0,), 'the reference trains at the stored size'),
+    'data.eval_image_size': ((0,), 'the reference evaluates at the stored size'),
+    'data.channels': ((0,), 'the reference keeps the stored channels'),
+    'data.auto_augment': (('none',), 'the reference has no augmentation policy'),
+    'data.random_erasing': ((0.0,), 'the reference has no random erasing'),
+    'optimizer.name': (('sgd',), 'the reference optimizer is torch.optim.SGD'),
+    'optimizer.weight_decay_mode': (('l2',), "torch's SGD decay is the 'l2' mode"),
+    'optimizer.grad_clip_norm': ((0.0,), 'the reference does not clip gradients'),
+    'loss': (('cross_entropy',), 'the reference loss is softmax cross-entropy'),
+    'mixup_alpha': ((0.0,), 'the reference does not mix batches'),
+    'cutmix_alpha': ((0.0,), 'the reference does not mix batches'),
+    'ema_decay': ((0.0,), 'the reference keeps no EMA'),
+    'dtype': (('float32',), 'the reference computes in float32'),
+    'freeze': (('',), 'the reference trains every parameter'),
+    'init_from': (('',), 'the reference starts from its own initialisation'),
+}
+
+
+def check_supported(config) -> None:
+  """ConfigError (one line) for the first config value the reference does not implement."""
+  flat = config_lib.flatten(config.to_dict())
+  for field, (allowed, why) in UNSUPPORTED.items():
+    if field in flat and flat[field] not in allowed:
+      shown = ', '.join(repr(v) for v in allowed)
+      raise ConfigError(f'config.{field}={flat[field]!r}: not in the PyTorch reference ({why}; '
+                        f'allowed: {shown})')
+
+
+def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int,
+                  flip: bool) -> np.ndarray:
+  """uint8 (N, H, W, C): each image zero-padded by `pad`, cropped back at a random offset in
+  [0, 2 * pad] per axis, and flipped left-right with probability 1/2."""
+  n, h, w, _ = images.shape
+  out = images
+  if pad:
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    rows = dy[:, None] + np.arange(h)[None, :]              # (N, H)
+    cols = dx[:, None] + np.arange(w)[None, :]              # (N, W)
+    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  if flip:
+    flips = rng.random(n) < 0.5
+    out = np.where(flips[:, None, None, None], out[:, :, ::-1], out)
+  return out
+
+
+def _schedule_table(schedule, total_steps: int) -> np.ndarray:
+  return np.asarray(schedule(np.arange(total_steps, dtype=np.int32)), np.float64)
+
+
+class _Reference:
+  """The torch side: the reference network, its optimizer and the two steps."""
+
+  def __init__(self, config, torch, in_channels: int, num_classes: int, threads: int):
+    self.torch = torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(int(config.seed))
+    self.model = reference_models().CifarResNet(int(config.model.depth), num_classes,
+                                                in_channels)
+    for module in self.model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.momentum = 1.0 - float(config.model.bn_momentum)
+        module.eps = float(config.model.bn_epsilon)
+    self.model = self.model.to(memory_format=torch.channels_last)
+    opt = config.optimizer
+    decayed, plain = [], []
+    for p in self.model.parameters():
+      (plain if opt.weight_decay_exclude == 'bn_and_bias' and p.ndim <= 1 else decayed).append(p)
+    groups = [{'params': decayed, 'weight_decay': float(opt.weight_decay)}]
+    if plain:
+      groups.append({'params': plain, 'weight_decay': 0.0})
+    self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=float(opt.momentum),
+                                     nesterov=bool(opt.nesterov))
+    self.label_smoothing = float(config.label_smoothing)
+    self.num_params = int(sum(p.numel() for p in self.model.parameters()))
+
+  def tensor(self, images: np.ndarray, mean, std):
+    x = (images.astype(np.float32) - mean) / std
+    return self.torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous(
+        memory_format=self.torch.channels_last)
+
+  def train_step(self, x, labels: np.ndarray, lr: float) -> tuple[float, float]:
+    torch = self.torch
+    for group in self.optimizer.param_groups:
+      group['lr'] = lr
+    self.model.train()
+    self.optimizer.zero_grad(set_to_none=True)
+    y = torch.from_numpy(labels.astype(np.int64))
+    logits = self.model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+    loss.backward()
+    self.optimizer.step()
+    correct = (logits.argmax(1) == y).sum().item()
+    return float(loss.item()) * len(labels), float(correct)
+
+  def eval_sums(self, x, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[loss_sum, top1_sum, top5_sum, count] over the real (mask 1) examples."""
+    torch = self.torch
+    self.model.eval()
+    with torch.no_grad():
+      logits = self.model(x)
+      y = torch.from_numpy(labels.astype(np.int64))
+      m = torch.from_numpy(mask.astype(np.float32))
+      loss = torch.nn.functional.cross_entropy(logits, y, reduction='none')
+      top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+      in5 = (top5 == y[:, None]).any(1).float()
+      top1 = (logits.argmax(1) == y).float()
+      return np.asarray([float((loss * m).sum()), float((top1 * m).sum()),
+                         float((in5 * m).sum()), float(m.sum())])
+
+
+def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
+  """Trains the reference on `config` in `workdir` (a new run folder); returns the results."""
+  stream = stream or sys.stdout
+  check_supported(config)
+  config_lib.validate(config, device_count=1)
+  if rundir.read_metrics(workdir) or rundir.read_results(workdir):
+    raise WorkdirError(f'--workdir {workdir} already holds a run; the reference does not '
+                       f'resume: give a new folder')
+  train_ds, eval_ds = data.load_datasets(config.data, config.seed)
+  if not (isinstance(train_ds, ArrayDataset) and isinstance(eval_ds, ArrayDataset)):
+    raise ConfigError(f'config.data.source={config.data.source!r}: the PyTorch reference reads '
+                      f'in-memory sources (folder, npz, digits, synthetic)')
+  plan, schedule, _ = build_optimizer(config, train_ds.num_examples)
+  lrs = _schedule_table(schedule, plan.total_steps)
+  torch = step_server.import_framework(
+      'torch', 'the PyTorch reference: pip install -r requirements-test.txt')
+  _, _, channels = train_ds.image_shape
+  ref = _Reference(config, torch, channels, train_ds.num_classes,
+                   threads or len(os.sched_getaffinity(0)))
+  pad, flip = augment.crop_and_flip(config.data)
+  mean = np.asarray(config.data.mean, np.float32)
+  std = np.asarray(config.data.std, np.float32)
+
+  lock = rundir.WorkdirLock(workdir).acquire()
+  try:
+    rundir.write_config(workdir, config)
+    log = MetricsLog(workdir, tensorboard=False, progress_bar=False,
+                     total_steps=plan.total_steps, stream=stream)
+    log.info(f'PyTorch reference ResNet-{config.model.depth} ({ref.num_params:,} parameters, '
+             f'torch {torch.__version__}, {torch.get_num_threads()} threads): '
+             f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
+             f'{config.batch_size}')
+    batches = train_ds.train_batches(config.batch_size, config.seed)
+    sums, seen, window_time, train_time, last = np.zeros(2), 0, 0.0, 0.0, {}
+    for step in range(plan.total_steps):
+      t0 = time.perf_counter()
+      batch = batches.batch(step)
+      rng = np.random.default_rng((int(config.seed), step))
+      images = pad_crop_flip(batch['image'], rng, pad, flip)
+      loss_sum, correct = ref.train_step(ref.tensor(images, mean, std), batch['label'],
+                                         float(lrs[step]))
+      took = time.perf_counter() - t0
+      train_time += took
+      window_time += took
+      sums += (loss_sum, correct)
+      seen += len(batch['label'])
+      done = step + 1
+      epoch = done / plan.steps_per_epoch
+      if not math.isfinite(loss_sum):
+        raise FloatingPointError(f'the reference training loss is not finite at step {done}')
+      if done % plan.log_every == 0 or done == plan.total_steps:
+        record = {'train_loss': sums[0] / seen, 'train_top1': sums[1] / seen,
+                  'lr': float(lrs[step]), 'images_per_sec': seen / window_time}
+        log.write(done, epoch, record)
+        log.progress(done, record)
+        sums, seen, window_time = np.zeros(2), 0, 0.0
+      if done % plan.eval_every == 0 or done == plan.total_steps:
+        totals = np.zeros(4)
+        for eval_batch in eval_ds.eval_batches(int(config.eval_batch_size or config.batch_size)):
+          totals += ref.eval_sums(ref.tensor(eval_batch['image'], mean, std),
+                                  eval_batch['label'], eval_batch['mask'])
+        last = {'eval_loss': totals[0] / totals[3], 'eval_top1': totals[1] / totals[3],
+                'eval_top5': totals[2] / totals[3], 'train_time_s': round(train_time, 1)}
+        log.write(done, epoch, last)
+        log.info(f'step {done}: eval_loss {last["eval_loss"]:.4f} eval_top1 '
+                 f'{last["eval_top1"]:.4f} eval_top5 {last["eval_top5"]:.4f}')
+    results = {**{k: float(v) for k, v in last.items()}, 'framework': 'torch',
+               'torch_version': torch.__version__, 'num_params': ref.num_params,
+               'steps': plan.total_steps, 'model_source': REFERENCE_MODELS}
+    path = rundir.write_results(workdir, results)
+    log.info(f'results ({path}): {results}')
+    log.close()
+    return results
+  finally:
+    lock.release()
+

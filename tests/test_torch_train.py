@@ -1,0 +1,82 @@
+"""The PyTorch accuracy reference (`resnet-flax torch-train`, resnet_flax/tools/torch_train.py):
+its augmentation, its refusals, and a short run that learns and writes a run folder that our
+plots and tables read. torch runs only in the command's own process."""
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import command, run_command
+from resnet_flax import rundir
+from resnet_flax.models import create_model, model_fields
+from resnet_flax.tools import torch_train
+
+
+def test_augment_is_a_window_of_the_zero_padded_image_flipped_or_not():
+  rng = np.random.default_rng(0)
+  images = rng.integers(1, 256, (400, 6, 5, 3), dtype=np.uint8)   # no zero pixel of its own
+  out = torch_train.pad_crop_flip(images, np.random.default_rng(1), 2, True)
+  assert out.shape == images.shape and out.dtype == np.uint8
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  seen = set()
+  for i in range(len(images)):
+    matches = [(dy, dx, flip) for dy, dx, flip in itertools.product(range(5), range(5), (0, 1))
+               if np.array_equal(out[i], (lambda w: w[:, ::-1] if flip else w)(
+                   padded[i, dy:dy + 6, dx:dx + 5]))]
+    assert len(matches) == 1, (i, matches)
+    seen.add(matches[0])
+  assert len(seen) == 5 * 5 * 2            # every offset and both flips are drawn
+  same = torch_train.pad_crop_flip(images, np.random.default_rng(1), 2, True)
+  np.testing.assert_array_equal(out, same)  # a function of the generator's seed
+  np.testing.assert_array_equal(torch_train.pad_crop_flip(images, rng, 0, False), images)
+
+
+@pytest.mark.parametrize('override, field', [
+    ('--config.model.version=v2', 'model.version'),
+    ('--config.model.residual=false', 'model.residual'),
+    ('--config.optimizer.name=adamw', 'optimizer.name'),
+    ('--config.mixup_alpha=0.2', 'mixup_alpha'),
+])
+def test_what_the_reference_does_not_implement_is_one_line_and_exit_code_2(tmp_path, override,
+                                                                           field):
+  result = run_command(command('torch_train', '--workdir', tmp_path / 'run', override))
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'config error: config.{field}='), lines
+  assert 'PyTorch reference' in lines[0]
+  assert not (tmp_path / 'run').exists()     # nothing written
+
+
+def test_reference_learns_the_digits_and_writes_a_run_folder_like_ours(tmp_path):
+  workdir = tmp_path / 'run'
+  result = run_command(command('torch_train', '--workdir', workdir, '--threads', 1,
+                               '--config.num_epochs=3'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((workdir / rundir.RESULTS_FILE).read_text())
+  assert results['framework'] == 'torch'
+  # the same network as ours: our ResNet-20 on the one-channel digits has this many parameters
+  import jax
+  model = create_model(model_fields('resnet20'))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1)),
+                                             train=False))
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+  assert results['num_params'] == ours == 269_434
+  assert results['steps'] == 63                    # 3 epochs of 21 steps of batch 64
+  assert results['eval_top1'] > 0.7, results       # chance: 0.1
+  records = rundir.read_metrics(str(workdir))
+  evals = [r for r in records if 'eval_top1' in r]
+  assert [r['epoch'] for r in evals] == [1.0, 2.0, 3.0]
+  assert {'eval_loss', 'eval_top5', 'train_time_s'} <= set(evals[-1])
+  logs = [r for r in records if 'train_loss' in r]
+  assert {'train_top1', 'lr', 'images_per_sec'} <= set(logs[-1])
+  assert logs[-1]['lr'] < logs[0]['lr']           # the config's cosine schedule
+  assert rundir.read_config(str(workdir))['model']['depth'] == 20
+  # a second run into the same folder is refused: the reference does not resume
+  again = run_command(command('torch_train', '--workdir', workdir, '--config.num_epochs=1'))
+  assert again.returncode == 2
+  assert again.stderr.strip().startswith('workdir error:') and 'already holds a run' in \
+      again.stderr, again.stderr
+  assert os.path.getsize(workdir / rundir.METRICS_FILE) > 0
