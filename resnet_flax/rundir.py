@@ -23,6 +23,7 @@ RESULTS_FILE = 'results.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
 LOCK_FILE = '.lock'           # held by the one run that owns the folder
+FRAMEWORK_KEY = 'framework'  # config.json: the framework of a run not ours (tools.torch_train)
 ERRORS_FILE = 'errors.log'    # full tracebacks of background failures (checkpoint writes)
 
 
@@ -68,9 +69,19 @@ def read_config(workdir: str) -> Optional[dict]:
   return _read_json(workdir, CONFIG_FILE)
 
 
-def write_config(workdir: str, config) -> None:
+def write_config(workdir: str, config, *, framework: str = '') -> None:
+  """config.json; `framework` names another framework that trained the run (the PyTorch
+  reference: 'torch'), kept under FRAMEWORK_KEY beside the config's fields."""
+  text = config.to_json(indent=2)
+  if framework:
+    text = json.dumps({**json.loads(text), FRAMEWORK_KEY: framework}, indent=2)
   with open(path(workdir, CONFIG_FILE), 'w') as f:
-    f.write(config.to_json(indent=2))
+    f.write(text)
+
+
+def framework_of(saved_config: Optional[dict]) -> str:
+  """The framework that trained a run, from its config.json ('jax' for our trainer's)."""
+  return (saved_config or {}).get(FRAMEWORK_KEY, 'jax')
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -73,7 +73,17 @@ def test_reference_learns_the_digits_and_writes_a_run_folder_like_ours(tmp_path)
   logs = [r for r in records if 'train_loss' in r]
   assert {'train_top1', 'lr', 'images_per_sec'} <= set(logs[-1])
   assert logs[-1]['lr'] < logs[0]['lr']           # the config's cosine schedule
-  assert rundir.read_config(str(workdir))['model']['depth'] == 20
+  saved = rundir.read_config(str(workdir))
+  assert saved['model']['depth'] == 20 and rundir.framework_of(saved) == 'torch'
+  # beside a run of ours (the same config, without the framework key) the plots label both
+  from resnet_flax.experiments import plotting
+  ours = tmp_path / 'ours'
+  ours.mkdir()
+  (ours / rundir.CONFIG_FILE).write_text(json.dumps(
+      {k: v for k, v in saved.items() if k != rundir.FRAMEWORK_KEY}))
+  (ours / rundir.METRICS_FILE).write_text((workdir / rundir.METRICS_FILE).read_text())
+  labels = sorted(r.label for r in plotting.load_runs([str(workdir), str(ours)]))
+  assert labels == ['framework=jax', 'framework=torch']
   # a second run into the same folder is refused: the reference does not resume
   again = run_command(command('torch_train', '--workdir', workdir, '--config.num_epochs=1'))
   assert again.returncode == 2

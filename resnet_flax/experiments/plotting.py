@@ -35,6 +35,7 @@ def _read_run(workdir: str) -> Optional[RunRecord]:
     return None
   saved = rundir.read_config(workdir)
   fields = config_lib.flatten(saved) if saved else {}
+  fields[rundir.FRAMEWORK_KEY] = rundir.framework_of(saved)   # a label when runs differ in it
   return RunRecord(workdir, fields, rundir.read_metrics(workdir))
 
 

@@ -20,11 +20,11 @@ parameter count of ours) with what the config says and nothing of our model or s
   initialisation: the reference network's (He normal, fan-out, for the convolutions; torch's
   defaults elsewhere).
 
-It writes the run folder's `config.json`, `metrics.jsonl` (the keys our trainer logs:
-`train_loss`, `train_top1`, `lr`, `images_per_sec`; at each evaluation `eval_loss`,
-`eval_top1`, `eval_top5`, `train_time_s`) and `results.json` (with `framework: torch`), so
-`scripts/plot.py` and the sweep tables read it like one of ours. There is no checkpoint and no
-resume: the workdir must not hold a run yet. Anything of the config this reference does not
+It writes the run folder's `config.json` (the config, and `framework: torch`: the plots label
+the runs by it), `metrics.jsonl` (the keys our trainer logs: `train_loss`, `train_top1`, `lr`,
+`images_per_sec`; at each evaluation `eval_loss`, `eval_top1`, `eval_top5`, `train_time_s`)
+and `results.json`, so `scripts/plot.py` draws it beside our runs. There is no checkpoint and
+no resume: the workdir must not hold a run yet. Anything of the config this reference does not
 implement is refused with one line (`UNSUPPORTED`), never silently trained otherwise.
 """
 
@@ -195,7 +195,7 @@ def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
 
   lock = rundir.WorkdirLock(workdir).acquire()
   try:
-    rundir.write_config(workdir, config)
+    rundir.write_config(workdir, config, framework='torch')
     log = MetricsLog(workdir, tensorboard=False, progress_bar=False,
                      total_steps=plan.total_steps, stream=stream)
     log.info(f'PyTorch reference ResNet-{config.model.depth} ({ref.num_params:,} parameters, '
