@@ -33,6 +33,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 from resnet_flax import config as config_lib
@@ -40,6 +41,7 @@ from resnet_flax import data, rundir
 from resnet_flax.data import augment
 from resnet_flax.data.arrays import ArrayDataset
 from resnet_flax.errors import ConfigError, WorkdirError
+from resnet_flax.models import registry
 from resnet_flax.tools import step_server
 from resnet_flax.tools.torch_steps import REFERENCE_MODELS, reference_models
 from resnet_flax.train.build import build_optimizer
@@ -51,12 +53,17 @@ UNSUPPORTED = {
     'model.version': (('v1',), 'the reference has the original (v1) units'),
     'model.shortcut': (('A',), 'the reference has option-A shortcuts'),
     'model.residual': ((True,), 'the reference is residual'),
+    'model.block': (('auto', 'basic'), 'the reference has basic (two 3x3 convolutions) units'),
+    'model.stage_sizes': (((),), 'the reference has 6n+2 layers in three equal stages'),
     'model.width': ((0,), 'the reference has the paper widths 16/32/64'),
     'model.groups': ((1,), 'the reference has plain 3x3 convolutions'),
     'model.head_hidden': (((),), 'the reference head is one linear layer'),
     'model.include_top': ((True,), 'the reference has its classifier'),
     'model.drop_path_rate': ((0.0,), 'the reference has no stochastic depth'),
     'model.se_ratio': ((0.0,), 'the reference has no squeeze-and-excitation'),
+    'model.zero_init_residual': ((False,), 'the reference initialises its BatchNorm scales to 1'),
+    'model.bn_group_size': ((0,), 'the reference normalises over the whole batch'),
+    'model.pooling': (('avg',), 'the reference pools by the average'),
     'data.preprocess': (('cifar', 'none'), 'the reference augments with pad-crop and flip'),
     'data.image_size': ((0,), 'the reference trains at the stored size'),
     'data.eval_image_size': ((0,), 'the reference evaluates at the stored size'),
@@ -186,9 +193,14 @@ def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
   lrs = _schedule_table(schedule, plan.total_steps)
   torch = step_server.import_framework(
       'torch', 'the PyTorch reference: pip install -r requirements-test.txt')
-  _, _, channels = train_ds.image_shape
+  size, _, channels = train_ds.image_shape
   ref = _Reference(config, torch, channels, train_ds.num_classes,
                    threads or len(os.sched_getaffinity(0)))
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(registry.abstract_variables(
+      config.model, size, channels)['params']))
+  if ours != ref.num_params:   # the last guard against training another network than ours
+    raise ConfigError(f'config.model: our network has {ours:,} parameters, the PyTorch '
+                      f'reference {ref.num_params:,}; the reference is the CIFAR ResNet-(6n+2)')
   pad, flip = augment.crop_and_flip(config.data)
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
