@@ -1,14 +1,16 @@
-"""The CIFAR ResNets of He et al. 2015 (Section 4.2) in PyTorch, as a reference for speed
-comparisons: `cifar_resnet(depth)` for depth 6n+2 (ResNet-20: n=3).
+"""The CIFAR ResNets of He et al. 2015 (Section 4.2) in PyTorch, the reference network of the
+framework comparison (speed) and of the PyTorch training reference (accuracy):
+`cifar_resnet(depth)` for depth 6n+2 (ResNet-20: n=3).
 
 The network: a 3x3 conv with 16 filters, BatchNorm and ReLU; three stages of n basic units of
 16, 32 and 64 filters (3x3 conv-BN-ReLU, 3x3 conv-BN, add, ReLU), the first unit of stages 2
 and 3 with stride 2; option-A shortcuts (identity; where the shape changes, `x[:, :, ::2, ::2]`
-with zero channels added, no parameters); global average pooling and a 10-way linear layer.
+with zero channels added, no parameters); global average pooling and a linear layer.
 It has the parameter count of resnet_flax's `resnet20` (269,722 for 3-channel input).
 
-torch is imported only by processes that use this file (the framework comparison's torch
-worker, `resnet_flax/tools/torch_steps.py`), never by the test process.
+torch is imported only by the processes that use this file (the framework comparison's torch
+worker, `resnet_flax/tools/torch_steps.py`, and `resnet-flax torch-train`,
+`resnet_flax/tools/torch_train.py`), never by the test process.
 """
 
 import torch

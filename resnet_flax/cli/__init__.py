@@ -21,7 +21,7 @@ COMMANDS = {
     'input-benchmark': ('tools', 'input_benchmark'),
     'make-arrayrecord': ('arrayrecord', 'make_arrayrecord'),
     'compare-frameworks': ('reports', 'compare_frameworks'),
-    'torch-train': ('reports', 'torch_train'),
+    'torch-train': ('experiments', 'torch_train'),
     'compare-variants': ('tools', 'compare_variants'),
     'profile-step': ('tools', 'profile_step'),
     'accelerator-report': ('reports', 'accelerator_report'),

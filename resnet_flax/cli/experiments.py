@@ -1,5 +1,6 @@
-"""`resnet-flax sweep`, `resnet-flax plot` and `resnet-flax gradient-flow`: research workflows over
-whole runs (see docs/REPRODUCING.md)."""
+"""`resnet-flax sweep`, `resnet-flax plot`, `resnet-flax gradient-flow` and `resnet-flax
+torch-train`: research workflows over whole runs, and a run's recipe trained by the PyTorch
+reference network for an accuracy comparison (see docs/REPRODUCING.md)."""
 
 import argparse
 import os
@@ -125,3 +126,30 @@ def gradient_flow(argv=None) -> None:
     return 0
 
   common.run_absl(run, argv, define)
+
+
+def torch_train(argv=None) -> int:
+  """A config's CIFAR recipe trained by the PyTorch reference network on the same data,
+  batches and schedule, for an accuracy comparison: `resnet-flax torch-train --config FILE
+  --workdir DIR [--threads T] [--config.FIELD=VALUE ...]` (see
+  resnet_flax/tools/torch_train.py)."""
+  argv = list(sys.argv if argv is None else argv)
+  parser = argparse.ArgumentParser(prog='resnet-flax torch-train',
+                                   description=torch_train.__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='a new run folder')
+  parser.add_argument('--threads', type=int, default=0,
+                      help="torch's threads (default: the cores this process may use)")
+  # --config FILE and its --config.FIELD=VALUE overrides are load_config's
+  args = parser.parse_args(common.split_config_args(argv)[1])
+  try:
+    config, _ = common.load_config(argv)
+    from resnet_flax.tools import torch_train as tool
+    from resnet_flax.train.loop import NonFiniteLossError
+    try:
+      tool.train(config, args.workdir, threads=args.threads)
+    except NonFiniteLossError as e:   # as `resnet-flax train` reports it
+      print(f'stopped: {e}', file=sys.stderr)
+      return 1
+  except UserError as e:
+    return common.report_error(e)
+  return 0

@@ -1,6 +1,5 @@
-"""`resnet-flax compare-frameworks`, `resnet-flax accelerator-report` and `resnet-flax
-torch-train`: our steps against PyTorch's side by side, the one-command report of a GPU (or,
-`--quick`, of a CPU), and a recipe trained by the PyTorch reference for an accuracy comparison."""
+"""`resnet-flax compare-frameworks` and `resnet-flax accelerator-report`: our steps against
+PyTorch's side by side, and the one-command report of a GPU (or, `--quick`, of a CPU)."""
 
 import argparse
 import json
@@ -154,26 +153,4 @@ def _report(args, argv) -> int:
   print(accelerator_report.markdown(record))
   print(f'files: {os.path.join(args.out, accelerator_report.MARKDOWN_FILE)}, '
         f'{os.path.join(args.out, accelerator_report.JSON_FILE)}')
-  return 0
-
-
-def torch_train(argv=None) -> int:
-  """A config's CIFAR recipe trained by the PyTorch reference network on the same data,
-  batches and schedule, for an accuracy comparison: `resnet-flax torch-train --config FILE
-  --workdir DIR [--threads T] [--config.FIELD=VALUE ...]` (see
-  resnet_flax/tools/torch_train.py)."""
-  argv = list(sys.argv if argv is None else argv)
-  parser = argparse.ArgumentParser(prog='resnet-flax torch-train',
-                                   description=torch_train.__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True, help='a new run folder')
-  parser.add_argument('--threads', type=int, default=0,
-                      help="torch's threads (default: the cores this process may use)")
-  # --config FILE and its --config.FIELD=VALUE overrides are load_config's
-  args = parser.parse_args(common.split_config_args(argv)[1])
-  try:
-    config, _ = common.load_config(argv)
-    from resnet_flax.tools import torch_train as tool
-    tool.train(config, args.workdir, threads=args.threads)
-  except UserError as e:
-    return common.report_error(e)
   return 0

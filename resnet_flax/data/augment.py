@@ -64,13 +64,12 @@ def output_shape(data_cfg, stored_shape) -> tuple[int, int, int]:
   return size, size, channels
 
 
-def crop_and_flip(data_cfg) -> tuple[int, bool]:
-  """(pad, flip) of the training augmentation: the zero padding of the random crop (the
-  'cifar' preset's 4 unless `random_crop_pad` says otherwise) and whether images are flipped."""
-  data_cfg = fields.merged(data_cfg, DATA_DEFAULTS, 'data')
-  preset = data_cfg['preprocess']
-  pad = int(data_cfg['random_crop_pad']) or (CIFAR_PAD if preset == 'cifar' else 0)
-  return pad, bool(data_cfg['random_flip']) or preset == 'cifar'
+def crop_and_flip(preset: str, random_crop_pad: int, random_flip: bool) -> tuple[int, bool]:
+  """(pad, flip) of a preset's training augmentation, for every back end: the zero padding of
+  the random crop (`data.random_crop_pad`, else the 'cifar' preset's 4, else none) and whether
+  images are flipped (`data.random_flip`, or the 'cifar' and 'imagenet' presets)."""
+  pad = int(random_crop_pad) or (CIFAR_PAD if preset == 'cifar' else 0)
+  return pad, bool(random_flip) or preset in ('cifar', 'imagenet')
 
 
 def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -> Callable:
@@ -91,7 +90,7 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
                       "end: set data.backend='grain' or data.backend='tfdata'")
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
-  pad, flip = crop_and_flip(data_cfg)
+  pad, flip = crop_and_flip(preset, data_cfg['random_crop_pad'], data_cfg['random_flip'])
   if not augment_on_device:
     pad, flip = 0, False
   border = (MNIST_SIZE - stored_size) // 2 if (preset == 'mnist' and stored_size < MNIST_SIZE

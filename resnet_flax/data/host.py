@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnet_flax.data.augment import CENTER_CROP_FRACTION, CIFAR_PAD, MNIST_SIZE
+from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE, crop_and_flip
 from resnet_flax.data.source import IMAGE_LIBRARIES, PRESETS
 from resnet_flax.errors import ConfigError
 
@@ -225,8 +225,7 @@ def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
     raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
   if library not in IMAGE_LIBRARIES:
     raise ConfigError(f'data.image_library={library!r}; allowed: {", ".join(IMAGE_LIBRARIES)}')
-  pad = int(random_crop_pad) or (CIFAR_PAD if preset == 'cifar' else 0)
-  flip = bool(random_flip) or preset in ('cifar', 'imagenet')
+  pad, flip = crop_and_flip(preset, random_crop_pad, random_flip)
   if library == 'opencv':
     _opencv()
     read, fit = opencv_decode, opencv_resize

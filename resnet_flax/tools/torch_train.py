@@ -10,7 +10,8 @@ parameter count of ours) with what the config says and nothing of our model or s
   by `config.seed`), so both frameworks see the same examples at every step;
 * augmentation, written here in NumPy and independent of `data.augment`: zero-pad by
   `random_crop_pad` (4 for the 'cifar' preset), a random crop back to the stored size and a
-  random horizontal flip, drawn from `default_rng((seed, step))`; then (x - mean) / std;
+  random horizontal flip, drawn from `default_rng((seed, AUGMENT_STREAM, step))`; then
+  (x - mean) / std;
 * optimizer: `torch.optim.SGD` (momentum, Nesterov, weight decay added to the gradient, which
   is our 'l2' mode), the decay on every parameter or, with `weight_decay_exclude='bn_and_bias'`,
   not on those of ndim <= 1; the learning rate of step k is our schedule's
@@ -22,29 +23,30 @@ parameter count of ours) with what the config says and nothing of our model or s
 
 It writes the run folder's `config.json` (the config, and `framework: torch`: the plots label
 the runs by it), `metrics.jsonl` (the keys our trainer logs: `train_loss`, `train_top1`, `lr`,
-`images_per_sec`; at each evaluation `eval_loss`, `eval_top1`, `eval_top5`, `train_time_s`)
-and `results.json`, so `scripts/plot.py` draws it beside our runs. There is no checkpoint and
-no resume: the workdir must not hold a run yet. Anything of the config this reference does not
-implement is refused with one line (`UNSUPPORTED`), never silently trained otherwise.
+`images_per_sec`, over the same windows as ours, which also close at each evaluation; at each
+evaluation `eval_loss`, `eval_top1`, `eval_top5` and `train_time_s`, the wall time since the
+first step, evaluations included) and `results.json`, so `scripts/plot.py` draws it beside our
+runs. A non-finite loss or gradient stops the run (`NonFiniteLossError`, as ours does). There
+is no checkpoint and no resume: the workdir must not hold a run yet. Anything of the config
+this reference does not implement is refused with one line (`UNSUPPORTED`), and a network with
+another parameter count than ours too, never silently trained otherwise.
 """
 
-import math
 import os
 import sys
 import time
 
-import jax
 import numpy as np
 
 from resnet_flax import config as config_lib
-from resnet_flax import data, rundir
+from resnet_flax import data, models, rundir
 from resnet_flax.data import augment
 from resnet_flax.data.arrays import ArrayDataset
 from resnet_flax.errors import ConfigError, WorkdirError
-from resnet_flax.models import registry
-from resnet_flax.tools import step_server
+from resnet_flax.tools import model_stats, step_server
 from resnet_flax.tools.torch_steps import REFERENCE_MODELS, reference_models
-from resnet_flax.train.build import build_optimizer
+from resnet_flax.train.build import build_optimizer, check_data_fits
+from resnet_flax.train.loop import NonFiniteLossError, mean_metrics
 from resnet_flax.train.metrics_log import MetricsLog
 
 # field -> (the values the reference implements, what to say); every other value is refused
@@ -80,7 +82,10 @@ UNSUPPORTED = {
     'dtype': (('float32',), 'the reference computes in float32'),
     'freeze': (('',), 'the reference trains every parameter'),
     'init_from': (('',), 'the reference starts from its own initialisation'),
+    'nan_policy': (('stop',), 'the reference stops at a non-finite loss'),
 }
+FRAMEWORK = 'torch'              # the run folder's framework (rundir.FRAMEWORK_KEY)
+AUGMENT_STREAM = 0xFFFFFFFF      # seeds (seed, AUGMENT_STREAM, step): never an epoch's order
 
 
 def check_supported(config) -> None:
@@ -112,8 +117,25 @@ def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int,
   return out
 
 
-def _schedule_table(schedule, total_steps: int) -> np.ndarray:
+def learning_rates(schedule, total_steps: int) -> np.ndarray:
+  """The learning rate of every update: entry k is `schedule(k)`, k counted from 0 as optax
+  counts the updates of our optimizer (the first update takes schedule(0))."""
   return np.asarray(schedule(np.arange(total_steps, dtype=np.int32)), np.float64)
+
+
+def batchnorm_settings(model_cfg) -> dict:
+  """torch's BatchNorm2d arguments for our `bn_momentum` (a decay: running = m * running +
+  (1 - m) * batch) and `bn_epsilon`; torch's momentum weighs the batch (1 - m)."""
+  return {'momentum': 1.0 - float(model_cfg.bn_momentum), 'eps': float(model_cfg.bn_epsilon)}
+
+
+def decay_groups(named_shapes, optimizer_cfg) -> dict[str, float]:
+  """{parameter name: its weight decay} for `(name, shape)` pairs: `optimizer.weight_decay`,
+  or 0 for parameters of ndim <= 1 under `weight_decay_exclude='bn_and_bias'`, as our
+  `optim.weight_decay_mask` decides."""
+  wd = float(optimizer_cfg.weight_decay)
+  exclude = optimizer_cfg.weight_decay_exclude == 'bn_and_bias'
+  return {name: 0.0 if exclude and len(shape) <= 1 else wd for name, shape in named_shapes}
 
 
 class _Reference:
@@ -127,27 +149,26 @@ class _Reference:
                                                 in_channels)
     for module in self.model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
-        module.momentum = 1.0 - float(config.model.bn_momentum)
-        module.eps = float(config.model.bn_epsilon)
+        for key, value in batchnorm_settings(config.model).items():
+          setattr(module, key, value)
     self.model = self.model.to(memory_format=torch.channels_last)
+    named = dict(self.model.named_parameters())
+    decay = decay_groups([(n, tuple(p.shape)) for n, p in named.items()], config.optimizer)
+    groups = [{'params': [named[n] for n in named if decay[n] == wd], 'weight_decay': wd}
+              for wd in sorted(set(decay.values()))]
     opt = config.optimizer
-    decayed, plain = [], []
-    for p in self.model.parameters():
-      (plain if opt.weight_decay_exclude == 'bn_and_bias' and p.ndim <= 1 else decayed).append(p)
-    groups = [{'params': decayed, 'weight_decay': float(opt.weight_decay)}]
-    if plain:
-      groups.append({'params': plain, 'weight_decay': 0.0})
     self.optimizer = torch.optim.SGD(groups, lr=0.0, momentum=float(opt.momentum),
-                                     nesterov=bool(opt.nesterov))
+                                     nesterov=bool(opt.nesterov) and float(opt.momentum) > 0)
     self.label_smoothing = float(config.label_smoothing)
-    self.num_params = int(sum(p.numel() for p in self.model.parameters()))
+    self.num_params = int(sum(p.numel() for p in named.values()))
 
   def tensor(self, images: np.ndarray, mean, std):
     x = (images.astype(np.float32) - mean) / std
     return self.torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous(
         memory_format=self.torch.channels_last)
 
-  def train_step(self, x, labels: np.ndarray, lr: float) -> tuple[float, float]:
+  def train_step(self, x, labels: np.ndarray, lr: float) -> tuple[float, float, bool]:
+    """(loss sum, top-1 correct, whether the loss and every gradient are finite)."""
     torch = self.torch
     for group in self.optimizer.param_groups:
       group['lr'] = lr
@@ -157,12 +178,15 @@ class _Reference:
     logits = self.model(x)
     loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
     loss.backward()
+    finite = bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(p.grad).all()) for p in self.model.parameters())
     self.optimizer.step()
     correct = (logits.argmax(1) == y).sum().item()
-    return float(loss.item()) * len(labels), float(correct)
+    return float(loss.item()) * len(labels), float(correct), finite
 
-  def eval_sums(self, x, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[loss_sum, top1_sum, top5_sum, count] over the real (mask 1) examples."""
+  def eval_sums(self, x, labels: np.ndarray, mask: np.ndarray) -> dict:
+    """Our eval step's sums (`loss_sum`, `top1_sum`, `top5_sum`, `count`) over the real (mask
+    1) examples."""
     torch = self.torch
     self.model.eval()
     with torch.no_grad():
@@ -173,13 +197,31 @@ class _Reference:
       top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
       in5 = (top5 == y[:, None]).any(1).float()
       top1 = (logits.argmax(1) == y).float()
-      return np.asarray([float((loss * m).sum()), float((top1 * m).sum()),
-                         float((in5 * m).sum()), float(m.sum())])
+      return {'loss_sum': float((loss * m).sum()), 'top1_sum': float((top1 * m).sum()),
+              'top5_sum': float((in5 * m).sum()), 'count': float(m.sum())}
+
+
+def _evaluate(ref: _Reference, eval_ds, batch_size: int, mean, std) -> dict:
+  sums: dict = {}
+  for batch in eval_ds.eval_batches(batch_size):
+    part = ref.eval_sums(ref.tensor(batch['image'], mean, std), batch['label'], batch['mask'])
+    sums = {k: sums.get(k, 0.0) + v for k, v in part.items()}
+  if sums['count'] != eval_ds.num_examples:
+    raise RuntimeError(f"evaluated {sums['count']:.0f} examples of {eval_ds.num_examples}")
+  return mean_metrics(sums, 'eval')
+
+
+def _check_threads(threads: int) -> int:
+  if threads < 0:
+    raise ConfigError(f'--threads {threads}: give a positive number of threads, or 0 for the '
+                      f'cores this process may use')
+  return threads or len(os.sched_getaffinity(0))
 
 
 def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
   """Trains the reference on `config` in `workdir` (a new run folder); returns the results."""
   stream = stream or sys.stdout
+  threads = _check_threads(threads)
   check_supported(config)
   config_lib.validate(config, device_count=1)
   if rundir.read_metrics(workdir) or rundir.read_results(workdir):
@@ -189,25 +231,28 @@ def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
   if not (isinstance(train_ds, ArrayDataset) and isinstance(eval_ds, ArrayDataset)):
     raise ConfigError(f'config.data.source={config.data.source!r}: the PyTorch reference reads '
                       f'in-memory sources (folder, npz, digits, synthetic)')
+  check_data_fits(config, train_ds)
   plan, schedule, _ = build_optimizer(config, train_ds.num_examples)
-  lrs = _schedule_table(schedule, plan.total_steps)
+  lrs = learning_rates(schedule, plan.total_steps)
   torch = step_server.import_framework(
       'torch', 'the PyTorch reference: pip install -r requirements-test.txt')
   size, _, channels = train_ds.image_shape
-  ref = _Reference(config, torch, channels, train_ds.num_classes,
-                   threads or len(os.sched_getaffinity(0)))
-  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(registry.abstract_variables(
-      config.model, size, channels)['params']))
+  ref = _Reference(config, torch, channels, train_ds.num_classes, threads)
+  ours = model_stats.count_variables(models.create_model(config.model), size,
+                                     channels)['params']
   if ours != ref.num_params:   # the last guard against training another network than ours
     raise ConfigError(f'config.model: our network has {ours:,} parameters, the PyTorch '
-                      f'reference {ref.num_params:,}; the reference is the CIFAR ResNet-(6n+2)')
-  pad, flip = augment.crop_and_flip(config.data)
+                      f'reference {ref.num_params:,}; the reference is the CIFAR ResNet of '
+                      f'depth 6n+2 with v1 units and option-A shortcuts: use that network')
+  pad, flip = augment.crop_and_flip(config.data.preprocess, config.data.random_crop_pad,
+                                    config.data.random_flip)
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
+  eval_batch = int(config.eval_batch_size or config.batch_size)
 
   lock = rundir.WorkdirLock(workdir).acquire()
   try:
-    rundir.write_config(workdir, config, framework='torch')
+    rundir.write_config(workdir, config, framework=FRAMEWORK)
     log = MetricsLog(workdir, tensorboard=False, progress_bar=False,
                      total_steps=plan.total_steps, stream=stream)
     log.info(f'PyTorch reference ResNet-{config.model.depth} ({ref.num_params:,} parameters, '
@@ -215,46 +260,44 @@ def train(config, workdir: str, *, threads: int = 0, stream=None) -> dict:
              f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
              f'{config.batch_size}')
     batches = train_ds.train_batches(config.batch_size, config.seed)
-    sums, seen, window_time, train_time, last = np.zeros(2), 0, 0.0, 0.0, {}
+    sums, seen, window_time, step_time, last = np.zeros(2), 0, 0.0, 0.0, {}
+    start = time.perf_counter()
     for step in range(plan.total_steps):
       t0 = time.perf_counter()
       batch = batches.batch(step)
-      rng = np.random.default_rng((int(config.seed), step))
+      rng = np.random.default_rng((int(config.seed), AUGMENT_STREAM, step))
       images = pad_crop_flip(batch['image'], rng, pad, flip)
-      loss_sum, correct = ref.train_step(ref.tensor(images, mean, std), batch['label'],
-                                         float(lrs[step]))
+      loss_sum, correct, finite = ref.train_step(ref.tensor(images, mean, std),
+                                                 batch['label'], float(lrs[step]))
       took = time.perf_counter() - t0
-      train_time += took
-      window_time += took
+      window_time, step_time = window_time + took, step_time + took
       sums += (loss_sum, correct)
       seen += len(batch['label'])
       done = step + 1
       epoch = done / plan.steps_per_epoch
-      if not math.isfinite(loss_sum):
-        raise FloatingPointError(f'the reference training loss is not finite at step {done}')
-      if done % plan.log_every == 0 or done == plan.total_steps:
+      if not finite:
+        raise NonFiniteLossError(f'non-finite loss or gradients at step {done} of the PyTorch '
+                                 f'reference; lower schedule.base_lr or add warmup')
+      at_eval = done % plan.eval_every == 0 or done == plan.total_steps
+      if done % plan.log_every == 0 or at_eval:   # our loop's windows: also at each eval
         record = {'train_loss': sums[0] / seen, 'train_top1': sums[1] / seen,
                   'lr': float(lrs[step]), 'images_per_sec': seen / window_time}
         log.write(done, epoch, record)
         log.progress(done, record)
         sums, seen, window_time = np.zeros(2), 0, 0.0
-      if done % plan.eval_every == 0 or done == plan.total_steps:
-        totals = np.zeros(4)
-        for eval_batch in eval_ds.eval_batches(int(config.eval_batch_size or config.batch_size)):
-          totals += ref.eval_sums(ref.tensor(eval_batch['image'], mean, std),
-                                  eval_batch['label'], eval_batch['mask'])
-        last = {'eval_loss': totals[0] / totals[3], 'eval_top1': totals[1] / totals[3],
-                'eval_top5': totals[2] / totals[3], 'train_time_s': round(train_time, 1)}
+      if at_eval:
+        last = {**_evaluate(ref, eval_ds, eval_batch, mean, std),
+                'train_time_s': round(time.perf_counter() - start, 1)}   # evaluations in
         log.write(done, epoch, last)
         log.info(f'step {done}: eval_loss {last["eval_loss"]:.4f} eval_top1 '
                  f'{last["eval_top1"]:.4f} eval_top5 {last["eval_top5"]:.4f}')
-    results = {**{k: float(v) for k, v in last.items()}, 'framework': 'torch',
-               'torch_version': torch.__version__, 'num_params': ref.num_params,
-               'steps': plan.total_steps, 'model_source': REFERENCE_MODELS}
+    results = {**last, 'steps': plan.total_steps, 'num_params': ref.num_params,
+               'images_per_sec': plan.total_steps * config.batch_size / step_time,
+               rundir.FRAMEWORK_KEY: FRAMEWORK, 'torch_version': torch.__version__,
+               'model_source': REFERENCE_MODELS}
     path = rundir.write_results(workdir, results)
     log.info(f'results ({path}): {results}')
     log.close()
     return results
   finally:
     lock.release()
-

@@ -78,7 +78,7 @@ class Run:
   image_shape: tuple = ()                 # (H, W, C) the model sees
 
 
-def _check_data_fits(config, train_ds) -> None:
+def check_data_fits(config, train_ds) -> None:
   """The model's classes and the batch size against the training data, before building."""
   classes = train_ds.num_classes
   if config.model.include_top and config.model.num_classes != classes:
@@ -110,7 +110,7 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
     par = parallel.create(config.parallelism, devices, config.compiler_options)
     config_lib.validate(config, device_count=par.num_devices)
   train_ds, eval_ds = data.load_datasets(config.data, config.seed)
-  _check_data_fits(config, train_ds)
+  check_data_fits(config, train_ds)
   plan, schedule, tx = build_optimizer(config, train_ds.num_examples)
 
   preprocess = augment.make_preprocess(config.data, stored_shape=train_ds.image_shape,

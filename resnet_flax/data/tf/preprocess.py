@@ -33,10 +33,9 @@ from typing import Callable
 
 import tensorflow as tf
 
-from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE
+from resnet_flax.data.augment import CENTER_CROP_FRACTION, MNIST_SIZE, crop_and_flip
 # the presets' constants, shared with the TensorFlow-free presets of data/host.py
-from resnet_flax.data.host import (AREA_RANGE, ASPECT_RANGE, CIFAR_PAD,  # noqa: F401
-                                   MAX_ATTEMPTS, SIZE_MISMATCH)
+from resnet_flax.data.host import AREA_RANGE, ASPECT_RANGE, MAX_ATTEMPTS, SIZE_MISMATCH
 from resnet_flax.data.source import PRESETS
 
 
@@ -146,8 +145,7 @@ def make(preset: str, *, size: int, train: bool, strict_size: bool = False,
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown preprocessing preset {preset!r}; allowed: {", ".join(PRESETS)}')
-  pad = int(random_crop_pad) or (CIFAR_PAD if preset == 'cifar' else 0)
-  flip = bool(random_flip) or preset in ('cifar', 'imagenet')
+  pad, flip = crop_and_flip(preset, random_crop_pad, random_flip)
 
   def finish(image):
     image.set_shape([size, size, 3])
