@@ -205,3 +205,34 @@ def test_curves_against_wall_time_use_the_eval_records_times(tmp_path):
   assert fig.axes[1].get_xlabel() == "the run's wall time (minutes)"
   result = _script('plot.py', str(tmp_path / 'run'), '--x', 'hours')
   assert result.returncode == 2 and "x axis 'hours': expected one of epoch, time" in result.stderr
+
+
+def test_train_figures_and_tables_average_the_last_epoch_not_the_last_window(tmp_path):
+  """A window also closes at every evaluation, so a run's last window can hold one step: the
+  train error of the depth figure and the train loss of the table are the last epoch's means,
+  each window weighted by its steps."""
+  metrics = [  # 10 steps an epoch; windows of 4, 4, 2 steps, an eval, then 4, 4, 1, 1
+      {'step': 4, 'epoch': 0.4, 'train_loss': 2.0, 'train_top1': 0.1},
+      {'step': 8, 'epoch': 0.8, 'train_loss': 2.0, 'train_top1': 0.1},
+      {'step': 10, 'epoch': 1.0, 'train_loss': 2.0, 'train_top1': 0.1},
+      {'step': 10, 'epoch': 1.0, 'eval_top1': 0.2, 'eval_loss': 1.9},
+      {'step': 14, 'epoch': 1.4, 'train_loss': 1.0, 'train_top1': 0.5},
+      {'step': 18, 'epoch': 1.8, 'train_loss': 1.0, 'train_top1': 0.5},
+      {'step': 19, 'epoch': 1.9, 'train_loss': 1.0, 'train_top1': 0.5},
+      {'step': 20, 'epoch': 2.0, 'train_loss': 3.0, 'train_top1': 1.0},   # one noisy step
+      {'step': 20, 'epoch': 2.0, 'eval_top1': 0.4, 'eval_loss': 1.5},
+  ]
+  last = sweep.last_epoch_train(metrics)
+  assert last['train_loss'] == pytest.approx((9 * 1.0 + 3.0) / 10)
+  assert last['train_top1'] == pytest.approx((9 * 0.5 + 1.0) / 10)
+  assert sweep.last_epoch_train([{'step': 0, 'epoch': 0.0, 'eval_top1': 0.1}]) == {}
+  run = tmp_path / 'depth=20'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps({'model': {'depth': 20}}))
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(m) + '\n' for m in metrics))
+  (run / 'results.json').write_text(json.dumps({'eval_top1': 0.4, 'steps': 20}))
+  record = plotting.load_runs([str(run)])[0]
+  assert plotting.final_error(record, 'train') == pytest.approx(100 * (1 - 0.55))
+  assert plotting.final_error(record, 'eval') == pytest.approx(60.0)
+  row = sweep.point_row(str(run), {'model.depth': '20'})
+  assert row['train_loss'] == 1.2 and row['train_error'] == 45.0

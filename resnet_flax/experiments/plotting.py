@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
 from resnet_flax.errors import SweepError
+from resnet_flax.experiments.sweep import last_epoch_train
 
 
 @dataclasses.dataclass
@@ -137,12 +138,17 @@ def curves_figure(runs: Sequence[RunRecord], title: str = '', x: str = 'epoch'):
 
 
 def final_error(run: RunRecord, split: str = 'eval') -> Optional[float]:
+  """The last evaluation's top-1 error %, or for 'train' the mean over the last epoch of
+  training windows (`sweep.last_epoch_train`)."""
+  if split == 'train':
+    top1 = last_epoch_train(run.metrics).get('train_top1')
+    return None if top1 is None else 100.0 * (1.0 - top1)
   values = [m[f'{split}_top1'] for m in run.metrics if m.get(f'{split}_top1') is not None]
   return 100.0 * (1.0 - values[-1]) if values else None
 
 
 def depth_figure(runs: Sequence[RunRecord], title: str = ''):
-  """(figure, data) of the final eval (solid) and last logged train (dashed) top-1 error
+  """(figure, data) of the final eval (solid) and last epoch's train (dashed) top-1 error
   against model.depth, one line per combination of the other differing fields; None when
   fewer than two depths were run."""
   depths = {r.fields.get('model.depth') for r in runs}
@@ -171,7 +177,7 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
   ax.set_xticks(sorted(depths))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  ax.set_title(title or 'error against depth: eval (solid), train (dashed)')
+  ax.set_title(title or 'error against depth: eval (solid), train, last epoch (dashed)')
   fig.tight_layout()
   return fig, data
 

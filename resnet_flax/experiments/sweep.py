@@ -178,6 +178,24 @@ def run_point(command: list[str], workdir: str, point: dict[str, str], *,
   return code
 
 
+def last_epoch_train(metrics: list) -> dict:
+  """{'train_loss', 'train_top1'}: the means over the run's last epoch of logged training
+  windows, each weighted by its steps ({} without any). The last window alone can be a few
+  steps (a window also closes at every evaluation), too few to stand for the network."""
+  trains = [m for m in metrics if m.get('train_loss') is not None and m.get('step')]
+  if not trains:
+    return {}
+  last_epoch = trains[-1]['epoch']
+  previous, weight, sums = 0, 0, {'train_loss': 0.0, 'train_top1': 0.0}
+  for m in trains:
+    steps, previous = m['step'] - previous, m['step']
+    if m['epoch'] > last_epoch - 1 and steps > 0:
+      weight += steps
+      for key in sums:
+        sums[key] += steps * m.get(key, float('nan'))
+  return {key: value / weight for key, value in sums.items()}
+
+
 def _error(top1) -> Optional[float]:
   return None if top1 is None else round(100.0 * (1.0 - top1), 2)
 
@@ -192,6 +210,7 @@ def point_row(workdir: str, point: dict[str, str]) -> dict:
   evals = [m for m in metrics if m.get('eval_top1') is not None]
   trains = [m for m in metrics if m.get('train_loss') is not None]
   best = max(evals, key=lambda m: m['eval_top1']) if evals else None
+  last = last_epoch_train(metrics)
   row.update({
       'status': status,
       'params': results.get('num_params'),
@@ -199,7 +218,8 @@ def point_row(workdir: str, point: dict[str, str]) -> dict:
       'top5_error': _error(results.get('eval_top5')),
       'best_top1_error': _error(best['eval_top1']) if best else None,
       'best_step': best['step'] if best else None,
-      'train_loss': round(trains[-1]['train_loss'], 4) if trains else None,
+      'train_loss': round(last['train_loss'], 4) if last else None,
+      'train_error': _error(last.get('train_top1')),
       'steps': results.get('steps', trains[-1]['step'] if trains else None),
       'wall_time_s': record.get('wall_time_s'),
       'images_per_sec': (round(results['images_per_sec'], 1)
@@ -223,7 +243,8 @@ def collect(sweep_dir: str, points: Optional[list[dict]] = None) -> list[dict]:
 COLUMN_TITLES = {
     'status': 'status', 'params': 'params', 'top1_error': 'top-1 err %',
     'top5_error': 'top-5 err %', 'best_top1_error': 'best top-1 err %', 'best_step': 'best at step',
-    'train_loss': 'train loss', 'steps': 'steps', 'wall_time_s': 'wall s',
+    'train_loss': 'train loss (last epoch)', 'train_error': 'train err % (last epoch)',
+    'steps': 'steps', 'wall_time_s': 'wall s',
     'images_per_sec': 'images/s', 'error': 'error',
 }
 
