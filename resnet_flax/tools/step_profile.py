@@ -34,7 +34,7 @@ from resnet_flax.tools.benchmarking import SyntheticRun, model_label
 from resnet_flax.tools.hlo_kinds import CONTAINERS, OUTSIDE, classify, parse_module
 
 TRACE_OPTION = 'xla_cpu_enable_xprof_traceme'
-MODES = ('train', 'eval')
+MODES = compiler.STEPS   # the step profiled: its compiler options are that step's
 
 
 def thunk_times(folder: str, module: str, skip=()) -> tuple[dict, int]:
