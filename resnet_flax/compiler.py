@@ -1,19 +1,20 @@
-"""XLA compiler options per back end and step (`config.compiler_options`), passed to each
-`jax.jit` compilation of the train, eval and predict steps.
+"""XLA compiler options per back end (`config.compiler_options`), passed to each `jax.jit`
+compilation of the train, eval and predict steps.
 
-* 'auto': for the train step on the CPU back end, XLA's YNNPACK library fusions for dots,
-  element-wise ops and reductions (`xla_cpu_experimental_ynn_fusion_type`; with
-  `model.conv_impl='fast'` the 1x1 convs are dots and the BatchNorm and ReLU around every conv
-  fuse into them); for the eval and predict steps XLA's defaults, which ran ResNet-50's eval
-  step 1.37x faster than the fusions while the fusions ran its train step 1.09x faster
-  (docs/BENCHMARKS.md); nothing on GPU and TPU. An option the user sets in `XLA_FLAGS` is left
-  to the user's value, and a jaxlib that does not know an option compiles without it (a
-  warning says so once).
+* 'auto': on the CPU back end, XLA's YNNPACK library fusions for dots, element-wise ops and
+  reductions (`xla_cpu_experimental_ynn_fusion_type`; with `model.conv_impl='fast'` the 1x1
+  convs are dots and the BatchNorm and ReLU around every conv fuse into them), measured in
+  docs/BENCHMARKS.md; nothing on GPU and TPU. An option the user sets in `XLA_FLAGS` is left to
+  the user's value, and a jaxlib that does not know an option compiles without it (a warning
+  says so once).
 * 'none': XLA's defaults everywhere.
 
-'auto' leaves out the CPU fusions for images smaller than `MIN_IMAGE_SIZE` pixels a side
-(`resolve`): on 8x8 digits (the quick start) they made the train step 1.14x slower, on 32 px
-CIFAR images 0.69x (docs/BENCHMARKS.md).
+`resolve` decides per kind of step (`STEPS`; eval covers predict) and input size: 'auto' leaves
+out the CPU fusions for images smaller than `MIN_IMAGE_SIZE` pixels a side (on 8x8 digits, the
+quick start, they made the train step 1.14x slower; on 32 px CIFAR images 0.69x), and for the
+eval and predict steps of images of `MAX_EVAL_IMAGE_SIZE` pixels a side or more (ResNet-50's
+eval step at 224 px ran 1.4x faster without them, ResNet-20's at 32 px 1.18x faster with them;
+sizes in between are unmeasured). Measurements: docs/BENCHMARKS.md.
 
 The options change how XLA groups operations, not what is computed: results agree with the
 defaults to float32 round-off (tests/test_compiler.py). `pmap` compilations take no options
@@ -30,14 +31,14 @@ import jax
 CHOICES = ('auto', 'none')
 DEFAULT = 'auto'
 MIN_IMAGE_SIZE = 16
-STEPS = ('train', 'eval')     # the kinds of step compiled: eval covers predict and export
+MAX_EVAL_IMAGE_SIZE = 64
+STEPS = ('train', 'eval')
 
-CPU_TRAIN_OPTIONS = {
+CPU_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type':
         'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
 }
-# (back end, step) -> the options of 'auto'; a pair not listed compiles with XLA's defaults
-PLATFORM_OPTIONS = {('cpu', 'train'): CPU_TRAIN_OPTIONS}
+PLATFORM_OPTIONS = {'cpu': CPU_OPTIONS}
 
 
 def user_flags() -> str:
@@ -58,31 +59,32 @@ def _accepted(platform: str, items: tuple) -> bool:
     return False
 
 
-def resolve(setting: str, image_shape) -> str:
-  """The setting to compile a model for images of `image_shape` (H, W, C) with."""
-  if setting == 'auto' and min(image_shape[:2]) < MIN_IMAGE_SIZE:
+def resolve(setting: str, image_shape, step: str) -> str:
+  """The setting to compile a `step` (`STEPS`) of a model for images of `image_shape`
+  (H, W, C) with."""
+  if step not in STEPS:
+    raise ValueError(f'step={step!r}: choose one of {STEPS}')
+  size = min(image_shape[:2])
+  if setting == 'auto' and (size < MIN_IMAGE_SIZE or
+                            (step == 'eval' and size >= MAX_EVAL_IMAGE_SIZE)):
     return 'none'
   return setting
 
 
-def options(setting: str, platform: str, step: str) -> Mapping[str, str]:
-  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)
-  and a kind of step (`STEPS`)."""
+def options(setting: str, platform: str) -> Mapping[str, str]:
+  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)."""
   if setting not in CHOICES:
     raise ValueError(f'compiler_options={setting!r}: choose one of {CHOICES}')
-  if step not in STEPS:
-    raise ValueError(f'step={step!r}: choose one of {STEPS}')
   if setting == 'none':
     return {}
   flags = user_flags()
-  chosen = {k: v for k, v in PLATFORM_OPTIONS.get((platform, step), {}).items()
-            if k not in flags}
+  chosen = {k: v for k, v in PLATFORM_OPTIONS.get(platform, {}).items() if k not in flags}
   if chosen and not _accepted(platform, tuple(sorted(chosen.items()))):
     return {}
   return chosen
 
 
-def jit(fn, setting: str, platform: str, step: str, **kwargs):
-  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` for a `step` on `platform`."""
-  chosen = options(setting, platform, step)
+def jit(fn, setting: str, platform: str, **kwargs):
+  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform`."""
+  chosen = options(setting, platform)
   return jax.jit(fn, compiler_options=dict(chosen), **kwargs) if chosen else jax.jit(fn, **kwargs)
