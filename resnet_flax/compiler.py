@@ -9,12 +9,9 @@ compilation of the train, eval and predict steps.
   says so once).
 * 'none': XLA's defaults everywhere.
 
-`resolve` decides per kind of step (`STEPS`; eval covers predict) and input size: 'auto' leaves
-out the CPU fusions for images smaller than `MIN_IMAGE_SIZE` pixels a side (on 8x8 digits, the
-quick start, they made the train step 1.14x slower; on 32 px CIFAR images 0.69x), and for the
-eval and predict steps of images of `MAX_EVAL_IMAGE_SIZE` pixels a side or more (ResNet-50's
-eval step at 224 px ran 1.4x faster without them, ResNet-20's at 32 px 1.18x faster with them;
-sizes in between are unmeasured). Measurements: docs/BENCHMARKS.md.
+'auto' leaves out the CPU fusions for images smaller than `MIN_IMAGE_SIZE` pixels a side
+(`resolve`): on 8x8 digits (the quick start) they made the train step 1.14x slower, on 32 px
+CIFAR images 0.69x (docs/BENCHMARKS.md).
 
 The options change how XLA groups operations, not what is computed: results agree with the
 defaults to float32 round-off (tests/test_compiler.py). `pmap` compilations take no options
@@ -31,8 +28,6 @@ import jax
 CHOICES = ('auto', 'none')
 DEFAULT = 'auto'
 MIN_IMAGE_SIZE = 16
-MAX_EVAL_IMAGE_SIZE = 64
-STEPS = ('train', 'eval')
 
 CPU_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type':
@@ -59,14 +54,9 @@ def _accepted(platform: str, items: tuple) -> bool:
     return False
 
 
-def resolve(setting: str, image_shape, step: str) -> str:
-  """The setting to compile a `step` (`STEPS`) of a model for images of `image_shape`
-  (H, W, C) with."""
-  if step not in STEPS:
-    raise ValueError(f'step={step!r}: choose one of {STEPS}')
-  size = min(image_shape[:2])
-  if setting == 'auto' and (size < MIN_IMAGE_SIZE or
-                            (step == 'eval' and size >= MAX_EVAL_IMAGE_SIZE)):
+def resolve(setting: str, image_shape) -> str:
+  """The setting to compile a model for images of `image_shape` (H, W, C) with."""
+  if setting == 'auto' and min(image_shape[:2]) < MIN_IMAGE_SIZE:
     return 'none'
   return setting
 

@@ -20,17 +20,10 @@ def test_auto_sets_the_cpu_library_fusions_only_on_cpu():
     compiler.options('fastest', 'cpu')
 
 
-def test_auto_leaves_small_images_and_large_eval_inputs_to_the_defaults():
-  assert compiler.resolve('auto', (8, 8, 3), 'train') == 'none'
-  assert compiler.resolve('auto', (8, 8, 3), 'eval') == 'none'
-  assert compiler.resolve('auto', (16, 16, 3), 'train') == 'auto'
-  assert compiler.resolve('auto', (32, 32, 3), 'eval') == 'auto'
-  assert compiler.resolve('auto', (224, 224, 3), 'train') == 'auto'
-  assert compiler.resolve('auto', (64, 64, 3), 'eval') == 'none'
-  assert compiler.resolve('auto', (224, 224, 3), 'eval') == 'none'
-  assert compiler.resolve('none', (224, 224, 3), 'train') == 'none'
-  with pytest.raises(ValueError, match='step'):
-    compiler.resolve('auto', (32, 32, 3), 'predict')
+def test_auto_leaves_small_images_to_the_defaults():
+  assert compiler.resolve('auto', (8, 8, 3)) == 'none'
+  assert compiler.resolve('auto', (16, 16, 3)) == 'auto'
+  assert compiler.resolve('none', (224, 224, 3)) == 'none'
 
 
 def test_a_users_xla_flags_win(monkeypatch):
@@ -86,9 +79,7 @@ def test_a_training_run_compiles_with_the_options_it_is_given():
     params[setting] = run.par.host_state(state).params
   assert fusions['auto'] > fusions['none']
   assert _rel(params['auto'], params['none']) < 1e-5
-  assert build_run(tiny_config(), devices=jax.devices()[:1]).par.compiler_options == {
-      'train': 'none', 'eval': 'none'}
-  assert run.par.compiler_options == {'train': 'auto', 'eval': 'auto'}
+  assert build_run(tiny_config(), devices=jax.devices()[:1]).par.compiler_options == 'none'
 
 
 @pytest.mark.parametrize('axis', [None, 'batch'])

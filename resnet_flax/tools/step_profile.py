@@ -3,8 +3,8 @@
 `profile(config, mode='train', steps=3, warmup=2)` builds the run as the benchmark does
 (`benchmarking.SyntheticRun`: the config's model, optimizer and compiled steps on synthetic data,
 on one device) and compiles its step again with `xla_cpu_enable_xprof_traceme=true` added to the
-options the run compiles that step with (`compiler.options` of the setting `compiler.resolve`
-chose for it; none under pmap), so that XLA's CPU runtime records a trace event per thunk (one per fusion, convolution,
+options the run compiles with (`compiler.options(config.compiler_options, platform)`; none under
+pmap), so that XLA's CPU runtime records a trace event per thunk (one per fusion, convolution,
 dot or copy of the compiled module), named by its HLO instruction. After `warmup` untimed steps,
 `steps` steps run under `jax.profiler.trace` into a temporary folder.
 
@@ -34,7 +34,7 @@ from resnet_flax.tools.benchmarking import SyntheticRun, model_label
 from resnet_flax.tools.hlo_kinds import CONTAINERS, OUTSIDE, classify, parse_module
 
 TRACE_OPTION = 'xla_cpu_enable_xprof_traceme'
-MODES = compiler.STEPS   # the step profiled: its compiler options are that step's
+MODES = ('train', 'eval')
 
 
 def thunk_times(folder: str, module: str, skip=()) -> tuple[dict, int]:
@@ -83,7 +83,7 @@ def profile(config, *, mode: str = 'train', steps: int = 3, warmup: int = 2, top
   bench = SyntheticRun(config, steps=steps + warmup, warmup=warmup,
                        devices=devices or jax.local_devices()[:1])
   par, config = bench.par, bench.config
-  options = dict(compiler.options(par.compiler_options[mode], par.platform)
+  options = dict(compiler.options(config.compiler_options, par.platform)
                  if par.mode == 'jit' else {})
   options[TRACE_OPTION] = True
   step = bench.run.p_train if mode == 'train' else bench.run.p_eval

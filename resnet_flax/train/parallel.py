@@ -28,8 +28,7 @@ class Parallel(Protocol):
   mode: str                       # 'jit' or 'pmap' (config.parallelism)
   axis_name: Optional[str]        # the device axis for BatchNorm and collectives (pmap only)
   num_devices: int                # over all processes
-  compiler_options: dict          # kind of step (compiler.STEPS) -> compiler.CHOICES, for
-                                  # the steps compiled next
+  compiler_options: str           # compiler.CHOICES, for the steps compiled next
 
   def put_state(self, state: Any) -> Any:
     """A host state (numpy or jax arrays) on the devices, replicated."""
@@ -58,7 +57,7 @@ class JitParallel:
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     devices = jax.devices() if devices is None else devices
     self.platform = devices[0].platform
-    self.compiler_options = dict.fromkeys(compiler.STEPS, compiler_options)
+    self.compiler_options = compiler_options
     self.mesh = Mesh(np.asarray(devices), (BATCH_AXIS,))
     self.num_devices = len(devices)
     self.replicated = NamedSharding(self.mesh, P())
@@ -72,12 +71,12 @@ class JitParallel:
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
   def compile_train(self, train_step):
-    return compiler.jit(train_step, self.compiler_options['train'], self.platform,
+    return compiler.jit(train_step, self.compiler_options, self.platform,
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
   def compile_eval(self, eval_step):
-    return compiler.jit(eval_step, self.compiler_options['eval'], self.platform,
+    return compiler.jit(eval_step, self.compiler_options, self.platform,
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=self.replicated)
 
@@ -95,7 +94,7 @@ class PmapParallel:
   axis_name = 'batch'
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
-    self.compiler_options = dict.fromkeys(compiler.STEPS, compiler_options)  # unused by pmap
+    self.compiler_options = compiler_options   # unused: jax.pmap takes none
     self.devices = jax.local_devices() if devices is None else devices
     self.num_local = len(self.devices)
     self.num_devices = self.num_local * jax.process_count()
