@@ -1,12 +1,14 @@
 """XLA compiler options per back end (`config.compiler_options`), passed to each `jax.jit`
 compilation of the train, eval and predict steps.
 
-* 'auto': on the CPU back end, XLA's YNNPACK library fusions for dots, element-wise ops and
-  reductions (`xla_cpu_experimental_ynn_fusion_type`; with `model.conv_impl='fast'` the 1x1
-  convs are dots and the BatchNorm and ReLU around every conv fuse into them), measured in
-  docs/BENCHMARKS.md; nothing on GPU and TPU. An option the user sets in `XLA_FLAGS` is left to
-  the user's value, and a jaxlib that does not know an option compiles without it (a warning
-  says so once).
+* 'auto': on the CPU back end, XLA's YNNPACK library fusions
+  (`xla_cpu_experimental_ynn_fusion_type`) chosen per kind of step (`STEPS`): the train step
+  fuses dots, element-wise ops and reductions (with `model.conv_impl='fast'` the 1x1 convs are
+  dots and the BatchNorm and ReLU around every conv fuse into them); the eval and predict steps
+  fuse element-wise ops and reductions only (the dot fusion slowed the ResNet-50s' forward pass
+  and gained nothing at 32 or 128 px). Measured in docs/BENCHMARKS.md. Nothing on GPU and TPU.
+  An option the user sets in `XLA_FLAGS` is left to the user's value, and a jaxlib that does
+  not know an option compiles without it (a warning says so once).
 * 'none': XLA's defaults everywhere.
 
 'auto' leaves out the CPU fusions for images smaller than `MIN_IMAGE_SIZE` pixels a side
@@ -29,9 +31,13 @@ CHOICES = ('auto', 'none')
 DEFAULT = 'auto'
 MIN_IMAGE_SIZE = 16
 
+STEPS = ('train', 'eval')     # 'eval': the eval and predict steps (forward only)
+
+_YNN = 'xla_cpu_experimental_ynn_fusion_type'
 CPU_OPTIONS = {
-    'xla_cpu_experimental_ynn_fusion_type':
-        'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
+    'train': {_YNN: 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
+                    'LIBRARY_FUSION_TYPE_REDUCE'},
+    'eval': {_YNN: 'LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'},
 }
 PLATFORM_OPTIONS = {'cpu': CPU_OPTIONS}
 
@@ -61,20 +67,24 @@ def resolve(setting: str, image_shape) -> str:
   return setting
 
 
-def options(setting: str, platform: str) -> Mapping[str, str]:
-  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)."""
+def options(setting: str, platform: str, step: str) -> Mapping[str, str]:
+  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)
+  and a kind of step (`STEPS`)."""
   if setting not in CHOICES:
     raise ValueError(f'compiler_options={setting!r}: choose one of {CHOICES}')
+  if step not in STEPS:
+    raise ValueError(f'step={step!r}: choose one of {STEPS}')
   if setting == 'none':
     return {}
   flags = user_flags()
-  chosen = {k: v for k, v in PLATFORM_OPTIONS.get(platform, {}).items() if k not in flags}
+  per_step = PLATFORM_OPTIONS.get(platform, {}).get(step, {})
+  chosen = {k: v for k, v in per_step.items() if k not in flags}
   if chosen and not _accepted(platform, tuple(sorted(chosen.items()))):
     return {}
   return chosen
 
 
-def jit(fn, setting: str, platform: str, **kwargs):
-  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform`."""
-  chosen = options(setting, platform)
+def jit(fn, setting: str, platform: str, step: str, **kwargs):
+  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform` for `step`."""
+  chosen = options(setting, platform, step)
   return jax.jit(fn, compiler_options=dict(chosen), **kwargs) if chosen else jax.jit(fn, **kwargs)

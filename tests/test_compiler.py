@@ -13,11 +13,25 @@ from resnet_flax.models.layers import BatchNorm
 
 
 def test_auto_sets_the_cpu_library_fusions_only_on_cpu():
-  assert compiler.options('auto', 'cpu') == compiler.CPU_OPTIONS
-  assert compiler.options('auto', 'gpu') == {}
-  assert compiler.options('none', 'cpu') == {}
+  for step in compiler.STEPS:
+    assert compiler.options('auto', 'cpu', step) == compiler.CPU_OPTIONS[step]
+    assert compiler.options('auto', 'gpu', step) == {}
+    assert compiler.options('none', 'cpu', step) == {}
   with pytest.raises(ValueError, match='compiler_options'):
-    compiler.options('fastest', 'cpu')
+    compiler.options('fastest', 'cpu', 'train')
+  with pytest.raises(ValueError, match='step'):
+    compiler.options('auto', 'cpu', 'predict')
+
+
+def test_the_eval_step_takes_the_fusion_types_without_dots():
+  """docs/BENCHMARKS.md: the dot fusion type slowed the ResNet-50s' eval steps, so the forward-
+  only steps take the element-wise and reduction types, the train step all three."""
+  ynn = 'xla_cpu_experimental_ynn_fusion_type'
+  train = set(compiler.options('auto', 'cpu', 'train')[ynn].split(','))
+  evaluate = set(compiler.options('auto', 'cpu', 'eval')[ynn].split(','))
+  assert train == {'LIBRARY_FUSION_TYPE_DOT', 'LIBRARY_FUSION_TYPE_ELTWISE',
+                   'LIBRARY_FUSION_TYPE_REDUCE'}
+  assert evaluate == train - {'LIBRARY_FUSION_TYPE_DOT'}
 
 
 def test_auto_leaves_small_images_to_the_defaults():
@@ -28,13 +42,15 @@ def test_auto_leaves_small_images_to_the_defaults():
 
 def test_a_users_xla_flags_win(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot')
-  assert compiler.options('auto', 'cpu') == {}
+  assert compiler.options('auto', 'cpu', 'train') == {}
+  assert compiler.options('auto', 'cpu', 'eval') == {}
 
 
 def test_an_option_this_jaxlib_does_not_know_is_left_out(monkeypatch):
-  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, 'cpu', {'xla_cpu_no_such_option': 'true'})
-  assert compiler.options('auto', 'cpu') == {}
-  f = compiler.jit(lambda x: x * 2, 'auto', 'cpu')
+  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, 'cpu',
+                      {'train': {'xla_cpu_no_such_option': 'true'}})
+  assert compiler.options('auto', 'cpu', 'train') == {}
+  f = compiler.jit(lambda x: x * 2, 'auto', 'cpu', 'train')
   assert float(f(jnp.float32(3.0))) == 6.0
 
 
@@ -54,12 +70,15 @@ def test_the_cpu_options_give_the_same_logits_and_gradients(conv_impl):
     logits, _ = model.apply({**variables, 'params': params}, x, train=True,
                             mutable=['batch_stats'])
     return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
-  out = {s: compiler.jit(jax.value_and_grad(loss, has_aux=True), s, 'cpu')(variables['params'])
-         for s in ('none', 'auto')}
+  out = {s: compiler.jit(jax.value_and_grad(loss, has_aux=True), s, 'cpu', 'train')(
+      variables['params']) for s in ('none', 'auto')}
   (_, logits_auto), grads_auto = out['auto']
   (_, logits_none), grads_none = out['none']
   assert _rel(logits_auto, logits_none) < 1e-5
   assert _rel(grads_auto, grads_none) < 1e-5
+  forward = {s: compiler.jit(lambda v: model.apply(v, x, train=False), s, 'cpu', 'eval')(variables)
+             for s in ('none', 'auto')}
+  assert _rel(forward['auto'], forward['none']) < 1e-5
 
 
 def test_a_training_run_compiles_with_the_options_it_is_given():
@@ -80,6 +99,16 @@ def test_a_training_run_compiles_with_the_options_it_is_given():
   assert fusions['auto'] > fusions['none']
   assert _rel(params['auto'], params['none']) < 1e-5
   assert build_run(tiny_config(), devices=jax.devices()[:1]).par.compiler_options == 'none'
+
+
+def test_a_run_compiles_each_step_with_its_own_options(monkeypatch):
+  """The train step asks for the train options, the eval step for the eval options (a loaded
+  predictor too: tests/test_predict_export.py)."""
+  from resnet_flax.train.build import build_run
+  asked, options = [], compiler.options
+  monkeypatch.setattr(compiler, 'options', lambda *a: asked.append(a) or options(*a))
+  build_run(tiny_config(**{'data.image_size': 16}), devices=jax.devices()[:1])
+  assert sorted(asked) == [('auto', 'cpu', 'eval'), ('auto', 'cpu', 'train')]
 
 
 @pytest.mark.parametrize('axis', [None, 'batch'])

@@ -112,6 +112,14 @@ def test_checkpoint_records_the_data(predictor):
   assert data_info.from_meta({}, predictor.config.data) == predictor.data
 
 
+def test_a_predictor_compiles_with_the_eval_steps_options(run, monkeypatch):
+  from resnet_flax import compiler
+  asked, options = [], compiler.options
+  monkeypatch.setattr(compiler, 'options', lambda *a: asked.append(a) or options(*a))
+  inference.load(str(run[0]))
+  assert [a[2] for a in asked] == ['eval']
+
+
 def test_predict_top1_equals_evaluate_image_by_image(run, predictor):
   workdir, root, config = run
   files = _test_files(root)

@@ -83,7 +83,7 @@ def profile(config, *, mode: str = 'train', steps: int = 3, warmup: int = 2, top
   bench = SyntheticRun(config, steps=steps + warmup, warmup=warmup,
                        devices=devices or jax.local_devices()[:1])
   par, config = bench.par, bench.config
-  options = dict(compiler.options(config.compiler_options, par.platform)
+  options = dict(compiler.options(config.compiler_options, par.platform, mode)
                  if par.mode == 'jit' else {})
   options[TRACE_OPTION] = True
   step = bench.run.p_train if mode == 'train' else bench.run.p_eval

@@ -71,12 +71,12 @@ class JitParallel:
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
   def compile_train(self, train_step):
-    return compiler.jit(train_step, self.compiler_options, self.platform,
+    return compiler.jit(train_step, self.compiler_options, self.platform, 'train',
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
   def compile_eval(self, eval_step):
-    return compiler.jit(eval_step, self.compiler_options, self.platform,
+    return compiler.jit(eval_step, self.compiler_options, self.platform, 'eval',
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=self.replicated)
 
