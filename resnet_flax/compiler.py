@@ -6,7 +6,8 @@ compilation of the train, eval and predict steps.
   fuses dots, element-wise ops and reductions (with `model.conv_impl='fast'` the 1x1 convs are
   dots and the BatchNorm and ReLU around every conv fuse into them); the eval and predict steps
   take the element-wise and reduction fusion types only, not the dot type (with it the
-  ResNet-50s' forward pass was slower, and nothing was faster at 32 or 128 px). Measured in docs/BENCHMARKS.md. Nothing on GPU and TPU.
+  ResNet-50s' forward pass was slower, and nothing was faster at 32 or 128 px). Measured in
+  docs/BENCHMARKS.md. Nothing on GPU and TPU.
   An option the user sets in `XLA_FLAGS` is left to the user's value, and a jaxlib that does
   not know an option compiles without it (a warning says so once).
 * 'none': XLA's defaults everywhere.
