@@ -35,12 +35,12 @@ MIN_IMAGE_SIZE = 16
 STEPS = ('train', 'eval')     # 'eval': the eval and predict steps (forward only)
 
 _YNN = 'xla_cpu_experimental_ynn_fusion_type'
-CPU_OPTIONS = {
-    'train': {_YNN: 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
-                    'LIBRARY_FUSION_TYPE_REDUCE'},
-    'eval': {_YNN: 'LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'},
+# (back end, step) -> the options of 'auto'; a pair not listed compiles with XLA's defaults
+PLATFORM_OPTIONS = {
+    ('cpu', 'train'): {_YNN: 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
+                             'LIBRARY_FUSION_TYPE_REDUCE'},
+    ('cpu', 'eval'): {_YNN: 'LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'},
 }
-PLATFORM_OPTIONS = {'cpu': CPU_OPTIONS}
 
 
 def user_flags() -> str:
@@ -78,8 +78,8 @@ def options(setting: str, platform: str, step: str) -> Mapping[str, str]:
   if setting == 'none':
     return {}
   flags = user_flags()
-  per_step = PLATFORM_OPTIONS.get(platform, {}).get(step, {})
-  chosen = {k: v for k, v in per_step.items() if k not in flags}
+  chosen = {k: v for k, v in PLATFORM_OPTIONS.get((platform, step), {}).items()
+            if k not in flags}
   if chosen and not _accepted(platform, tuple(sorted(chosen.items()))):
     return {}
   return chosen

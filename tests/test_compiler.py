@@ -14,7 +14,7 @@ from resnet_flax.models.layers import BatchNorm
 
 def test_auto_sets_the_cpu_library_fusions_only_on_cpu():
   for step in compiler.STEPS:
-    assert compiler.options('auto', 'cpu', step) == compiler.CPU_OPTIONS[step]
+    assert compiler.options('auto', 'cpu', step) == compiler.PLATFORM_OPTIONS[('cpu', step)]
     assert compiler.options('auto', 'gpu', step) == {}
     assert compiler.options('none', 'cpu', step) == {}
   with pytest.raises(ValueError, match='compiler_options'):
@@ -47,8 +47,8 @@ def test_a_users_xla_flags_win(monkeypatch):
 
 
 def test_an_option_this_jaxlib_does_not_know_is_left_out(monkeypatch):
-  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, 'cpu',
-                      {'train': {'xla_cpu_no_such_option': 'true'}})
+  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, ('cpu', 'train'),
+                      {'xla_cpu_no_such_option': 'true'})
   assert compiler.options('auto', 'cpu', 'train') == {}
   f = compiler.jit(lambda x: x * 2, 'auto', 'cpu', 'train')
   assert float(f(jnp.float32(3.0))) == 6.0

@@ -3,10 +3,10 @@
 `profile(config, mode='train', steps=3, warmup=2)` builds the run as the benchmark does
 (`benchmarking.SyntheticRun`: the config's model, optimizer and compiled steps on synthetic data,
 on one device) and compiles its step again with `xla_cpu_enable_xprof_traceme=true` added to the
-options the run compiles with (`compiler.options(config.compiler_options, platform)`; none under
-pmap), so that XLA's CPU runtime records a trace event per thunk (one per fusion, convolution,
-dot or copy of the compiled module), named by its HLO instruction. After `warmup` untimed steps,
-`steps` steps run under `jax.profiler.trace` into a temporary folder.
+options the run compiles with (`compiler.options(config.compiler_options, platform, mode)`;
+none under pmap), so that XLA's CPU runtime records a trace event per thunk (one per fusion,
+convolution, dot or copy of the compiled module), named by its HLO instruction. After `warmup`
+untimed steps, `steps` steps run under `jax.profiler.trace` into a temporary folder.
 
 A thunk's time runs from its event's start to its completion: the runtime's 'end: NAME' event
 where later (XLA runs convolutions asynchronously on the CPU; their own event is only the
@@ -34,7 +34,7 @@ from resnet_flax.tools.benchmarking import SyntheticRun, model_label
 from resnet_flax.tools.hlo_kinds import CONTAINERS, OUTSIDE, classify, parse_module
 
 TRACE_OPTION = 'xla_cpu_enable_xprof_traceme'
-MODES = ('train', 'eval')
+MODES = compiler.STEPS   # the step profiled: its compiler options are that step's
 
 
 def thunk_times(folder: str, module: str, skip=()) -> tuple[dict, int]:
