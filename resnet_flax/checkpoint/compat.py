@@ -20,7 +20,7 @@ RESUME_FIELDS = ('model.', 'data.source', 'data.name', 'data.dir', 'data.train_s
                  'data.eval_split', 'batch_size', 'seed', 'optimizer.name', 'freeze')
 # model fields that change how the network is computed, not what it computes: a run may resume
 # with other values (the state is converted between the scanned and unrolled layouts)
-LAYOUT_FIELDS = ('model.scan_units', 'model.remat', 'model.conv_impl')
+LAYOUT_FIELDS = ('model.scan_units', 'model.eval_loop', 'model.remat', 'model.conv_impl')
 
 
 def config_to_dict(config) -> dict:

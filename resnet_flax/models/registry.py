@@ -48,6 +48,8 @@ MODEL_DEFAULTS = {
     'scan_units': 'auto',    # 'on' | 'off' | 'auto': a stage's identical units as one nn.scan
                              # over stacked parameters ('auto': runs of >= scan.AUTO_MIN_UNITS,
                              # or every run when remat='unit')
+    'eval_loop': 'auto',     # 'on' | 'off' | 'auto' (bottleneck units on CPU): in eval and
+                             # prediction, a run of identical unrolled units as one loop
     'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
     'conv_impl': 'auto',     # 'xla' | 'fast' | 'auto' (fast on CPU): how convs are computed
                              # (conv.py); the same numbers to float32 round-off
@@ -234,6 +236,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
   fields.choice(cfg, 'model', 'shortcut', SHORTCUTS)
   fields.choice(cfg, 'model', 'flavour', FLAVOURS)
   fields.choice(cfg, 'model', 'scan_units', scan.SCAN_CHOICES)
+  fields.choice(cfg, 'model', 'eval_loop', scan.EVAL_LOOP_CHOICES)
   fields.choice(cfg, 'model', 'remat', scan.REMAT_CHOICES)
   fields.choice(cfg, 'model', 'conv_impl', conv.CONV_IMPLS)
   fields.choice(cfg, 'model', 'dtype', DTYPES)
@@ -284,6 +287,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       bn_one_pass=bool(cfg['bn_one_pass']),
       flavour=cfg['flavour'],
       scan_min_units=scan.min_units(cfg['scan_units'], cfg['remat'] == 'unit'),
+      eval_loop=scan.eval_loop(cfg['eval_loop'], block),
       remat=cfg['remat'] == 'unit',
       conv_impl=conv.resolve(cfg['conv_impl']),
       stem_pool=cfg['stem_pool'],

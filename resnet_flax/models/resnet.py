@@ -20,7 +20,9 @@ no RNG and is the identity on the residual branch.
 `scan_min_units` runs each stage's identical units (all but the first, and in Keras' V2 all but
 the striding last) as one `nn.scan` over stacked parameters (`scan.py`), so compile time does not
 grow with depth; `remat` recomputes each unit's activations in the backward pass (memory for
-compute).
+compute). `eval_loop` runs the same runs, where they are unrolled, as one loop in forward-only
+passes (`train=False`): each iteration applies the next unit with its own parameters
+(`scan.run_looped`), so the parameter layout and the numbers stay those of the unrolled pass.
 
 `flavour='keras'` reproduces Keras applications' ResNet50...152 (v1) and ResNet50V2...152V2 (v2):
 conv biases (see `blocks`), a stem conv bias, a zero-padded max pool, and in v2 every stage's
@@ -32,6 +34,7 @@ import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_flax.models import conv as conv_lib
@@ -82,6 +85,7 @@ class ResNet(nn.Module):
   bn_one_pass: bool = False         # BatchNorm variance in one pass (layers.BatchNorm)
   flavour: str = 'torch'
   scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
+  eval_loop: bool = False           # forward-only passes: runs of unrolled units as loops
   remat: bool = False               # recompute each unit's activations in the backward pass
   conv_impl: str = 'xla'            # 'xla' | 'fast' (conv.py)
   stem_pool: str = 'max'
@@ -155,16 +159,26 @@ class ResNet(nn.Module):
                    for j in range(num_units)]
       else:
         strides = [2 if (i > 0 and j == 0) else 1 for j in range(num_units)]
-      for segment in scan.stage_segments(strides, self.scan_min_units):
-        unit_cls = self.block_cls if segment.scanned else block
-        unit = unit_cls(
-            filters=width, strides=strides[segment.start], conv=conv, norm=norm,
-            version=self.version, shortcut=self.shortcut, residual=self.residual,
-            zero_init_residual=self.zero_init_residual, groups=self.groups,
-            width_per_group=self.width_per_group, flavour=self.flavour,
-            se_ratio=self.se_ratio, shortcut_downsample=self.shortcut_downsample,
-            drop_path=stochastic, name=segment.name(i + 1))
+      unit_kwargs = dict(
+          filters=width, conv=conv, norm=norm, version=self.version, shortcut=self.shortcut,
+          residual=self.residual, zero_init_residual=self.zero_init_residual,
+          groups=self.groups, width_per_group=self.width_per_group, flavour=self.flavour,
+          se_ratio=self.se_ratio, shortcut_downsample=self.shortcut_downsample,
+          drop_path=stochastic)
+      layout = scan.stage_segments(strides, self.scan_min_units)
+      looped = self.eval_loop and not train and not self.is_initializing()
+      for segment in scan.stage_segments(strides, 2) if looped else layout:
         unit_rates = [next(rates) for _ in range(segment.start, segment.stop)]
+        if looped and segment.scanned and segment not in layout:
+          names = [scan.Segment(u, u + 1, False).name(i + 1)
+                   for u in range(segment.start, segment.stop)]
+          x = scan.run_looped(
+              self.block_cls(strides=1, parent=None, **unit_kwargs), x,
+              [{c: self.variables[c][n] for c in self.variables if n in self.variables[c]}
+               for n in names])
+          continue
+        unit_cls = self.block_cls if segment.scanned else block
+        unit = unit_cls(strides=strides[segment.start], name=segment.name(i + 1), **unit_kwargs)
         if segment.scanned:
           x = scan.run_scanned(unit, x, unit_rates, remat=self.remat)
         else:

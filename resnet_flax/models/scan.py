@@ -7,6 +7,9 @@ once however deep the network is. Its module is named `stageS_unitsAtoB` (units 
 as the unrolled `stageS_unitA` ... `stageS_unitB`), and each of its leaves has a leading axis
 of B - A + 1.
 
+`run_looped` is the forward-only counterpart for the unrolled layout: a run of identical
+units, each with its own parameters, applied as one loop (`model.eval_loop`).
+
 `unstack(tree)` turns any mapping keyed by module names (params, batch_stats, their EMA, an
 optimizer's momentum) into the unrolled layout, `restack(tree, like)` into the layout of
 `like`; both are lossless. Consumers that need per-unit names (weight converters, `init_from`
@@ -14,6 +17,7 @@ across layouts, per-layer diagnostics) go through them.
 """
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -26,6 +30,7 @@ _SCANNED = re.compile(r'stage(\d+)_units(\d+)to(\d+)')
 _UNIT = re.compile(r'stage(\d+)_unit(\d+)')
 SCAN_CHOICES = ('auto', 'on', 'off')
 REMAT_CHOICES = ('none', 'unit')
+EVAL_LOOP_CHOICES = ('auto', 'on', 'off')
 # 'auto' scans a run of at least this many identical units (measured: docs/BENCHMARKS.md; on
 # CPU a scanned ResNet-56 step took 1.34x the unrolled one, and unrolled ResNet-110 compiles
 # as fast as scanned, while ResNet-152's run of 35 units compiles 2.3x faster scanned)
@@ -87,6 +92,34 @@ def run_scanned(unit: nn.Module, x, drop_rates: Sequence[float], remat: bool = F
                  split_rngs={'params': True, 'drop_path': True}, length=len(drop_rates))
   x, _ = scan(unit, x, jnp.asarray(drop_rates, jnp.float32))
   return x
+
+
+def eval_loop(setting: str, block: str, platform: Optional[str] = None) -> bool:
+  """Whether forward-only passes run each run of identical unrolled units as a loop
+  (`run_looped`) for a `model.eval_loop` and a network of `block` units ('basic' or
+  'bottleneck'). 'auto': for bottleneck units on the CPU back end only, where it was measured
+  faster (ResNet-50 and -101, Keras' ResNet50); basic units (ResNet-18, -20, -56) ran as fast or
+  slightly slower, and GPU and TPU keep the unrolled pass (docs/BENCHMARKS.md)."""
+  if setting == 'auto':
+    return block == 'bottleneck' and (platform or jax.default_backend()) == 'cpu'
+  return setting == 'on'
+
+
+def _apply(unit: nn.Module, variables: Mapping, x):
+  return unit.apply(variables, x)
+
+
+def run_looped(unit: nn.Module, x, variables: Sequence[Mapping]):
+  """The unbound `unit` applied to `x` once per entry of `variables` (each unit's own
+  collections, e.g. {'params': ..., 'batch_stats': ...}), in order, as one loop whose
+  iteration k takes branch k of a `lax.switch`: nothing is stacked or copied. Forward only.
+
+  A loop materialises its carry once per iteration. Unrolled, XLA's CPU fusion recomputes
+  each unit's element-wise tail (BatchNorm, residual addition, ReLU) inside every later unit's
+  fused addition, so a stage's last unit re-reads the convolution outputs of all the units
+  before it."""
+  branches = [functools.partial(_apply, unit, v) for v in variables]
+  return jax.lax.fori_loop(0, len(branches), lambda k, h: jax.lax.switch(k, branches, h), x)
 
 
 # --- the two layouts ----------------------------------------------------------------------------

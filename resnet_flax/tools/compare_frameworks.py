@@ -11,8 +11,8 @@ TensorFlow is reported (one line) before anything is compiled.
 
 Our side is the model's shipped recipe (`benchmarking.shipped_config`) with the caller's
 'section.field' overrides, checked here before any worker starts. Fields that change how ours
-computes, not what (`IMPLEMENTATION_FIELDS`: model.scan_units, model.remat, model.conv_impl)
-may be set freely; fields that change the network must keep its PyTorch counterpart
+computes, not what (`IMPLEMENTATION_FIELDS`: model.scan_units, model.eval_loop, model.remat,
+model.conv_impl) may be set freely; fields that change the network must keep its PyTorch counterpart
 (`torch_spec`, `keras_spec`): a CIFAR ResNet may change its depth (both sides follow),
 anything else is a ConfigError. Keras' counterparts are our `keras_resnet*` models (Keras
 applications' flavour: conv biases, its paddings and V2 strides), exactly its networks. Both
@@ -47,7 +47,7 @@ DEFAULT_BATCH = {'cifar': 128, 'imagenet': 16}
 
 
 # Model fields that change how ours computes, not what: free to set on our side.
-IMPLEMENTATION_FIELDS = ('name', 'scan_units', 'remat', 'conv_impl')
+IMPLEMENTATION_FIELDS = ('name', 'scan_units', 'eval_loop', 'remat', 'conv_impl')
 CIFAR_REFERENCE = 'resnet20'   # tests/torch_models.py builds its architecture at any depth 6n+2
 KERAS_APPLICATIONS = {f'keras_resnet{d}{v}': f'ResNet{d}{v.upper()}'
                       for d in (50, 101, 152) for v in ('', 'v2')}

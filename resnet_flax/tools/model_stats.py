@@ -214,7 +214,7 @@ def stage_table(model: nn.Module, image_size: int, channels: int = 3,
   whole model. A model with scanned stages is tabled unit by unit (the same network unrolled:
   the same parameters and MACs).
   """
-  model = model.clone(scan_min_units=0)
+  model = model.clone(scan_min_units=0, eval_loop=False)   # every unit called as a module
   if variables is None:
     variables = variable_shapes(model, image_size, channels)
   variables = _abstract(variables)
@@ -241,7 +241,7 @@ def summarize(name_or_cfg: Union[str, Mapping[str, Any]],
   not add up to the whole-model counts.
   """
   cfg = model_fields(name_or_cfg) if isinstance(name_or_cfg, str) else dict(name_or_cfg)
-  model = create_model(cfg).clone(scan_min_units=0)   # the table names every unit
+  model = create_model(cfg).clone(scan_min_units=0, eval_loop=False)   # the table names every unit
   image_size = int(image_size or default_image_size(cfg))
   variables = _abstract(variable_shapes(model, image_size, channels))
   stages, macs = _stage_table(model, variables, image_size, channels)

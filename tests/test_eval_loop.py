@@ -1,0 +1,123 @@
+"""Forward-only passes with runs of identical units as loops (`model.eval_loop`,
+`scan.run_looped`): the same logits and features as the unrolled pass for every kind of unit,
+the same parameter layout, the training pass untouched, and the loop really in the compiled
+program."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_flax.errors import ConfigError
+from resnet_flax.models import create_model, init_variables, model_fields, scan
+
+SHORT = {'stage_sizes': (1, 4, 1, 1)}
+# every kind of unit: basic with option-A shortcuts, v1 / v1.5 / v2 bottlenecks, Keras' conv
+# biases and its V2 strides (a stage's last unit strides), ResNeXt groups, SE gates with
+# stochastic depth (the identity in eval), the plain network
+CASES = [('resnet20', {}, 32), ('resnet50', {'version': 'v1', 'width': 8, **SHORT}, 32),
+         ('resnet50', {'width': 8, **SHORT}, 32), ('preact_resnet164', {'depth': 29}, 32),
+         ('keras_resnet50', {'width': 8, **SHORT}, 32),
+         ('keras_resnet50v2', {'width': 8, **SHORT}, 32),
+         ('resnext50_32x4d', {'width': 32, **SHORT}, 32),
+         ('resnet50', {'width': 8, 'se_ratio': 0.25, 'drop_path_rate': 0.2, **SHORT}, 32),
+         ('plain20', {}, 32)]
+
+
+def _models(name, overrides, **extra):
+  fields = {**model_fields(name), **overrides, **extra}
+  return (create_model({**fields, 'eval_loop': 'on'}),
+          create_model({**fields, 'eval_loop': 'off'}))
+
+
+def _variables(model, x):
+  v = init_variables(model, x[:1])
+  rng = np.random.default_rng(3)   # statistics and parameters unlike the initial ones (the
+  # classifier starts at zero)
+  stats = jax.tree.map(lambda s: (s + rng.uniform(0.1, 0.5, s.shape)).astype(s.dtype),
+                       v['batch_stats'])
+  params = jax.tree.map(lambda p: (p + rng.normal(0, 0.05, p.shape)).astype(p.dtype),
+                        v['params'])
+  return {'params': params, 'batch_stats': stats}
+
+
+def _primitives(jaxpr) -> set:
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          names |= _primitives(inner)
+  return names
+
+
+@pytest.mark.parametrize('name, overrides, size', CASES)
+def test_the_looped_forward_pass_equals_the_unrolled_one(name, overrides, size):
+  looped, unrolled = _models(name, overrides)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
+  v = _variables(unrolled, x)
+  shapes = jax.eval_shape(lambda: looped.init(jax.random.PRNGKey(0), x[:1], train=False))
+  assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(lambda a: a.shape, v)
+
+  def forward(model):
+    return jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True))(v, x)
+  (logits, features), (ref_logits, ref_features) = forward(looped), forward(unrolled)
+  scale = float(jnp.max(jnp.abs(ref_logits)))
+  assert scale > 0
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), rtol=1e-5,
+                             atol=1e-5 * scale)
+  for key, ref in ref_features.items():
+    np.testing.assert_allclose(np.asarray(features[key]), np.asarray(ref), rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+  eval_prims = _primitives(jax.make_jaxpr(lambda v: looped.apply(v, x, train=False))(v).jaxpr)
+  plain_prims = _primitives(jax.make_jaxpr(lambda v: unrolled.apply(v, x, train=False))(v).jaxpr)
+  assert {'scan', 'cond'} <= eval_prims        # a loop whose body switches between the units
+  assert not {'scan', 'cond', 'while'} & plain_prims
+
+
+def test_the_training_pass_and_a_scanned_layout_are_left_as_they_are():
+  """eval_loop changes only forward-only passes of unrolled runs: the train-mode program is the
+  same with it on or off, and a model whose runs are scanned evaluates with its scan."""
+  looped, unrolled = _models('resnet20', {})
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  v = _variables(unrolled, x)
+
+  def train_jaxpr(model):
+    return str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True,
+                                                    mutable=['batch_stats']))(v))
+  assert train_jaxpr(looped) == train_jaxpr(unrolled)
+
+  scanned_on, scanned_off = _models('resnet20', {}, scan_units='on')
+  vs = init_variables(scanned_off, x[:1])
+  a = jax.make_jaxpr(lambda v: scanned_on.apply(v, x, train=False))(vs)
+  b = jax.make_jaxpr(lambda v: scanned_off.apply(v, x, train=False))(vs)
+  assert str(a) == str(b)
+
+
+def test_the_compiled_eval_program_keeps_one_loop_per_run():
+  """XLA must not unroll the loops again: the compiled forward pass of ResNet-20 (three runs
+  of two identical units) holds three while loops."""
+  looped, _ = _models('resnet20', {})
+  x = jnp.zeros((2, 32, 32, 3))
+  v = init_variables(looped, x[:1])
+  text = jax.jit(lambda v, x: looped.apply(v, x, train=False)).lower(v, x).compile().as_text()
+  assert text.count(' while(') == 3
+
+
+def test_the_setting_resolves_per_back_end_and_unit_and_is_checked():
+  """'auto': bottleneck networks on CPU only (the measured choice, docs/BENCHMARKS.md)."""
+  assert scan.eval_loop('auto', 'bottleneck', 'cpu') is True
+  assert scan.eval_loop('auto', 'basic', 'cpu') is False
+  assert scan.eval_loop('auto', 'bottleneck', 'gpu') is False
+  assert scan.eval_loop('auto', 'bottleneck', 'tpu') is False
+  assert scan.eval_loop('on', 'basic', 'gpu') is True
+  assert scan.eval_loop('off', 'bottleneck', 'cpu') is False
+  on_cpu = jax.default_backend() == 'cpu'
+  for name, expected in (('resnet50', on_cpu), ('keras_resnet50', on_cpu),
+                         ('preact_resnet164', on_cpu), ('resnet18', False), ('resnet20', False)):
+    assert create_model(model_fields(name)).eval_loop is expected, name
+  with pytest.raises(ConfigError, match='eval_loop'):
+    create_model({**model_fields('resnet20'), 'eval_loop': 'sometimes'})
