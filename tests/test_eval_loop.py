@@ -13,14 +13,14 @@ from resnet_flax.models import create_model, init_variables, model_fields, scan
 
 SHORT = {'stage_sizes': (1, 4, 1, 1)}
 # every kind of unit: basic with option-A shortcuts, v1 / v1.5 / v2 bottlenecks, Keras' conv
-# biases and its V2 strides (a stage's last unit strides), ResNeXt groups, SE gates with
-# stochastic depth (the identity in eval), the plain network
+# biases and its V2 strides (a stage's last unit strides), ResNeXt groups, SE gates, the plain
+# network
 CASES = [('resnet20', {}, 32), ('resnet50', {'version': 'v1', 'width': 8, **SHORT}, 32),
          ('resnet50', {'width': 8, **SHORT}, 32), ('preact_resnet164', {'depth': 29}, 32),
          ('keras_resnet50', {'width': 8, **SHORT}, 32),
          ('keras_resnet50v2', {'width': 8, **SHORT}, 32),
          ('resnext50_32x4d', {'width': 32, **SHORT}, 32),
-         ('resnet50', {'width': 8, 'se_ratio': 0.25, 'drop_path_rate': 0.2, **SHORT}, 32),
+         ('resnet50', {'width': 8, 'se_ratio': 0.25, **SHORT}, 32),
          ('plain20', {}, 32)]
 
 
@@ -78,10 +78,12 @@ def test_the_looped_forward_pass_equals_the_unrolled_one(name, overrides, size):
   assert not {'scan', 'cond', 'while'} & plain_prims
 
 
-def test_the_training_pass_and_a_scanned_layout_are_left_as_they_are():
+@pytest.mark.parametrize('name, overrides', [('resnet20', {}),
+                                             ('keras_resnet50', {'width': 8, **SHORT})])
+def test_the_training_pass_and_a_scanned_layout_are_left_as_they_are(name, overrides):
   """eval_loop changes only forward-only passes of unrolled runs: the train-mode program is the
-  same with it on or off, and a model whose runs are scanned evaluates with its scan."""
-  looped, unrolled = _models('resnet20', {})
+  same with it on or off, and a model whose runs are all scanned evaluates with its scan."""
+  looped, unrolled = _models(name, overrides)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
   v = _variables(unrolled, x)
 
@@ -90,21 +92,66 @@ def test_the_training_pass_and_a_scanned_layout_are_left_as_they_are():
                                                     mutable=['batch_stats']))(v))
   assert train_jaxpr(looped) == train_jaxpr(unrolled)
 
-  scanned_on, scanned_off = _models('resnet20', {}, scan_units='on')
+  scanned_on, scanned_off = _models(name, overrides, scan_units='on')
   vs = init_variables(scanned_off, x[:1])
   a = jax.make_jaxpr(lambda v: scanned_on.apply(v, x, train=False))(vs)
   b = jax.make_jaxpr(lambda v: scanned_off.apply(v, x, train=False))(vs)
   assert str(a) == str(b)
 
 
-def test_the_compiled_eval_program_keeps_one_loop_per_run():
-  """XLA must not unroll the loops again: the compiled forward pass of ResNet-20 (three runs
-  of two identical units) holds three while loops."""
-  looped, _ = _models('resnet20', {})
+def test_a_stage_may_hold_a_scanned_run_and_a_looped_one():
+  """With scan_units scanning runs of three or more (as 'auto' does for 32 or more), stage 2's
+  run of three stays a scan and stage 3's run of two becomes a loop: one of each, and the same
+  logits as the unrolled pass of the same parameters."""
+  fields = {**model_fields('resnet50'), 'width': 8, 'stage_sizes': (1, 4, 3, 1)}
+  looped = create_model({**fields, 'eval_loop': 'on'}).clone(scan_min_units=3)
+  plain = looped.clone(eval_loop=False)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  v = _variables(plain, x)
+  assert 'stage2_units2to4' in v['params'] and 'stage3_unit3' in v['params']
+  prims = _primitives(jax.make_jaxpr(lambda v: looped.apply(v, x, train=False))(v).jaxpr)
+  assert {'scan', 'cond'} <= prims
+  out = jax.jit(lambda v: looped.apply(v, x, train=False))(v)
+  ref = jax.jit(lambda v: plain.apply(v, x, train=False))(v)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5,
+                             atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+  text = jax.jit(lambda v: looped.apply(v, x, train=False)).lower(v).compile().as_text()
+  assert text.count(' while(') == 2
+
+
+def test_bfloat16_compute_agrees_to_its_own_round_off():
+  looped, unrolled = _models('resnet50', {'width': 8, **SHORT}, dtype='bfloat16')
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  v = _variables(unrolled, x)
+  out = jax.jit(lambda v: looped.apply(v, x, train=False))(v)
+  ref = jax.jit(lambda v: unrolled.apply(v, x, train=False))(v)
+  assert out.dtype == ref.dtype
+  scale = float(jnp.max(jnp.abs(ref)))
+  assert scale > 0
+  assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32)))) <= 2e-2 * scale
+
+
+def test_variables_of_another_layout_are_named_in_the_error():
+  looped, _ = _models('resnet50', {'width': 8, **SHORT})
+  scanned = create_model({**model_fields('resnet50'), 'width': 8, **SHORT, 'scan_units': 'on'})
   x = jnp.zeros((2, 32, 32, 3))
-  v = init_variables(looped, x[:1])
-  text = jax.jit(lambda v, x: looped.apply(v, x, train=False)).lower(v, x).compile().as_text()
-  assert text.count(' while(') == 3
+  v = init_variables(scanned, x[:1])
+  with pytest.raises(KeyError, match='stage2_unit2'):
+    looped.apply(v, x, train=False)
+
+
+@pytest.mark.parametrize('name, overrides, loops', [('resnet20', {'eval_loop': 'on'}, 3),
+                                                    ('keras_resnet50', SHORT, 1)])
+def test_the_compiled_eval_program_keeps_one_loop_per_run(name, overrides, loops):
+  """XLA must not unroll the loops again: the compiled forward pass holds one while loop per
+  run (ResNet-20: three runs of two units; the short Keras ResNet50 with 'auto': stage 2's run
+  of three)."""
+  model = create_model({**model_fields(name), **overrides})
+  assert model.eval_loop
+  x = jnp.zeros((2, 32, 32, 3))
+  v = init_variables(model, x[:1])
+  text = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(v, x).compile().as_text()
+  assert text.count(' while(') == loops
 
 
 def test_the_setting_resolves_per_back_end_and_unit_and_is_checked():

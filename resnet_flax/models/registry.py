@@ -48,8 +48,8 @@ MODEL_DEFAULTS = {
     'scan_units': 'auto',    # 'on' | 'off' | 'auto': a stage's identical units as one nn.scan
                              # over stacked parameters ('auto': runs of >= scan.AUTO_MIN_UNITS,
                              # or every run when remat='unit')
-    'eval_loop': 'auto',     # 'on' | 'off' | 'auto' (bottleneck units on CPU): in eval and
-                             # prediction, a run of identical unrolled units as one loop
+    'eval_loop': 'auto',     # 'on' | 'off' | 'auto' (scan.eval_loop): in eval and prediction,
+                             # a run of identical unrolled units as one loop
     'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
     'conv_impl': 'auto',     # 'xla' | 'fast' | 'auto' (fast on CPU): how convs are computed
                              # (conv.py); the same numbers to float32 round-off

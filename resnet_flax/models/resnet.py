@@ -34,7 +34,6 @@ import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from resnet_flax.models import conv as conv_lib
@@ -172,6 +171,10 @@ class ResNet(nn.Module):
         if looped and segment.scanned and segment not in layout:
           names = [scan.Segment(u, u + 1, False).name(i + 1)
                    for u in range(segment.start, segment.stop)]
+          missing = [n for n in names if n not in self.variables.get('params', {})]
+          if missing:
+            raise KeyError(f'eval_loop: no parameters for {", ".join(missing)}; the variables '
+                           'are not in this model\'s layout (see models.scan.restack)')
           x = scan.run_looped(
               self.block_cls(strides=1, parent=None, **unit_kwargs), x,
               [{c: self.variables[c][n] for c in self.variables if n in self.variables[c]}

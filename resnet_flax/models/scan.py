@@ -1,4 +1,5 @@
-"""Identical units as one `nn.scan`, and the two parameter layouts it gives (stacked, unrolled).
+"""Runs of identical units: as one `nn.scan` and the two parameter layouts it gives (stacked,
+unrolled), or, in forward-only passes, as one loop over their own parameters.
 
 Within a stage, every unit after the first that does not stride has the same shapes: its input
 and output are the stage's width. A run of such units (`stage_segments`) can be one
@@ -98,8 +99,9 @@ def eval_loop(setting: str, block: str, platform: Optional[str] = None) -> bool:
   """Whether forward-only passes run each run of identical unrolled units as a loop
   (`run_looped`) for a `model.eval_loop` and a network of `block` units ('basic' or
   'bottleneck'). 'auto': for bottleneck units on the CPU back end only, where it was measured
-  faster (ResNet-50 and -101, Keras' ResNet50); basic units (ResNet-18, -20, -56) ran as fast or
-  slightly slower, and GPU and TPU keep the unrolled pass (docs/BENCHMARKS.md)."""
+  faster (ResNet-50 and -101, Keras' ResNet50, pre-activation ResNet-164); basic units
+  (ResNet-18, -20, -56) ran as fast or slightly slower, and GPU and TPU keep the unrolled
+  pass (docs/BENCHMARKS.md)."""
   if setting == 'auto':
     return block == 'bottleneck' and (platform or jax.default_backend()) == 'cpu'
   return setting == 'on'
@@ -114,10 +116,10 @@ def run_looped(unit: nn.Module, x, variables: Sequence[Mapping]):
   collections, e.g. {'params': ..., 'batch_stats': ...}), in order, as one loop whose
   iteration k takes branch k of a `lax.switch`: nothing is stacked or copied. Forward only.
 
-  A loop materialises its carry once per iteration. Unrolled, XLA's CPU fusion recomputes
-  each unit's element-wise tail (BatchNorm, residual addition, ReLU) inside every later unit's
-  fused addition, so a stage's last unit re-reads the convolution outputs of all the units
-  before it."""
+  A loop materialises its carry once per iteration. Unrolled, XLA's CPU fusion may recompute
+  a unit's element-wise tail (BatchNorm, residual addition, ReLU) inside the next units' fused
+  additions, re-reading their convolution outputs (docs/BENCHMARKS.md: over a whole stage with
+  XLA's own fusions, over up to three units with the library's)."""
   branches = [functools.partial(_apply, unit, v) for v in variables]
   return jax.lax.fori_loop(0, len(branches), lambda k, h: jax.lax.switch(k, branches, h), x)
 

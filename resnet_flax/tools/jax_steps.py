@@ -44,6 +44,7 @@ def build(spec: dict):
       'model_fields': {k: list(v) if isinstance(v, tuple) else v
                        for k, v in bench.config.model.items()},
       'conv_impl': conv.resolve(bench.config.model.conv_impl),   # what 'auto' became here
+      'eval_loop': bool(bench.run.model.eval_loop),               # the same
       'jax_version': jax.__version__,
       'backend': jax.default_backend(),
       'device_kind': jax.devices()[0].device_kind,
