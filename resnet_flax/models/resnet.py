@@ -169,8 +169,7 @@ class ResNet(nn.Module):
       for segment in scan.stage_segments(strides, 2) if looped else layout:
         unit_rates = [next(rates) for _ in range(segment.start, segment.stop)]
         if looped and segment.scanned and segment not in layout:
-          names = [scan.Segment(u, u + 1, False).name(i + 1)
-                   for u in range(segment.start, segment.stop)]
+          names = segment.unit_names(i + 1)
           missing = [n for n in names if n not in self.variables.get('params', {})]
           if missing:
             raise KeyError(f'eval_loop: no parameters for {", ".join(missing)}; the variables '

@@ -50,6 +50,10 @@ class Segment:
       return f'stage{stage}_units{self.start + 1}to{self.stop}'
     return f'stage{stage}_unit{self.start + 1}'
 
+  def unit_names(self, stage: int) -> list[str]:
+    """The unrolled layout's module name of each of the segment's units."""
+    return [Segment(u, u + 1, False).name(stage) for u in range(self.start, self.stop)]
+
 
 def min_units(scan_units: str, remat: bool = False) -> int:
   """The shortest run of identical units that is scanned (0: none) for a `model.scan_units`.
@@ -130,18 +134,26 @@ def is_scanned_name(name: str) -> bool:
   return _SCANNED.fullmatch(name) is not None
 
 
+def _unit_names(name: str) -> list[str]:
+  """The unrolled names of a scanned module's units ([] for any other name)."""
+  m = _SCANNED.fullmatch(name)
+  if m is None:
+    return []
+  stage, first, last = (int(g) for g in m.groups())
+  return Segment(first - 1, last, True).unit_names(stage)
+
+
 def unstack(tree: Mapping[str, Any]) -> dict:
   """`tree` (keyed by top-level module names) with every scanned module split into its units:
   'stage1_units2to5' -> 'stage1_unit2' ... 'stage1_unit5'."""
   out = {}
   for name, sub in tree.items():
-    m = _SCANNED.fullmatch(name)
-    if not m:
+    units = _unit_names(name)
+    if not units:
       out[name] = sub
       continue
-    stage, first, last = (int(g) for g in m.groups())
-    for k, unit in enumerate(range(first, last + 1)):
-      out[f'stage{stage}_unit{unit}'] = jax.tree.map(lambda a, k=k: a[k], sub)
+    for k, unit in enumerate(units):
+      out[unit] = jax.tree.map(lambda a, k=k: a[k], sub)
   return out
 
 
@@ -151,18 +163,16 @@ def restack(tree: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
   flat = unstack(tree)
   out = {}
   for name in like:
-    m = _SCANNED.fullmatch(name)
-    if m is None:
+    names = _unit_names(name)
+    if not names:
       if name in flat:
         out[name] = flat[name]
       continue
-    stage, first, last = (int(g) for g in m.groups())
-    units = [flat.get(f'stage{stage}_unit{u}') for u in range(first, last + 1)]
+    units = [flat.get(n) for n in names]
     if any(u is None for u in units):
       continue        # not in `tree`: the caller reports it as missing
     out[name] = jax.tree.map(lambda *leaves: np.stack([np.asarray(a) for a in leaves]), *units)
-  used = {f'stage{m[1]}_unit{u}' for n in like if (m := _SCANNED.fullmatch(n))
-          for u in range(int(m[2]), int(m[3]) + 1)}
+  used = {unit for n in like for unit in _unit_names(n)}
   for name, sub in flat.items():
     if name not in out and name not in used and name not in like:
       out[name] = sub
