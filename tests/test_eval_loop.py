@@ -168,3 +168,25 @@ def test_the_setting_resolves_per_back_end_and_unit_and_is_checked():
     assert create_model(model_fields(name)).eval_loop is expected, name
   with pytest.raises(ConfigError, match='eval_loop'):
     create_model({**model_fields('resnet20'), 'eval_loop': 'sometimes'})
+
+
+@pytest.mark.parametrize('name, overrides', [('resnet20', {}), ('preact_resnet164', {'depth': 29})])
+def test_the_loops_write_their_carry_in_place(name, overrides):
+  """Each iteration joins the unit's branch with its input outside the switch, so the compiled
+  loops copy no activation (a switch's result is a new buffer: returned as the carry, the loop
+  copied it once per unit)."""
+  looped, unrolled = _models(name, overrides)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  v = _variables(unrolled, x)
+  text = jax.jit(lambda v: looped.apply(v, x, train=False)).lower(v).compile().as_text()
+  assert text.count(' while(') == 3
+  copies = [line for line in text.splitlines() if ' copy(' in line and 'f32[4,' in line]
+  assert not copies, copies
+
+
+def test_only_an_identity_unit_returns_its_branch():
+  fields = model_fields('resnet20')
+  unit = create_model(fields).block_cls(filters=32, conv=None, norm=None, strides=2,
+                                        shortcut='A', branch_only=True)
+  with pytest.raises(ValueError, match='identity shortcut'):
+    unit.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 16)))

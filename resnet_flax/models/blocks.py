@@ -55,6 +55,13 @@ def _needs_projection(shortcut: str, shape_changes: bool) -> bool:
   return shortcut == 'C' or (shortcut == 'B' and shape_changes)
 
 
+def join(version: str, act: Callable, branch, shortcut):
+  """A residual unit's output from its branch and its shortcut: v1/v1.5 add, then activate;
+  v2 (pre-activation) only adds."""
+  y = branch + shortcut
+  return y if version == 'v2' else act(y)
+
+
 def zero_pad_shortcut(x, out_features: int, strides: int):
   """Option A: parameter-free identity, subsampled and zero-padded (at the end) in channels."""
   if strides > 1:
@@ -85,6 +92,7 @@ class ResidualUnit(nn.Module):
   se_ratio: float = 0.0
   shortcut_downsample: str = 'conv'
   drop_path: bool = False
+  branch_only: bool = False    # return the residual branch before `join` (identity units only)
   expansion = 1
 
   def branch_layers(self):
@@ -127,6 +135,8 @@ class ResidualUnit(nn.Module):
     # Keras: a stride-only change takes the subsampled identity, not a projection
     project = _needs_projection(self.shortcut, x.shape[-1] != out_features if keras
                                 else shape_changes)
+    if self.branch_only and (project or shape_changes):
+      raise ValueError('branch_only: only a unit with an identity shortcut joins outside it')
     layers = self.branch_layers()
     last = len(layers)
     zero = nn.initializers.zeros
@@ -141,7 +151,7 @@ class ResidualUnit(nn.Module):
         y = self._conv(spec, i, zero if (i == last and self.zero_init_residual) else None,
                        use_bias=keras and i == last)(y)
       y = self._branch_end(y, drop_rate)
-      if not self.residual:
+      if not self.residual or self.branch_only:
         return y
       if project:
         sc = self._projection(pre, out_features, bias)
@@ -149,7 +159,7 @@ class ResidualUnit(nn.Module):
         sc = zero_pad_shortcut(x, out_features, self.strides)
       else:
         sc = x
-      return y + sc
+      return join(self.version, self.act, y, sc)
 
     y = x
     for i, spec in enumerate(layers, start=1):
@@ -159,15 +169,17 @@ class ResidualUnit(nn.Module):
       if i < last:
         y = self.act(y)
     y = self._branch_end(y, drop_rate)
-    if self.residual:
-      if project:
-        sc = self.norm(name='shortcut_norm')(self._projection(x, out_features, bias))
-      elif shape_changes:
-        sc = zero_pad_shortcut(x, out_features, self.strides)
-      else:
-        sc = x
-      y = y + sc
-    return self.act(y)
+    if not self.residual:
+      return self.act(y)
+    if self.branch_only:
+      return y
+    if project:
+      sc = self.norm(name='shortcut_norm')(self._projection(x, out_features, bias))
+    elif shape_changes:
+      sc = zero_pad_shortcut(x, out_features, self.strides)
+    else:
+      sc = x
+    return join(self.version, self.act, y, sc)
 
 
 class BasicBlock(ResidualUnit):

@@ -115,17 +115,25 @@ def _apply(unit: nn.Module, variables: Mapping, x):
   return unit.apply(variables, x)
 
 
-def run_looped(unit: nn.Module, x, variables: Sequence[Mapping]):
+def run_looped(unit: nn.Module, x, variables: Sequence[Mapping],
+               join: Optional[Callable] = None):
   """The unbound `unit` applied to `x` once per entry of `variables` (each unit's own
   collections, e.g. {'params': ..., 'batch_stats': ...}), in order, as one loop whose
   iteration k takes branch k of a `lax.switch`: nothing is stacked or copied. Forward only.
+  With `join`, `unit` returns its residual branch y and an iteration's output is `join(y, h)`
+  (h: its input), computed outside the switch.
 
   A loop materialises its carry once per iteration. Unrolled, XLA's CPU fusion may recompute
   a unit's element-wise tail (BatchNorm, residual addition, ReLU) inside the next units' fused
   additions, re-reading their convolution outputs (docs/BENCHMARKS.md: over a whole stage with
-  XLA's own fusions, over up to three units with the library's)."""
+  XLA's own fusions, over up to three units with the library's). The join outside the switch
+  writes the next carry in place: a switch's result is a new buffer, which the loop copies
+  into its carry once per iteration (docs/BENCHMARKS.md)."""
   branches = [functools.partial(_apply, unit, v) for v in variables]
-  return jax.lax.fori_loop(0, len(branches), lambda k, h: jax.lax.switch(k, branches, h), x)
+  if join is None:
+    return jax.lax.fori_loop(0, len(branches), lambda k, h: jax.lax.switch(k, branches, h), x)
+  return jax.lax.fori_loop(0, len(branches),
+                           lambda k, h: join(jax.lax.switch(k, branches, h), h), x)
 
 
 # --- the two layouts ----------------------------------------------------------------------------
