@@ -545,6 +545,32 @@ def test_max_pool_pads_with_minus_infinity():
   assert (y < 0).all()  # a zero padding would have won every border window
 
 
+@pytest.mark.parametrize('size, window, stride', [(8, 3, 2), (7, 3, 2), (9, 3, 1), (10, 5, 2),
+                                                  (112, 3, 2)])
+def test_zero_padded_max_pool_equals_pooling_the_zero_padded_input(size, window, stride):
+  """Keras' ZeroPadding2D + MaxPooling2D, taken as the -inf pool raised to 0 where a window
+  reaches over the border: the same values and gradients as pooling a zero-padded copy, on
+  inputs with negative values everywhere (where the zero wins)."""
+  rng = np.random.default_rng(size)
+  x = jnp.asarray(rng.standard_normal((2, size, size + 1, 3)).astype(np.float32) - 1.5)
+  p = (window - 1) // 2
+
+  def reference(x):
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    return nn.max_pool(padded, (window, window), strides=(stride, stride), padding='VALID')
+
+  def pooled(x):
+    return layers.max_pool(x, window, stride, zero_pad=True)
+  y, ref = pooled(x), reference(x)
+  assert y.shape == ref.shape
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))
+  unpadded = np.asarray(layers.max_pool(x, window, stride))
+  assert (unpadded != np.asarray(ref)).any() and (np.asarray(ref) < 0).any()   # zeros won
+  grad = jax.grad(lambda x: jnp.sum(pooled(x) ** 3))(x)
+  ref_grad = jax.grad(lambda x: jnp.sum(reference(x) ** 3))(x)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(ref_grad))
+
+
 # ---------------------------------------------------------------------------------------------
 # BatchNorm.
 
