@@ -27,10 +27,21 @@ def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int
   return ((p, p), (p, p))
 
 
-def _touches_padding(size: int, window: int, stride: int, pad: int) -> np.ndarray:
-  """Which of the pooled positions along an axis of `size` inputs have a window over the padding."""
+def _border_counts(size: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+  """How many pooled positions at the start and at the end of an axis of `size` inputs have a
+  window reaching over the padding."""
   starts = np.arange((size + 2 * pad - window) // stride + 1) * stride - pad
-  return (starts < 0) | (starts + window > size)
+  return int((starts < 0).sum()), int((starts + window > size).sum())
+
+
+def _at_least_zero(x, axis: int, first: int, last: int):
+  """`x` with its `first` leading and `last` trailing positions along `axis` raised to >= 0."""
+  n = x.shape[axis]
+  for start, count in ((0, first), (n - last, last)):
+    if count:
+      part = jax.lax.slice_in_dim(x, start, start + count, axis=axis)
+      x = jax.lax.dynamic_update_slice_in_dim(x, jnp.maximum(part, 0), start, axis)
+  return x
 
 
 def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
@@ -45,10 +56,9 @@ def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
   out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
   if not zero_pad:
     return out
-  p = pads[0][0]
-  rows = _touches_padding(x.shape[1], window, stride, p)[:, None]
-  cols = _touches_padding(x.shape[2], window, stride, p)[None, :]
-  return jnp.where((rows | cols)[None, :, :, None], jnp.maximum(out, 0), out)
+  for axis in (1, 2):
+    out = _at_least_zero(out, axis, *_border_counts(x.shape[axis], window, stride, pads[0][0]))
+  return out
 
 
 def avg_pool_ceil(x, stride: int):
