@@ -13,14 +13,15 @@ from resnet_flax.models import create_model, init_variables, model_fields, scan
 
 SHORT = {'stage_sizes': (1, 4, 1, 1)}
 # every kind of unit: basic with option-A shortcuts, v1 / v1.5 / v2 bottlenecks, Keras' conv
-# biases and its V2 strides (a stage's last unit strides), ResNeXt groups, SE gates, the plain
-# network
+# biases and its V2 strides (a stage's last unit strides), ResNeXt groups, SE gates, projections
+# in every unit (shortcut C), the plain network
 CASES = [('resnet20', {}, 32), ('resnet50', {'version': 'v1', 'width': 8, **SHORT}, 32),
          ('resnet50', {'width': 8, **SHORT}, 32), ('preact_resnet164', {'depth': 29}, 32),
          ('keras_resnet50', {'width': 8, **SHORT}, 32),
          ('keras_resnet50v2', {'width': 8, **SHORT}, 32),
          ('resnext50_32x4d', {'width': 32, **SHORT}, 32),
          ('resnet50', {'width': 8, 'se_ratio': 0.25, **SHORT}, 32),
+         ('resnet50', {'width': 8, 'shortcut': 'C', **SHORT}, 32),
          ('plain20', {}, 32)]
 
 

@@ -32,6 +32,10 @@ Later variants, each an attribute (off by default):
   the 'drop_path' RNG stream). The rate is a call argument, not an attribute, so that the units
   of a stage can share one module definition and receive their rates as inputs.
 
+With `branch_only=True` a unit whose shortcut is the identity (`identity_joined`) returns its
+residual branch, and `join(version, act, branch, x)` makes the unit's output from it (the
+forward-only loops of `scan.run_looped` join outside their switch).
+
 The units take `conv` and `norm` as injected partials: `conv(features, kernel_size, strides=...,
 feature_group_count=..., name=...)` and `norm(name=..., scale_init=...)`.
 """
@@ -53,6 +57,12 @@ DOWNSAMPLES = ('conv', 'avg')
 
 def _needs_projection(shortcut: str, shape_changes: bool) -> bool:
   return shortcut == 'C' or (shortcut == 'B' and shape_changes)
+
+
+def identity_joined(residual: bool, shortcut: str) -> bool:
+  """Whether a unit whose shape does not change adds its input unchanged (no projection), so
+  that its branch can be joined with the input outside it (`branch_only`, `join`)."""
+  return residual and not _needs_projection(shortcut, shape_changes=False)
 
 
 def join(version: str, act: Callable, branch, shortcut):

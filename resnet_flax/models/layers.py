@@ -47,10 +47,13 @@ def _at_least_zero(x, axis: int, first: int, last: int):
 def max_pool(x, window: int = 3, stride: int = 2, zero_pad: bool = False):
   """Max pooling padded with -inf (never wins a max), as torch.nn.MaxPool2d(3, 2, padding=1).
 
-  With `zero_pad=True` the border is padded with zeros first, as Keras' ZeroPadding2D +
-  MaxPooling2D (a zero wins over negative inputs: Keras' ResNetV2 pools the raw stem conv).
-  Computed as the -inf pool, then at least 0 where a window reaches over the border: the same
-  numbers without a padded copy of the input (faster on CPU: docs/BENCHMARKS.md).
+  With `zero_pad=True` the values of pooling the input padded with zeros, as Keras'
+  ZeroPadding2D + MaxPooling2D (a zero wins over negative inputs: Keras' ResNetV2 pools the raw
+  stem conv), computed as the -inf pool raised to at least 0 where a window reaches over the
+  border, without a padded copy of the input (faster on CPU: docs/BENCHMARKS.md). Gradients are
+  the padded pool's, except where a border window's maximum is exactly 0 (an input tied with
+  the padding), whose share they split differently; a ReLU before the pool (Keras' v1 stem)
+  passes no gradient to such inputs either way.
   """
   pads = symmetric_padding(window)
   out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)

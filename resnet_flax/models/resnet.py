@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from resnet_flax.models import conv as conv_lib
 from resnet_flax.models import scan
-from resnet_flax.models.blocks import join
+from resnet_flax.models.blocks import identity_joined, join
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
@@ -175,12 +175,13 @@ class ResNet(nn.Module):
           if missing:
             raise KeyError(f'eval_loop: no parameters for {", ".join(missing)}; the variables '
                            'are not in this model\'s layout (see models.scan.restack)')
-          unit = self.block_cls(strides=1, parent=None, branch_only=self.residual, **unit_kwargs)
+          outside = identity_joined(self.residual, self.shortcut)
+          unit = self.block_cls(strides=1, parent=None, branch_only=outside, **unit_kwargs)
           x = scan.run_looped(
               unit, x,
               [{c: self.variables[c][n] for c in self.variables if n in self.variables[c]}
                for n in names],
-              functools.partial(join, unit.version, unit.act) if self.residual else None)
+              functools.partial(join, unit.version, unit.act) if outside else None)
           continue
         unit_cls = self.block_cls if segment.scanned else block
         unit = unit_cls(strides=strides[segment.start], name=segment.name(i + 1), **unit_kwargs)

@@ -119,9 +119,10 @@ def run_looped(unit: nn.Module, x, variables: Sequence[Mapping],
                join: Optional[Callable] = None):
   """The unbound `unit` applied to `x` once per entry of `variables` (each unit's own
   collections, e.g. {'params': ..., 'batch_stats': ...}), in order, as one loop whose
-  iteration k takes branch k of a `lax.switch`: nothing is stacked or copied. Forward only.
-  With `join`, `unit` returns its residual branch y and an iteration's output is `join(y, h)`
-  (h: its input), computed outside the switch.
+  iteration k takes branch k of a `lax.switch`: no parameter is stacked or copied. Forward
+  only. With `join`, `unit` returns its residual branch y and an iteration's output is
+  `join(y, h)` (h: its input), computed outside the switch; without it (units that do not add
+  their input unchanged) the switch's result is the carry.
 
   A loop materialises its carry once per iteration. Unrolled, XLA's CPU fusion may recompute
   a unit's element-wise tail (BatchNorm, residual addition, ReLU) inside the next units' fused
