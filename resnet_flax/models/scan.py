@@ -131,10 +131,11 @@ def run_looped(unit: nn.Module, x, variables: Sequence[Mapping],
   writes the next carry in place: a switch's result is a new buffer, which the loop copies
   into its carry once per iteration (docs/BENCHMARKS.md)."""
   branches = [functools.partial(_apply, unit, v) for v in variables]
-  if join is None:
-    return jax.lax.fori_loop(0, len(branches), lambda k, h: jax.lax.switch(k, branches, h), x)
-  return jax.lax.fori_loop(0, len(branches),
-                           lambda k, h: join(jax.lax.switch(k, branches, h), h), x)
+
+  def body(k, h):
+    y = jax.lax.switch(k, branches, h)
+    return y if join is None else join(y, h)
+  return jax.lax.fori_loop(0, len(branches), body, x)
 
 
 # --- the two layouts ----------------------------------------------------------------------------
