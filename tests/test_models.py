@@ -313,6 +313,30 @@ def test_pooling_values():
     np.testing.assert_allclose(pooled, reduce(fmap, axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('pooling', ['avg', 'max', 'none'])
+def test_the_head_takes_the_pooled_or_flattened_map(pooling):
+  """With the top, `pooling` turns the last feature map into the head's input: its average,
+  its maximum, or (none) the map flattened in H, W, C order as Keras' Flatten, whose first
+  Dense layer then has H * W * C inputs."""
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 32, 32, 3)), jnp.float32)
+  model = make('resnet20', pooling=pooling, head_hidden=(7,))
+  variables = numpy_variables(model, x.shape, seed=3)
+  variables['params']['head_hidden1']['bias'] = jnp.linspace(-0.5, 0.5, 7)
+  hidden, head = variables['params']['head_hidden1'], variables['params']['head']
+  assert hidden['kernel'].shape == ((8 * 8 * 64) if pooling == 'none' else 64, 7)
+  backbone = {c: {k: v for k, v in tree.items() if not k.startswith('head')}
+              for c, tree in variables.items()}
+  fmap = np.asarray(make('resnet20', include_top=False, pooling='none').apply(
+      backbone, x, train=False), np.float64)
+  features = {'avg': fmap.mean(axis=(1, 2)), 'max': fmap.max(axis=(1, 2)),
+              'none': fmap.reshape(2, -1)}[pooling]
+  expected = (np.maximum(features @ np.asarray(hidden['kernel']) + np.asarray(hidden['bias']), 0)
+              @ np.asarray(head['kernel']) + np.asarray(head['bias']))
+  logits, feats = model.apply(variables, x, train=False, return_features=True)
+  np.testing.assert_allclose(feats['pre_logits'], features, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_return_features():
   model = make('resnet50')
   variables = abstract_variables(model, (2, 64, 64, 3))

@@ -35,7 +35,9 @@ MODEL_DEFAULTS = {
     'width_per_group': 64,   # ResNeXt / Wide ResNet bottleneck width
     'num_classes': 1000,
     'include_top': True,
-    'pooling': 'avg',        # without the top: 'avg', 'max' or 'none' (feature map)
+    'pooling': 'avg',        # the last feature map to a vector: 'avg', 'max' or 'none' (with
+                             # the top: flattened, H*W*C features, Keras' Flatten(); without
+                             # it: the feature map itself)
     'head_hidden': (),       # widths of Dense+ReLU layers before the classifier; (): linear head
     'zero_init_residual': False,
     'dtype': 'float32',      # compute dtype ('bfloat16' for mixed precision)

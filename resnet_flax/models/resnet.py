@@ -59,8 +59,8 @@ class ResNet(nn.Module):
   Call with `train=True` to use batch statistics and update `batch_stats` (pass
   `mutable=['batch_stats']`), `train=False` to use the running statistics. With
   `return_features=True` the call returns `(output, features)` where `features` maps 'stem',
-  'stage1'...'stageN' and (when the network pools: with the top, or pooling 'avg'/'max')
-  'pre_logits' to their activations.
+  'stage1'...'stageN' and (with the top, or without it when pooling 'avg'/'max') 'pre_logits' to
+  their activations.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -73,7 +73,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64
   num_classes: int = 1000
   include_top: bool = True
-  pooling: Optional[str] = None
+  pooling: Optional[str] = 'avg'    # 'avg' | 'max' | None: flattened with the top, else the map
   head_hidden: Sequence[int] = ()   # MLP head: Dense(w) + ReLU per width, then the classifier
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
@@ -194,20 +194,20 @@ class ResNet(nn.Module):
     if pre_act:
       x = nn.relu(norm(name='final_norm')(x))
 
-    if self.include_top:
+    if self.pooling == 'avg':
       x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    elif self.pooling == 'max':
+      x = jnp.max(x.astype(jnp.float32), axis=(1, 2))
+    elif self.pooling is not None:
+      raise ValueError(f"pooling={self.pooling!r}; allowed: None, 'avg', 'max'")
+    elif self.include_top:
+      x = x.astype(jnp.float32).reshape(x.shape[0], -1)     # Keras' Flatten: H * W * C features
+    if self.pooling is not None or self.include_top:
       features['pre_logits'] = x
+    if self.include_top:
       for name, width in zip(self.head_names[:-1], self.head_hidden):
         x = nn.relu(nn.Dense(int(width), dtype=jnp.float32, param_dtype=self.param_dtype,
                              name=name)(x))
       x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
                    name='head')(x)
-    elif self.pooling == 'avg':
-      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-      features['pre_logits'] = x
-    elif self.pooling == 'max':
-      x = jnp.max(x.astype(jnp.float32), axis=(1, 2))
-      features['pre_logits'] = x
-    elif self.pooling is not None:
-      raise ValueError(f"pooling={self.pooling!r}; allowed: None, 'avg', 'max'")
     return (x, features) if return_features else x
