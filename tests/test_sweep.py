@@ -189,6 +189,13 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
   assert result.returncode == 2 and 'no such directory' in result.stderr
 
 
+def test_runs_with_the_same_compared_fields_are_told_apart_by_their_folders(tmp_path):
+  for name, version in (('trained', 'v1'), ('random', 'v1'), ('other', 'v2')):
+    _fake_run(str(tmp_path / name), 20, version, [50, 40])
+  runs = plotting.load_runs([str(tmp_path / n) for n in ('trained', 'random', 'other')])
+  assert [r.label for r in runs] == ['version=v1, trained', 'version=v1, random', 'version=v2']
+
+
 def test_curves_against_wall_time_use_the_eval_records_times(tmp_path):
   _fake_run(str(tmp_path / 'run'), 20, 'v1', [50, 30, 20])
   path = tmp_path / 'run' / 'metrics.jsonl'

@@ -79,8 +79,12 @@ def load_runs(paths: Sequence[str], select: Sequence[str] = ()) -> list[RunRecor
   varying.sort(key=lambda k: (k != 'model.depth', k))
   for r in runs:
     r.varying = {k: r.fields.get(k) for k in varying}
-    r.label = ', '.join(f'{_short(k)}={r.fields.get(k)}' for k in varying) or os.path.basename(
-        os.path.normpath(r.workdir))
+    r.label = ', '.join(f'{_short(k)}={r.fields.get(k)}' for k in varying)
+  labels = [r.label for r in runs]
+  for r in runs:   # runs told apart by no compared field (e.g. only init_from): their folders
+    folder = os.path.basename(os.path.normpath(r.workdir))
+    r.label = folder if not r.label else (
+        f'{r.label}, {folder}' if labels.count(r.label) > 1 else r.label)
   return runs
 
 
