@@ -115,6 +115,24 @@ def test_auto_is_fast_on_cpu_only():
   assert conv.resolve('xla', 'cpu') == 'xla' and conv.resolve('fast', 'gpu') == 'fast'
 
 
+def _dot_count(name, train):
+  model = create_model({**model_fields(name), 'width': 8, **SHORT, 'conv_impl': 'fast'})
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(lambda: init_variables(model, x))
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=train, mutable=['batch_stats']))(
+      variables)
+  return str(jaxpr).count('dot_general')
+
+
+def test_a_keras_flavour_forward_pass_keeps_xlas_convs():
+  """Under 'fast', the 1x1 convs are dots in training and in a bias-free network's
+  evaluation, but XLA's convolutions in the evaluation of Keras' flavour (whose convs carry
+  biases): the head's dot is the only one left there."""
+  assert _dot_count('keras_resnet50', train=False) == 1
+  assert _dot_count('keras_resnet50', train=True) > 10
+  assert _dot_count('resnet50', train=False) > 10
+
+
 def _tree_rel(a, b):
   pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   return np.sqrt(sum(float(jnp.sum((x - y) ** 2)) for x, y in pairs) /

@@ -134,7 +134,8 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True, return_features: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        conv_general_dilated=conv_lib.conv_function(self.conv_impl),
+        conv_general_dilated=conv_lib.conv_function(self.conv_impl, forward_only=not train,
+                                                     biased=self.flavour == 'keras'),
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(
         BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
