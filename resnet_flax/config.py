@@ -265,8 +265,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   if (config.model.include_top and config.model.pooling in (None, 'none')
       and config.data.eval_image_size not in (0, config.data.image_size)):
     _fail('data.eval_image_size', config.data.eval_image_size,
-          'must equal data.image_size with model.pooling=none and the top: the head reads the '
-          "flattened feature map, whose size follows the image's (or pool it: 'avg' / 'max')")
+          'must be 0 (the training size) or data.image_size with model.pooling=none and the '
+          "top: the head reads the flattened feature map, whose size follows the image's (or "
+          "pool it: 'avg' / 'max')")
   policies.check_fields(config.data)
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
     _fail('data.std', config.data.std,

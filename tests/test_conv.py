@@ -115,8 +115,8 @@ def test_auto_is_fast_on_cpu_only():
   assert conv.resolve('xla', 'cpu') == 'xla' and conv.resolve('fast', 'gpu') == 'fast'
 
 
-def _dot_count(name, train):
-  model = create_model({**model_fields(name), 'width': 8, **SHORT, 'conv_impl': 'fast'})
+def _dot_count(name, impl, train):
+  model = create_model({**model_fields(name), 'width': 8, **SHORT, 'conv_impl': impl})
   x = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(lambda: init_variables(model, x))
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=train, mutable=['batch_stats']))(
@@ -124,13 +124,19 @@ def _dot_count(name, train):
   return str(jaxpr).count('dot_general')
 
 
-def test_a_keras_flavour_forward_pass_keeps_xlas_convs():
-  """Under 'fast', the 1x1 convs are dots in training and in a bias-free network's
-  evaluation, but XLA's convolutions in the evaluation of Keras' flavour (whose convs carry
-  biases): the head's dot is the only one left there."""
-  assert _dot_count('keras_resnet50', train=False) == 1
-  assert _dot_count('keras_resnet50', train=True) > 10
-  assert _dot_count('resnet50', train=False) > 10
+def test_auto_evaluates_keras_flavour_on_xlas_convs():
+  """On CPU 'auto' takes the 1x1 convs as dots in training and in a torchvision-flavour
+  network's evaluation, but as XLA's convolutions in the evaluation of Keras' flavour (the
+  head's dot is the only one left there); an explicit 'fast' keeps the dots everywhere."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip("'auto' is XLA's convolution for everything off the CPU")
+  assert conv.resolve('auto', 'cpu', 'keras') == 'fast-train'
+  assert conv.resolve('auto', 'gpu', 'keras') == 'xla'
+  assert conv.resolve('fast', 'cpu', 'keras') == 'fast'
+  assert _dot_count('keras_resnet50', 'auto', train=False) == 1
+  assert _dot_count('keras_resnet50', 'auto', train=True) > 10
+  assert _dot_count('keras_resnet50', 'fast', train=False) > 10
+  assert _dot_count('resnet50', 'fast', train=False) > 10
 
 
 def _tree_rel(a, b):

@@ -221,7 +221,7 @@ def test_runs_saved_before_freeze_and_head_hidden_existed_still_resume():
     ({'model.head_hidden': (0,)}, 'model.head_hidden=(0,)'),
     ({'model.head_hidden': (8,), 'model.include_top': False}, 'needs model.include_top=True'),
     ({'model.pooling': 'none', 'data.image_size': 16, 'data.eval_image_size': 24},
-     'must equal data.image_size with model.pooling=none and the top'),
+     'must be 0 (the training size) or data.image_size with model.pooling=none'),
 ])
 def test_freeze_and_head_config_errors_name_the_field(overrides, needle):
   with pytest.raises(ConfigError) as e:

@@ -16,9 +16,9 @@
     k*k strided slices added back) and its kernel gradient patches^T . dy (an einsum over the
     groups), instead of XLA's dilated and batch-as-feature convolutions;
   - anything else (dilation, other layouts, the stem) is `lax.conv_general_dilated`.
-  A forward-only pass of a network whose convs carry biases (Keras' flavour) stays on XLA's
-  convolution throughout (`conv_function`).
-* 'auto': 'fast' on CPU, 'xla' elsewhere (GPU and TPU libraries choose their own algorithms).
+* 'auto': 'fast' on CPU, 'xla' elsewhere (GPU and TPU libraries choose their own algorithms);
+  on CPU for Keras' flavour 'fast' in training only, its evaluation on XLA's convolutions
+  (`resolve`).
 
 Parameters, names and shapes are the same for every choice: a checkpoint trained with one
 evaluates with another.
@@ -36,22 +36,24 @@ DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 STEM_KERNEL = 7          # kernels at least this large stay on XLA's conv
 
 
-def resolve(impl: str, platform: Optional[str] = None) -> str:
-  """'xla' or 'fast' for a `model.conv_impl` on `platform` (default: JAX's default back end)."""
+def resolve(impl: str, platform: Optional[str] = None, flavour: str = 'torch') -> str:
+  """What a `model.conv_impl` is for a network of `flavour` on `platform` (default: JAX's default
+  back end): 'xla', 'fast', or 'fast-train' ('fast' in training, XLA's convolutions in the
+  forward-only passes of evaluation, prediction and export), which 'auto' is on CPU for Keras'
+  flavour: there a 1x1 conv as XLA's convolution, not as a dot, ran Keras' ResNet50 eval step
+  in 0.88x and 0.91x the time in two sittings, while the torchvision ResNet-50's eval step ran
+  the same either way (0.996x, 1.037x; docs/BENCHMARKS.md)."""
   if impl != 'auto':
     return impl
-  return 'fast' if (platform or jax.default_backend()) == 'cpu' else 'xla'
+  if (platform or jax.default_backend()) != 'cpu':
+    return 'xla'
+  return 'fast-train' if flavour == 'keras' else 'fast'
 
 
-def conv_function(impl: str, forward_only: bool = False,
-                  biased: bool = False) -> Optional[Callable]:
-  """The `conv_general_dilated` that flax's `nn.Conv` should call for a resolved `impl`
-  (None: flax's default, `lax.conv_general_dilated`). A forward-only pass (evaluation,
-  prediction, export) of convolutions that carry a bias (Keras' flavour) keeps XLA's
-  convolutions under 'fast' too: there a 1x1 conv as XLA's convolution, not as a dot, ran
-  Keras' ResNet50 eval step in 0.88x and 0.91x the time in two sittings (docs/BENCHMARKS.md),
-  while on the bias-free ResNet-50 the two were even (0.996x, 1.037x)."""
-  return conv if impl == 'fast' and not (forward_only and biased) else None
+def conv_function(impl: str, train: bool = True) -> Optional[Callable]:
+  """The `conv_general_dilated` that flax's `nn.Conv` should call for a resolved `impl` in a
+  training (`train`) or evaluation pass (None: flax's default, `lax.conv_general_dilated`)."""
+  return conv if impl == 'fast' or (impl == 'fast-train' and train) else None
 
 
 # --- building blocks ------------------------------------------------------------------------

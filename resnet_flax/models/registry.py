@@ -53,8 +53,9 @@ MODEL_DEFAULTS = {
     'eval_loop': 'auto',     # 'on' | 'off' | 'auto' (scan.eval_loop): in eval and prediction,
                              # a run of identical unrolled units as one loop
     'remat': 'none',         # 'none' | 'unit': recompute each unit's activations in backward
-    'conv_impl': 'auto',     # 'xla' | 'fast' | 'auto' (fast on CPU): how convs are computed
-                             # (conv.py); the same numbers to float32 round-off
+    'conv_impl': 'auto',     # 'xla' | 'fast' | 'auto' (fast on CPU; for Keras' flavour in
+                             # training only): how convs are computed (conv.py); the same
+                             # numbers to float32 round-off
     'stem': 'auto',          # 'auto' (the family's: 'imagenet' 7x7 / 'cifar' 3x3) or 'deep'
                              # (three 3x3 convs, ResNet-C/D); 'imagenet' and 'cifar' also allowed
     'stem_pool': 'max',      # strided stems: 'max' (3x3/2 max pool) or 'conv' (3x3/2 conv-BN-ReLU,
@@ -291,7 +292,7 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       scan_min_units=scan.min_units(cfg['scan_units'], cfg['remat'] == 'unit'),
       eval_loop=scan.eval_loop(cfg['eval_loop'], block),
       remat=cfg['remat'] == 'unit',
-      conv_impl=conv.resolve(cfg['conv_impl']),
+      conv_impl=conv.resolve(cfg['conv_impl'], flavour=cfg['flavour']),
       stem_pool=cfg['stem_pool'],
       shortcut_downsample=cfg['shortcut_downsample'],
       se_ratio=float(cfg['se_ratio']),

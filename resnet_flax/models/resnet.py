@@ -87,7 +87,7 @@ class ResNet(nn.Module):
   scan_min_units: int = 0           # scan runs of at least this many identical units (0: never)
   eval_loop: bool = False           # forward-only passes: runs of unrolled units as loops
   remat: bool = False               # recompute each unit's activations in the backward pass
-  conv_impl: str = 'xla'            # 'xla' | 'fast' (conv.py)
+  conv_impl: str = 'xla'            # 'xla' | 'fast' | 'fast-train' (conv.resolve)
   stem_pool: str = 'max'
   shortcut_downsample: str = 'conv'
   se_ratio: float = 0.0
@@ -134,8 +134,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = True, return_features: bool = False):
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        conv_general_dilated=conv_lib.conv_function(self.conv_impl, forward_only=not train,
-                                                     biased=self.flavour == 'keras'),
+        conv_general_dilated=conv_lib.conv_function(self.conv_impl, train),
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(
         BatchNorm, use_running_average=not train, momentum=self.bn_momentum,

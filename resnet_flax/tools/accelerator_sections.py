@@ -117,7 +117,8 @@ def _throughput(config, settings: Settings) -> dict:
           'train_tflops_achieved', 'infer_tflops_achieved', 'peak_tflops_per_device', 'mfu',
           'infer_mfu', 'peak_memory_bytes', 'device_kind')
   out = {k: r[k] for k in keep}
-  out['conv_impl'] = conv.resolve(config.model.conv_impl)   # what 'auto' became here
+  out['conv_impl'] = conv.resolve(config.model.conv_impl,   # what 'auto' became here
+                                  flavour=config.model.flavour)
   return out
 
 

@@ -131,7 +131,8 @@ def profile(config, *, mode: str = 'train', steps: int = 3, warmup: int = 2, top
       'model': model_label(config.model), 'mode': mode,
       'batch_size': bench.batch_size if mode == 'train' else bench.eval_batch_size,
       'image_size': int(config.data.image_size),
-      'conv_impl': conv.resolve(config.model.conv_impl, par.platform),   # 'auto' resolved
+      'conv_impl': conv.resolve(config.model.conv_impl, par.platform,
+                                config.model.flavour),   # 'auto' resolved
       'compiler_options': str(config.compiler_options),
       'xla_options': {k: str(v) for k, v in options.items()}, 'steps': steps,
       'device_kind': jax.local_devices()[0].device_kind, 'cpu_model': host_info.cpu_model(),

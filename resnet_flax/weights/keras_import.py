@@ -280,6 +280,7 @@ def convert_keras(model_name: Union[str, Mapping[str, Any], None], source,
   fields['include_top'] = top is not None
   if top is not None:
     fields['num_classes'] = int(top[0].shape[-1])
+    fields['pooling'] = 'avg'                       # Keras' top always averages
   elif weights.pooling is not None:
     fields['pooling'] = weights.pooling
   if weights.bn_epsilon is not None:
