@@ -20,7 +20,6 @@ from typing import Any, Callable, Optional
 import jax
 
 from resnet_flax.errors import first_line
-from resnet_flax.models import conv
 from resnet_flax.tools import benchmarking, host_info, input_benchmark
 
 PAPER_CIFAR_ITERATIONS = 64_000      # He et al. 2015, Section 4.2
@@ -115,11 +114,8 @@ def _throughput(config, settings: Settings) -> dict:
           'train_images_per_sec', 'infer_compile_s', 'infer_step_ms_median',
           'infer_images_per_sec', 'macs_per_image', 'train_flops_per_image',
           'train_tflops_achieved', 'infer_tflops_achieved', 'peak_tflops_per_device', 'mfu',
-          'infer_mfu', 'peak_memory_bytes', 'device_kind')
-  out = {k: r[k] for k in keep}
-  out['conv_impl'] = conv.resolve(config.model.conv_impl,   # what 'auto' became here
-                                  flavour=config.model.flavour)
-  return out
+          'infer_mfu', 'peak_memory_bytes', 'device_kind', 'conv_impl')
+  return {k: r[k] for k in keep}
 
 
 def resnet50_train(settings: Settings, context: Context) -> dict:

@@ -289,6 +289,7 @@ def benchmark(config, *, steps: int, warmup: int, peak_flops: Optional[float] = 
       'backend': jax.default_backend(),
       'jax_version': jax.__version__,
       'dtype': dtype,
+      'conv_impl': run.model.conv_impl,   # what 'auto' became for this model here
       'parallelism': par.mode,
       'steps': steps,
       'warmup': warmup,

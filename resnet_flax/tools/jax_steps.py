@@ -16,7 +16,6 @@ import sys
 
 import jax
 
-from resnet_flax.models import conv
 from resnet_flax.tools import benchmarking, step_server
 
 
@@ -43,8 +42,7 @@ def build(spec: dict):
       'overrides': dict(spec.get('overrides') or {}),
       'model_fields': {k: list(v) if isinstance(v, tuple) else v
                        for k, v in bench.config.model.items()},
-      'conv_impl': conv.resolve(bench.config.model.conv_impl,
-                                flavour=bench.config.model.flavour),   # what 'auto' became here
+      'conv_impl': bench.run.model.conv_impl,                     # what 'auto' became here
       'eval_loop': bool(bench.run.model.eval_loop),               # the same
       'jax_version': jax.__version__,
       'backend': jax.default_backend(),

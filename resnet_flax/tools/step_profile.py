@@ -28,7 +28,6 @@ import jax
 
 from resnet_flax import compiler
 from resnet_flax.errors import ConfigError, DependencyError, first_line
-from resnet_flax.models import conv
 from resnet_flax.tools import host_info
 from resnet_flax.tools.benchmarking import SyntheticRun, model_label
 from resnet_flax.tools.hlo_kinds import CONTAINERS, OUTSIDE, classify, parse_module
@@ -131,8 +130,7 @@ def profile(config, *, mode: str = 'train', steps: int = 3, warmup: int = 2, top
       'model': model_label(config.model), 'mode': mode,
       'batch_size': bench.batch_size if mode == 'train' else bench.eval_batch_size,
       'image_size': int(config.data.image_size),
-      'conv_impl': conv.resolve(config.model.conv_impl, par.platform,
-                                config.model.flavour),   # 'auto' resolved
+      'conv_impl': bench.run.model.conv_impl,   # 'auto' resolved
       'compiler_options': str(config.compiler_options),
       'xla_options': {k: str(v) for k, v in options.items()}, 'steps': steps,
       'device_kind': jax.local_devices()[0].device_kind, 'cpu_model': host_info.cpu_model(),
