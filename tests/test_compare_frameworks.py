@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
@@ -73,6 +74,8 @@ def test_keras_counterparts_are_the_keras_flavour_models():
     (['--rounds', '0'], 'config error: rounds=0'),
     (['--batch', '-4'], 'config error: batch size -4'),
     (['--against', 'keras'], 'config error: resnet20: no Keras counterpart'),
+    (['--model', 'keras_resnet50', '--against', 'keras-program'],
+     'config error: --against keras-program times the forward pass only: add --kinds eval'),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, args, start):
   assert reports.compare_frameworks(['compare-frameworks', *args]) == 2
@@ -159,3 +162,36 @@ def test_keras_worker_times_keras_own_network_with_our_parameter_count():
       assert len(reply['seconds']) == 2 and min(reply['seconds']) > 0
   finally:
     worker.close()
+
+
+@pytest.mark.slow
+def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
+  """`--against keras-program`: Keras' ResNet50 forward program (32 px, batch 2, 10 classes),
+  exported by a Keras worker and run by JAX's XLA in another, computes Keras' logits from the
+  weights it is given, and is timed against our eval step."""
+  if importlib.util.find_spec('tensorflow') is None:
+    pytest.skip('tensorflow missing: pip install -r requirements.txt')
+  from resnet_flax.tools import keras_steps, xla_program
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', subprocess_env()['JAX_COMPILATION_CACHE_DIR'])
+  program_dir = str(tmp_path / 'program')
+  monkeypatch.setattr(tool.tempfile, 'mkdtemp', lambda prefix: program_dir)
+  monkeypatch.setattr(tool.shutil, 'rmtree', lambda path, ignore_errors: None)   # kept to look at
+  r = tool.compare('keras_resnet50', against='keras-program', batch_size=2, rounds=2, steps=1,
+                   warmup=0, threads=1, kinds=['eval'],
+                   overrides={'model.num_classes': 10, 'data.image_size': 32})
+  program = r['keras-program']
+  assert program['max_relative_difference_from_keras'] <= xla_program.TOLERANCE
+  assert not program['imports_tensorflow'] and not r['keras']['imports_jax']
+  assert program['num_params'] == r['keras']['num_params'] == r['ours']['num_params']
+  assert [p['first'] for p in r['per_round']] == ['ours', 'keras-program']
+  assert all(p['eval']['keras-program']['step_ms'] > 0 for p in r['per_round'])
+  assert 'keras-program ms' in tool.table(r)
+  # the program computes from its arguments: zeroing the head's kernel leaves the head's bias
+  # (zeros) as the logits, where Keras' logits are not zero
+  run, arguments, difference = xla_program.load(program_dir)
+  assert difference <= xla_program.TOLERANCE
+  expected = np.load(os.path.join(program_dir, keras_steps.LOGITS))
+  head = [i for i, a in enumerate(arguments) if a.shape == (2048, 10)]
+  assert len(head) == 1 and np.abs(expected).max() > 1e-3
+  arguments[head[0]] = arguments[head[0]] * 0
+  assert np.abs(np.asarray(run(arguments)[0])).max() == 0

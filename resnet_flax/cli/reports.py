@@ -22,7 +22,7 @@ def _write_json(path: str, record: dict) -> None:
 def compare_frameworks(argv=None) -> int:
   """Our train and eval steps against PyTorch's (or Keras') on the same model and batch shape,
   each framework in its own process, in alternating rounds: `resnet-flax compare-frameworks
-  [--model resnet20] [--against torch|keras] [--batch N] [--rounds 5] [--steps 5] [--warmup 1]
+  [--model resnet20] [--against torch|keras|keras-program] [--batch N] [--rounds 5] [--steps 5] [--warmup 1]
   [--layout channels_last|nchw] [--threads T] [--kinds train,eval] [--set FIELD=VALUE ...]
   [--json PATH]`
   (see resnet_flax/tools/compare_frameworks.py)."""
@@ -32,8 +32,10 @@ def compare_frameworks(argv=None) -> int:
                       help='a registered model name with a PyTorch counterpart (resnet20, '
                            'resnet56, resnet50, ...; default resnet20)')
   parser.add_argument('--against', default='torch',
-                      help="the other framework: torch (default) or keras (Keras applications' "
-                           "ResNets on TensorFlow, for our keras_resnet* models)")
+                      help="the other framework: torch (default), keras (Keras applications' "
+                           "ResNets on TensorFlow, for our keras_resnet* models) or "
+                           "keras-program (Keras' compiled forward pass run by JAX's XLA; "
+                           "--kinds eval)")
   parser.add_argument('--batch', type=int, default=None,
                       help='batch size (default: 128 for the CIFAR family, 16 otherwise)')
   parser.add_argument('--rounds', type=int, default=5, help='timing rounds (default 5)')

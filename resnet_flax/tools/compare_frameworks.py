@@ -9,6 +9,11 @@ compiled by XLA), because two frameworks in one process slow each other several-
 keep thread pools on the same cores). The reference worker starts first, so a missing torch or
 TensorFlow is reported (one line) before anything is compiled.
 
+`against='keras-program'` (eval only) times Keras' own forward program on our XLA: a Keras
+worker exports the program TensorFlow compiles for `predict_on_batch` (with its weights and
+logits) and exits, then `xla_program` runs it in a JAX process (see that module). Against our
+eval step it tells whether a gap to Keras lies in the program or in TensorFlow's XLA build.
+
 Our side is the model's shipped recipe (`benchmarking.shipped_config`) with the caller's
 'section.field' overrides, checked here before any worker starts. Fields that change how ours
 computes, not what (`IMPLEMENTATION_FIELDS`: model.scan_units, model.eval_loop, model.remat,
@@ -30,7 +35,9 @@ OpenMP threads (spinning while they wait) can collapse several-fold when other w
 cores, and a reader needs to see that.
 """
 
+import shutil
 import statistics
+import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
 from resnet_flax.errors import ConfigError
@@ -38,7 +45,9 @@ from resnet_flax.models import default_image_size, model_fields
 from resnet_flax.tools import benchmarking, host_info, step_server
 
 KINDS = ('train', 'eval')
-WORKERS = {'torch': 'resnet_flax.tools.torch_steps', 'keras': 'resnet_flax.tools.keras_steps'}
+WORKERS = {'torch': 'resnet_flax.tools.torch_steps', 'keras': 'resnet_flax.tools.keras_steps',
+           'keras-program': 'resnet_flax.tools.xla_program'}
+FORWARD_ONLY = ('keras-program',)   # references with an eval step only
 LAYOUTS = ('channels_last', 'nchw')
 TORCHVISION_NAMES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
                      'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d',
@@ -124,7 +133,7 @@ def reference_spec(against: str, model: str, fields: Mapping[str, Any], *, image
   """The reference worker's spec: `torch_spec` or `keras_spec` by `against`."""
   if against not in WORKERS:
     raise ConfigError(f'against {against!r}: expected one of {", ".join(WORKERS)}')
-  if against == 'keras':
+  if against in ('keras', 'keras-program'):
     if layout != 'channels_last':
       raise ConfigError(f'layout {layout!r}: Keras runs channels_last only; the layout '
                         f'choice is PyTorch\'s')
@@ -181,6 +190,8 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
     raise ConfigError(f'batch size {batch_size} and threads {threads} must be >= 1')
   if not kinds or any(k not in KINDS for k in kinds):
     raise ConfigError(f'kinds {list(kinds)}: expected a subset of {", ".join(KINDS)}')
+  if against in FORWARD_ONLY and list(kinds) != ['eval']:
+    raise ConfigError(f'--against {against} times the forward pass only: add --kinds eval')
   batch_size = int(batch_size or DEFAULT_BATCH[model_fields(model)['family']])
   threads = int(threads or host_info.cores())
   overrides = dict(overrides or {})
@@ -191,8 +202,18 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
                         image_size=config.data.image_size or default_image_size(fields))
   ours_spec = {'model': model, 'batch_size': batch_size, 'overrides': overrides}
   env = step_server.worker_env()
-  workers = []
+  workers, cleanups, exported = [], [], {}
   try:
+    if against == 'keras-program':
+      program_dir = tempfile.mkdtemp(prefix='keras-program-')
+      cleanups.append(lambda: shutil.rmtree(program_dir, ignore_errors=True))
+      exporter = step_server.Worker('keras', WORKERS['keras'],
+                                    {**spec, 'export_program': program_dir}, env=env,
+                                    timeout_s=timeout_s)
+      exporter.close()
+      exported['keras'] = exporter.info
+      spec = {'program_dir': program_dir, 'num_params': exporter.info['num_params'],
+              'image_size': spec['image_size']}
     workers.append(step_server.Worker(against, WORKERS[against], spec, env=env,
                                       timeout_s=timeout_s))
     workers.append(step_server.Worker('resnet_flax', 'resnet_flax.tools.jax_steps', ours_spec,
@@ -214,13 +235,15 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
   finally:
     for w in workers:
       w.close()
+    for cleanup in cleanups:
+      cleanup()
   return {
       'model': model, 'label': benchmarking.model_label(config.model), 'against': against,
       'batch_size': batch_size, 'image_size': spec['image_size'],
       'rounds': rounds, 'steps': steps, 'warmup': warmup, 'kinds': list(kinds),
       'layout': reference_worker.info['layout'], 'reference_threads': threads,
       'machine': host_info.describe(),
-      'ours': ours_worker.info, against: reference_worker.info,
+      'ours': ours_worker.info, against: reference_worker.info, **exported,
       'same_parameter_count': (ours_worker.info['num_params'] ==
                                reference_worker.info['num_params']),
       'per_round': per_round,
@@ -230,6 +253,9 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
 
 def _reference_line(result: dict) -> str:
   ref = result[result['against']]
+  if result['against'] == 'keras-program':
+    return (f"{ref['model_source']}, {ref['num_params']:,} parameters, run by {ref['run_by']} "
+            f"(logits within {ref['max_relative_difference_from_keras']:.1g} of Keras')")
   if result['against'] == 'keras':
     return (f"keras {ref['keras_version']} on tensorflow {ref['tensorflow_version']} "
             f"({ref['model_source']}, {ref['num_params']:,} parameters, jit_compile, "
@@ -250,21 +276,25 @@ def table(result: dict) -> str:
            f"{result['ours']['conv_impl']}); {_reference_line(result)}"]
   if not result['same_parameter_count']:
     lines.append('WARNING: the two models have different parameter counts')
-  header = (f"{'kind':<6}{'round':>6}{'first':>7}{'load':>6}{'ours ms':>10}{ref + ' ms':>10}"
-            f"{'ours img/s':>12}{ref + ' img/s':>12}{'ours/' + ref + ' time':>17}"
-            f"{'img/s ratio':>13}")
+  # column widths: the reference's name ('torch', 'keras', 'keras-program') sets its columns
+  f, ms, ips, tr = (max(7, len(ref) + 1), max(10, len(ref) + 4), max(12, len(ref) + 7),
+                    max(17, len(ref) + 11))
+  header = (f"{'kind':<6}{'round':>6}{'first':>{f}}{'load':>6}{'ours ms':>{ms}}"
+            f"{ref + ' ms':>{ms}}{'ours img/s':>{ips}}{ref + ' img/s':>{ips}}"
+            f"{'ours/' + ref + ' time':>{tr}}{'img/s ratio':>13}")
   lines += ['', header]
   for kind in result['kinds']:
     for r in result['per_round']:
       v = r[kind]
       load = '' if r['load_average_1m'] is None else f"{r['load_average_1m']:.1f}"
-      lines.append(f"{kind:<6}{r['round']:>6}{r['first']:>7}{load:>6}"
-                   f"{v['ours']['step_ms']:>10.4g}{v[ref]['step_ms']:>10.4g}"
-                   f"{v['ours']['images_per_sec']:>12.4g}{v[ref]['images_per_sec']:>12.4g}"
-                   f"{v['time_ratio']:>17.3f}{v['speed_ratio']:>13.3f}")
+      lines.append(f"{kind:<6}{r['round']:>6}{r['first']:>{f}}{load:>6}"
+                   f"{v['ours']['step_ms']:>{ms}.4g}{v[ref]['step_ms']:>{ms}.4g}"
+                   f"{v['ours']['images_per_sec']:>{ips}.4g}{v[ref]['images_per_sec']:>{ips}.4g}"
+                   f"{v['time_ratio']:>{tr}.3f}{v['speed_ratio']:>13.3f}")
     s = result['summary'][kind]
-    lines.append(f"{kind:<6}{'median':>6}{'':>13}{s['ours_step_ms_median']:>10.4g}"
-                 f"{s[ref + '_step_ms_median']:>10.4g}{s['ours_images_per_sec_median']:>12.4g}"
-                 f"{s[ref + '_images_per_sec_median']:>12.4g}{s['time_ratio_median']:>17.3f}"
-                 f"{s['speed_ratio_median']:>13.3f}")
+    lines.append(f"{kind:<6}{'median':>6}{'':>{f + 6}}{s['ours_step_ms_median']:>{ms}.4g}"
+                 f"{s[ref + '_step_ms_median']:>{ms}.4g}"
+                 f"{s['ours_images_per_sec_median']:>{ips}.4g}"
+                 f"{s[ref + '_images_per_sec_median']:>{ips}.4g}"
+                 f"{s['time_ratio_median']:>{tr}.3f}{s['speed_ratio_median']:>13.3f}")
   return '\n'.join(lines)

@@ -15,10 +15,15 @@ random float32 batch (N, S, S, 3) with random labels, made once, compiled by XLA
 TensorFlow's intra-op threads are the spec's `threads`. A missing TensorFlow or Keras is a
 `DependencyError` (one line).
 
+With `"export_program": FOLDER` in the spec the worker times nothing: it writes the forward
+pass as TensorFlow's XLA bridge compiles it for `predict_on_batch` (`export_forward`), for
+`xla_program` to run with JAX's XLA, and says it is ready with no steps.
+
 Spec: {"application": "ResNet50", "model": NAME, "num_classes": C, "image_size": S,
 "batch_size": N, "threads": T}.
 """
 
+import json
 import math
 import os
 import sys
@@ -51,6 +56,10 @@ def build(spec: dict):
   rng = tf.random.Generator.from_seed(0)
   images = rng.normal((n, s, s, 3)).numpy()
   labels = rng.uniform((n,), 0, classes, dtype=tf.int32).numpy()
+  info = _info(tf, keras, model, spec)
+  if spec.get('export_program'):
+    export_forward(tf, model, images, spec['export_program'])
+    return {}, info
 
   def train(_):
     model.train_on_batch(images, labels)
@@ -59,13 +68,17 @@ def build(spec: dict):
     model.predict_on_batch(images)
 
   calls = {'train': train, 'eval': evaluate}
-  first = step_server.time_first_calls(calls)
-  info = {
+  info['first_call_s'] = step_server.time_first_calls(calls)
+  return calls, info
+
+
+def _info(tf, keras, model, spec: dict) -> dict:
+  return {
       'framework': 'keras',
       # trainable weights, as ours and torch count them (Keras' count_params() adds the
       # BatchNorm moving statistics)
       'num_params': int(sum(math.prod(w.shape) for w in model.trainable_weights)),
-      'image_size': s,
+      'image_size': int(spec['image_size']),
       'layout': 'channels_last',
       'threads': tf.config.threading.get_intra_op_parallelism_threads(),
       'tensorflow_version': tf.__version__,
@@ -73,10 +86,41 @@ def build(spec: dict):
       'keras_backend': keras.backend.backend(),
       'model_source': f"keras.applications.{spec['application']}",
       'jit_compile': True,
-      'first_call_s': first,
       'imports_jax': sys.modules.get('jax') is not None,   # must be False
   }
-  return calls, info
+
+
+# the files of `export_forward`: the program, its arguments, Keras' logits, a description
+PROGRAM, ARGUMENTS, LOGITS, DESCRIPTION = ('forward.hlo.pb', 'arguments.npz', 'logits.npy',
+                                          'program.json')
+
+
+def export_forward(tf, model, images, folder: str) -> None:
+  """Writes Keras' inference forward pass of `model` on `images` to `folder`: the XLA program
+  (HloModuleProto) that TensorFlow compiles for it with `jit_compile` (`model.stateless_call`
+  with the weights as arguments, so that the program holds no TensorFlow resource), its
+  arguments in order (the trainable weights, the BatchNorm statistics, the images), the logits
+  `predict_on_batch` returns for them, and a description (`PROGRAM` ... `DESCRIPTION`)."""
+  import numpy as np
+  trainable = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
+  statistics = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+
+  def forward(trainable, statistics, images):
+    return model.stateless_call(trainable, statistics, images, training=False)[0]
+
+  args = (trainable, statistics, tf.constant(images))
+  program = tf.function(forward, jit_compile=True).experimental_get_compiler_ir(*args)(
+      stage='hlo_serialized')
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, PROGRAM), 'wb') as f:
+    f.write(program)
+  flat = [a.numpy() for a in tf.nest.flatten(args)]
+  np.savez(os.path.join(folder, ARGUMENTS), *flat)
+  np.save(os.path.join(folder, LOGITS), model.predict_on_batch(images))
+  with open(os.path.join(folder, DESCRIPTION), 'w') as f:
+    json.dump({'source': f"{model.name}: Keras' predict_on_batch forward pass, compiled by "
+                         f"TensorFlow {tf.__version__}'s XLA bridge (jit_compile)",
+               'arguments': len(flat), 'weights': len(trainable) + len(statistics)}, f)
 
 
 if __name__ == '__main__':
