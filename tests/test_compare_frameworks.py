@@ -83,6 +83,20 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, args, start):
   assert len(err) == 1 and err[0].startswith(start), err
 
 
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(against='keras-program'), 'times the forward pass only: add --kinds eval'),
+    (dict(against='keras', keras_eval='predict'), "keras eval 'predict': expected one of"),
+    (dict(against='torch', keras_eval='program', model='resnet50'),
+     "keras eval 'program' is a setting of --against keras, not torch"),
+])
+def test_keras_settings_are_checked_before_any_worker_starts(monkeypatch, kwargs, message):
+  def no_worker(*args, **kw):
+    raise AssertionError('a worker started before the arguments were checked')
+  monkeypatch.setattr(tool.step_server, 'Worker', no_worker)
+  with pytest.raises(ConfigError, match=message):
+    tool.compare(kwargs.pop('model', 'keras_resnet50'), **kwargs)
+
+
 def _blocked_torch(tmp_path) -> str:
   """A folder whose `torch` package fails to import, as where torch is not installed."""
   package = tmp_path / 'blocked' / 'torch'
@@ -145,7 +159,8 @@ def test_keras_worker_times_keras_own_network_with_our_parameter_count():
   as our keras_resnet50 (10 classes), TensorFlow's back end, no JAX in that process."""
   if importlib.util.find_spec('tensorflow') is None:
     pytest.skip('tensorflow missing: pip install -r requirements.txt')
-  spec = _keras_spec('keras_resnet50', **{'model.num_classes': 10})
+  # its eval step: the forward program of --against keras-program, on TensorFlow's XLA
+  spec = {**_keras_spec('keras_resnet50', **{'model.num_classes': 10}), 'eval_call': 'program'}
   fields = {**model_fields('keras_resnet50'), 'num_classes': 10}
   ours = model_stats.count_variables(create_model(fields), 32)
   worker = step_server.Worker('keras', tool.WORKERS['keras'], spec, env=subprocess_env(),
@@ -157,6 +172,7 @@ def test_keras_worker_times_keras_own_network_with_our_parameter_count():
     assert info['num_params'] == ours['params'] == 25_583_592 - 990 * (2048 + 1)
     assert info['keras_backend'] == 'tensorflow' and not info['imports_jax']
     assert info['model_source'] == 'keras.applications.ResNet50' and info['threads'] == 1
+    assert info['eval_call'] == 'program'
     for kind in ('train', 'eval'):
       reply = worker.time(kind, warmup=0, steps=2)
       assert len(reply['seconds']) == 2 and min(reply['seconds']) > 0
@@ -171,18 +187,18 @@ def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
   weights it is given, and is timed against our eval step."""
   if importlib.util.find_spec('tensorflow') is None:
     pytest.skip('tensorflow missing: pip install -r requirements.txt')
-  from resnet_flax.tools import keras_steps, xla_program
+  from resnet_flax.tools import keras_program, xla_program
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', subprocess_env()['JAX_COMPILATION_CACHE_DIR'])
   program_dir = str(tmp_path / 'program')
-  monkeypatch.setattr(tool.tempfile, 'mkdtemp', lambda prefix: program_dir)
-  monkeypatch.setattr(tool.shutil, 'rmtree', lambda path, ignore_errors: None)   # kept to look at
   r = tool.compare('keras_resnet50', against='keras-program', batch_size=2, rounds=2, steps=1,
-                   warmup=0, threads=1, kinds=['eval'],
+                   warmup=0, threads=1, kinds=['eval'], program_dir=program_dir,
                    overrides={'model.num_classes': 10, 'data.image_size': 32})
   program = r['keras-program']
   assert program['max_relative_difference_from_keras'] <= xla_program.TOLERANCE
   assert not program['imports_tensorflow'] and not r['keras']['imports_jax']
+  # counted from the program's weight arguments, by Keras and by us
   assert program['num_params'] == r['keras']['num_params'] == r['ours']['num_params']
+  assert r['reference_threads'] is None
   assert [p['first'] for p in r['per_round']] == ['ours', 'keras-program']
   assert all(p['eval']['keras-program']['step_ms'] > 0 for p in r['per_round'])
   assert 'keras-program ms' in tool.table(r)
@@ -190,7 +206,7 @@ def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
   # (zeros) as the logits, where Keras' logits are not zero
   run, arguments, difference = xla_program.load(program_dir)
   assert difference <= xla_program.TOLERANCE
-  expected = np.load(os.path.join(program_dir, keras_steps.LOGITS))
+  expected = np.load(os.path.join(program_dir, keras_program.LOGITS))
   head = [i for i, a in enumerate(arguments) if a.shape == (2048, 10)]
   assert len(head) == 1 and np.abs(expected).max() > 1e-3
   arguments[head[0]] = arguments[head[0]] * 0

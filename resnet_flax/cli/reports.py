@@ -9,6 +9,7 @@ import sys
 from resnet_flax.cli import common
 from resnet_flax.cli.tools import parse_assignments
 from resnet_flax.errors import ConfigError, DataError, UserError
+from resnet_flax.tools.keras_steps import EVAL_CALLS
 
 
 def _write_json(path: str, record: dict) -> None:
@@ -22,9 +23,10 @@ def _write_json(path: str, record: dict) -> None:
 def compare_frameworks(argv=None) -> int:
   """Our train and eval steps against PyTorch's (or Keras') on the same model and batch shape,
   each framework in its own process, in alternating rounds: `resnet-flax compare-frameworks
-  [--model resnet20] [--against torch|keras|keras-program] [--batch N] [--rounds 5] [--steps 5] [--warmup 1]
+  [--model resnet20] [--against torch|keras|keras-program] [--batch N] [--rounds 5]
+  [--steps 5] [--warmup 1]
   [--layout channels_last|nchw] [--threads T] [--kinds train,eval] [--set FIELD=VALUE ...]
-  [--json PATH]`
+  [--keras-eval predict_on_batch|program] [--program-dir DIR] [--json PATH]`
   (see resnet_flax/tools/compare_frameworks.py)."""
   parser = argparse.ArgumentParser(prog='resnet-flax compare-frameworks',
                                    description=compare_frameworks.__doc__.split('\n')[0])
@@ -49,6 +51,13 @@ def compare_frameworks(argv=None) -> int:
                       help="the other framework's threads (default: the cores this process "
                            "may use)")
   parser.add_argument('--kinds', default='train,eval', help='train, eval or both (default)')
+  parser.add_argument('--keras-eval', default=EVAL_CALLS[0], choices=EVAL_CALLS,
+                      help="what Keras' eval step calls with --against keras: predict_on_batch "
+                           "(default) or program (Keras' forward pass as one XLA program with "
+                           "the weights as arguments, the program --against keras-program runs)")
+  parser.add_argument('--program-dir', default=None,
+                      help='with --against keras-program: keep Keras\' exported program here '
+                           '(default: a temporary folder)')
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='override a field of our config (repeatable), e.g. '
                            'model.scan_units=off')
@@ -60,7 +69,8 @@ def compare_frameworks(argv=None) -> int:
                           rounds=args.rounds, steps=args.steps, warmup=args.warmup,
                           layout=args.layout, threads=args.threads,
                           overrides=parse_assignments(args.set),
-                          kinds=[k.strip() for k in args.kinds.split(',') if k.strip()])
+                          kinds=[k.strip() for k in args.kinds.split(',') if k.strip()],
+                          keras_eval=args.keras_eval, program_dir=args.program_dir)
   except UserError as e:
     return common.report_error(e)
   print(tool.table(result))

@@ -10,9 +10,11 @@ keep thread pools on the same cores). The reference worker starts first, so a mi
 TensorFlow is reported (one line) before anything is compiled.
 
 `against='keras-program'` (eval only) times Keras' own forward program on our XLA: a Keras
-worker exports the program TensorFlow compiles for `predict_on_batch` (with its weights and
-logits) and exits, then `xla_program` runs it in a JAX process (see that module). Against our
-eval step it tells whether a gap to Keras lies in the program or in TensorFlow's XLA build.
+worker exports the program TensorFlow's XLA bridge compiles for Keras' inference forward pass
+(`keras_program`, with its weights and logits) and exits, then `xla_program` runs it in a JAX
+process. `keras_eval='program'` has the Keras worker time that same program on TensorFlow's
+XLA as its eval step (instead of `predict_on_batch`). Against our eval step, the two tell
+whether a gap to Keras lies in the program or in the XLA build that runs it.
 
 Our side is the model's shipped recipe (`benchmarking.shipped_config`) with the caller's
 'section.field' overrides, checked here before any worker starts. Fields that change how ours
@@ -30,7 +32,7 @@ the reference first in rounds 2, 4, ..., so a change in the machine's load reach
 sides. Per round: each side's median step time, images/s (batch / median), the process's CPU
 cores busy during its timed steps, and the ratios ours/reference of step time and of images/s;
 over rounds: the median of each. The reference side's values are under its framework's name
-('torch' or 'keras'). The per-round values stay in the result: on a loaded machine PyTorch's
+(`against`). The per-round values stay in the result: on a loaded machine PyTorch's
 OpenMP threads (spinning while they wait) can collapse several-fold when other work takes the
 cores, and a reader needs to see that.
 """
@@ -43,11 +45,12 @@ from typing import Any, Mapping, Optional, Sequence
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import default_image_size, model_fields
 from resnet_flax.tools import benchmarking, host_info, step_server
+from resnet_flax.tools.keras_steps import EVAL_CALLS
 
 KINDS = ('train', 'eval')
+KERAS_PROGRAM = 'keras-program'   # Keras' forward program on our XLA: an eval step only
 WORKERS = {'torch': 'resnet_flax.tools.torch_steps', 'keras': 'resnet_flax.tools.keras_steps',
-           'keras-program': 'resnet_flax.tools.xla_program'}
-FORWARD_ONLY = ('keras-program',)   # references with an eval step only
+           KERAS_PROGRAM: 'resnet_flax.tools.xla_program'}
 LAYOUTS = ('channels_last', 'nchw')
 TORCHVISION_NAMES = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
                      'resnext50_32x4d', 'resnext101_32x8d', 'resnext101_64x4d',
@@ -133,7 +136,7 @@ def reference_spec(against: str, model: str, fields: Mapping[str, Any], *, image
   """The reference worker's spec: `torch_spec` or `keras_spec` by `against`."""
   if against not in WORKERS:
     raise ConfigError(f'against {against!r}: expected one of {", ".join(WORKERS)}')
-  if against in ('keras', 'keras-program'):
+  if against in ('keras', KERAS_PROGRAM):
     if layout != 'channels_last':
       raise ConfigError(f'layout {layout!r}: Keras runs channels_last only; the layout '
                         f'choice is PyTorch\'s')
@@ -174,13 +177,16 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
             rounds: int = 5, steps: int = 5, warmup: int = 1, layout: str = 'channels_last',
             threads: Optional[int] = None,
             overrides: Optional[Mapping[str, Any]] = None, kinds: Sequence[str] = KINDS,
+            keras_eval: str = EVAL_CALLS[0], program_dir: Optional[str] = None,
             timeout_s: float = 1800.0) -> dict:
-  """Times `model` in ours and in the framework `against` ('torch' or 'keras'; see the
-  module doc); returns the whole record.
+  """Times `model` in ours and in the framework `against` ('torch', 'keras' or
+  'keras-program'; see the module doc); returns the whole record.
 
   `batch_size` None: 128 for the CIFAR family, 16 otherwise; `threads`: the reference's
   intra-op threads (None: the cores this process may use); `overrides`: 'section.field' =
-  value for our config (e.g. {'model.scan_units': 'off'}); `kinds`: a subset of ('train', 'eval').
+  value for our config (e.g. {'model.scan_units': 'off'}); `kinds`: a subset of ('train', 'eval');
+  `keras_eval`: what Keras' eval step calls (`keras_steps.EVAL_CALLS`); `program_dir`: where
+  'keras-program' writes Keras' program, kept (None: a temporary folder, removed).
   Raises a UserError for what a user can fix (a missing torch or TensorFlow, an unknown model
   or field).
   """
@@ -190,8 +196,13 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
     raise ConfigError(f'batch size {batch_size} and threads {threads} must be >= 1')
   if not kinds or any(k not in KINDS for k in kinds):
     raise ConfigError(f'kinds {list(kinds)}: expected a subset of {", ".join(KINDS)}')
-  if against in FORWARD_ONLY and list(kinds) != ['eval']:
+  if against == KERAS_PROGRAM and list(kinds) != ['eval']:
     raise ConfigError(f'--against {against} times the forward pass only: add --kinds eval')
+  if keras_eval not in EVAL_CALLS:
+    raise ConfigError(f'keras eval {keras_eval!r}: expected one of {", ".join(EVAL_CALLS)}')
+  if keras_eval != EVAL_CALLS[0] and against != 'keras':
+    raise ConfigError(f'keras eval {keras_eval!r} is a setting of --against keras, not '
+                      f'{against}')
   batch_size = int(batch_size or DEFAULT_BATCH[model_fields(model)['family']])
   threads = int(threads or host_info.cores())
   overrides = dict(overrides or {})
@@ -204,16 +215,18 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
   env = step_server.worker_env()
   workers, cleanups, exported = [], [], {}
   try:
-    if against == 'keras-program':
-      program_dir = tempfile.mkdtemp(prefix='keras-program-')
-      cleanups.append(lambda: shutil.rmtree(program_dir, ignore_errors=True))
+    if against == KERAS_PROGRAM:
+      if program_dir is None:
+        program_dir = tempfile.mkdtemp(prefix='keras-program-')
+        cleanups.append(lambda: shutil.rmtree(program_dir, ignore_errors=True))
       exporter = step_server.Worker('keras', WORKERS['keras'],
                                     {**spec, 'export_program': program_dir}, env=env,
                                     timeout_s=timeout_s)
       exporter.close()
       exported['keras'] = exporter.info
-      spec = {'program_dir': program_dir, 'num_params': exporter.info['num_params'],
-              'image_size': spec['image_size']}
+      spec = {'program_dir': program_dir, 'image_size': spec['image_size']}
+    elif against == 'keras':
+      spec['eval_call'] = keras_eval
     workers.append(step_server.Worker(against, WORKERS[against], spec, env=env,
                                       timeout_s=timeout_s))
     workers.append(step_server.Worker('resnet_flax', 'resnet_flax.tools.jax_steps', ours_spec,
@@ -241,7 +254,9 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
       'model': model, 'label': benchmarking.model_label(config.model), 'against': against,
       'batch_size': batch_size, 'image_size': spec['image_size'],
       'rounds': rounds, 'steps': steps, 'warmup': warmup, 'kinds': list(kinds),
-      'layout': reference_worker.info['layout'], 'reference_threads': threads,
+      'layout': reference_worker.info['layout'],
+      # XLA's CPU run time in a JAX process takes no thread count
+      'reference_threads': None if against == KERAS_PROGRAM else threads,
       'machine': host_info.describe(),
       'ours': ours_worker.info, against: reference_worker.info, **exported,
       'same_parameter_count': (ours_worker.info['num_params'] ==
@@ -253,13 +268,13 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
 
 def _reference_line(result: dict) -> str:
   ref = result[result['against']]
-  if result['against'] == 'keras-program':
+  if result['against'] == KERAS_PROGRAM:
     return (f"{ref['model_source']}, {ref['num_params']:,} parameters, run by {ref['run_by']} "
             f"(logits within {ref['max_relative_difference_from_keras']:.1g} of Keras')")
   if result['against'] == 'keras':
     return (f"keras {ref['keras_version']} on tensorflow {ref['tensorflow_version']} "
             f"({ref['model_source']}, {ref['num_params']:,} parameters, jit_compile, "
-            f"{ref['threads']} threads)")
+            f"eval {ref['eval_call']}, {ref['threads']} threads)")
   return (f"torch {ref['torch_version']} ({ref['model_source']}, {ref['num_params']:,} "
           f"parameters, {result['layout']}, {ref['threads']} threads)")
 

@@ -10,25 +10,30 @@ random float32 batch (N, S, S, 3) with random labels, made once, compiled by XLA
 
 * train: `model.train_on_batch` with SGD (lr 0.1, momentum 0.9, weight decay 1e-4) and
   sparse categorical cross-entropy from logits; it returns the loss, so the step is waited for;
-* eval: `model.predict_on_batch` (inference mode, returns the logits as a NumPy array).
+* eval: `model.predict_on_batch` (inference mode, returns the logits as a NumPy array), or
+  with `"eval_call": "program"` the forward program of `keras_program` (the same network
+  with the weights as arguments, run by TensorFlow's XLA; its logits fetched as NumPy), the
+  program `--against keras-program` runs on JAX's XLA.
 
 TensorFlow's intra-op threads are the spec's `threads`. A missing TensorFlow or Keras is a
 `DependencyError` (one line).
 
-With `"export_program": FOLDER` in the spec the worker times nothing: it writes the forward
-pass as TensorFlow's XLA bridge compiles it for `predict_on_batch` (`export_forward`), for
-`xla_program` to run with JAX's XLA, and says it is ready with no steps.
+With `"export_program": FOLDER` in the spec the worker times nothing: it writes that forward
+program to FOLDER (`keras_program.export`), for `xla_program` to run with JAX's XLA, and says
+it is ready with no steps.
 
 Spec: {"application": "ResNet50", "model": NAME, "num_classes": C, "image_size": S,
-"batch_size": N, "threads": T}.
+"batch_size": N, "threads": T[, "eval_call": "predict_on_batch" | "program"]
+[, "export_program": FOLDER]}.
 """
 
-import json
 import math
 import os
 import sys
 
-from resnet_flax.tools import step_server
+from resnet_flax.tools import keras_program, step_server
+
+EVAL_CALLS = ('predict_on_batch', 'program')
 
 
 def _import(name: str):
@@ -58,14 +63,18 @@ def build(spec: dict):
   labels = rng.uniform((n,), 0, classes, dtype=tf.int32).numpy()
   info = _info(tf, keras, model, spec)
   if spec.get('export_program'):
-    export_forward(tf, model, images, spec['export_program'])
+    keras_program.export(tf, model, images, spec['export_program'])
     return {}, info
+  program, args = keras_program.forward_program(tf, model, images)
 
   def train(_):
     model.train_on_batch(images, labels)
 
   def evaluate(_):
-    model.predict_on_batch(images)
+    if info['eval_call'] == 'program':
+      program(*args).numpy()
+    else:
+      model.predict_on_batch(images)
 
   calls = {'train': train, 'eval': evaluate}
   info['first_call_s'] = step_server.time_first_calls(calls)
@@ -86,41 +95,9 @@ def _info(tf, keras, model, spec: dict) -> dict:
       'keras_backend': keras.backend.backend(),
       'model_source': f"keras.applications.{spec['application']}",
       'jit_compile': True,
+      'eval_call': spec.get('eval_call', EVAL_CALLS[0]),
       'imports_jax': sys.modules.get('jax') is not None,   # must be False
   }
-
-
-# the files of `export_forward`: the program, its arguments, Keras' logits, a description
-PROGRAM, ARGUMENTS, LOGITS, DESCRIPTION = ('forward.hlo.pb', 'arguments.npz', 'logits.npy',
-                                          'program.json')
-
-
-def export_forward(tf, model, images, folder: str) -> None:
-  """Writes Keras' inference forward pass of `model` on `images` to `folder`: the XLA program
-  (HloModuleProto) that TensorFlow compiles for it with `jit_compile` (`model.stateless_call`
-  with the weights as arguments, so that the program holds no TensorFlow resource), its
-  arguments in order (the trainable weights, the BatchNorm statistics, the images), the logits
-  `predict_on_batch` returns for them, and a description (`PROGRAM` ... `DESCRIPTION`)."""
-  import numpy as np
-  trainable = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
-  statistics = [tf.convert_to_tensor(v.value) for v in model.non_trainable_variables]
-
-  def forward(trainable, statistics, images):
-    return model.stateless_call(trainable, statistics, images, training=False)[0]
-
-  args = (trainable, statistics, tf.constant(images))
-  program = tf.function(forward, jit_compile=True).experimental_get_compiler_ir(*args)(
-      stage='hlo_serialized')
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, PROGRAM), 'wb') as f:
-    f.write(program)
-  flat = [a.numpy() for a in tf.nest.flatten(args)]
-  np.savez(os.path.join(folder, ARGUMENTS), *flat)
-  np.save(os.path.join(folder, LOGITS), model.predict_on_batch(images))
-  with open(os.path.join(folder, DESCRIPTION), 'w') as f:
-    json.dump({'source': f"{model.name}: Keras' predict_on_batch forward pass, compiled by "
-                         f"TensorFlow {tf.__version__}'s XLA bridge (jit_compile)",
-               'arguments': len(flat), 'weights': len(trainable) + len(statistics)}, f)
 
 
 if __name__ == '__main__':

@@ -2,8 +2,8 @@
 `keras-program` side, a worker process (`step_server`): `python -m
 resnet_flax.tools.xla_program SPEC_JSON`.
 
-`keras_steps.export_forward` writes the XLA program that TensorFlow compiles for Keras'
-`predict_on_batch` (an HloModuleProto), with its arguments and Keras' logits. Here that program
+`keras_program.export` writes the XLA program that TensorFlow compiles for Keras' inference
+forward pass (an HloModuleProto), with its arguments and Keras' logits. Here that program
 is converted to StableHLO, compiled by this process's jaxlib with XLA's default options (no
 compiler options of ours) and run on the first device with the same arguments: the same
 network, the same weights, and the program Keras runs, on our XLA. Timed against our eval step
@@ -16,19 +16,22 @@ The worker checks the program first: its logits must equal Keras' to float32 rou
 program with jaxlib's own HLO-to-StableHLO translation, which JAX does not export publicly; a
 jaxlib without it is a `DependencyError` (one line).
 
-Spec: {"program_dir": FOLDER, "num_params": N, "image_size": S, "source": TEXT}.
+The parameter count it reports is counted from the program's trainable-weight arguments.
+
+Spec: {"program_dir": FOLDER, "image_size": S}.
 """
 
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
 
 from resnet_flax.errors import DependencyError, first_line
 from resnet_flax.tools import step_server
-from resnet_flax.tools.keras_steps import ARGUMENTS, DESCRIPTION, LOGITS, PROGRAM
+from resnet_flax.tools.keras_program import ARGUMENTS, DESCRIPTION, LOGITS, PROGRAM
 
 TOLERANCE = 1e-5
 
@@ -50,8 +53,13 @@ def _compiler():
     with mlir.make_ir_context():
       module = ir.Module.parse(to_stablehlo(hlo))
       devices = xla_client.DeviceList(tuple(backend.local_devices()[:1]))
-      return backend.compile_and_load(mlir.module_to_bytecode(module), devices,
-                                      xla_client.CompileOptions())
+      try:
+        return backend.compile_and_load(mlir.module_to_bytecode(module), devices,
+                                        xla_client.CompileOptions())
+      except (AttributeError, TypeError) as e:   # the client's interface, not the program
+        raise DependencyError(f'this jaxlib compiles programs differently ({first_line(e)}); '
+                              f'running another framework\'s program needs jax 0.10 or '
+                              f'0.11') from None
   return compile_program
 
 
@@ -73,7 +81,9 @@ def load(folder: str):
 
 
 def build(spec: dict):
+  start = time.perf_counter()
   run, arguments, difference = load(spec['program_dir'])
+  loaded_s = round(time.perf_counter() - start, 3)   # compilation and the checked first call
   if not difference <= TOLERANCE:
     raise RuntimeError(f'the program run here differs from its exporter\'s logits by '
                        f'{difference:.3g} (relative), above {TOLERANCE}')
@@ -84,16 +94,17 @@ def build(spec: dict):
   calls = {'eval': evaluate}
   with open(os.path.join(spec['program_dir'], DESCRIPTION)) as f:
     described = json.load(f)
+  trainable = arguments[:int(described['trainable_arguments'])]
   info = {
       'framework': 'keras-program',
       'model_source': described['source'],
-      'num_params': int(spec['num_params']),
+      'num_params': int(sum(a.size for a in trainable)),
       'image_size': int(spec['image_size']),
       'layout': 'channels_last',
       'run_by': f'jax {jax.__version__} ({jax.default_backend()}), XLA default options',
       'max_relative_difference_from_keras': difference,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'first_call_s': step_server.time_first_calls(calls),
+      'first_call_s': {'eval': loaded_s},
       'imports_tensorflow': 'tensorflow' in sys.modules,   # must be False
   }
   return calls, info
