@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
+from resnet_flax import compiler
 from resnet_flax.cli import reports
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import create_model, model_fields
@@ -88,6 +89,10 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, args, start):
     (dict(against='keras', keras_eval='predict'), "keras eval 'predict': expected one of"),
     (dict(against='torch', keras_eval='program', model='resnet50'),
      "keras eval 'program' is a setting of --against keras, not torch"),
+    (dict(against='keras-program', kinds=['eval'], program_options='ours'),
+     "program options 'ours': expected one of auto, none"),
+    (dict(against='keras', program_options='auto'),
+     "program options 'auto' are a setting of --against keras-program, not keras"),
 ])
 def test_keras_settings_are_checked_before_any_worker_starts(monkeypatch, kwargs, message):
   def no_worker(*args, **kw):
@@ -192,8 +197,12 @@ def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
   program_dir = str(tmp_path / 'program')
   r = tool.compare('keras_resnet50', against='keras-program', batch_size=2, rounds=2, steps=1,
                    warmup=0, threads=1, kinds=['eval'], program_dir=program_dir,
+                   program_options='auto',
                    overrides={'model.num_classes': 10, 'data.image_size': 32})
   program = r['keras-program']
+  # compiled with our eval step's options (the worker's own check passed with them)
+  assert program['xla_options'] == dict(compiler.options('auto', 'cpu', 'eval'))
+  assert program['xla_options']
   assert program['max_relative_difference_from_keras'] <= xla_program.TOLERANCE
   assert not program['imports_tensorflow'] and not r['keras']['imports_jax']
   # counted from the program's weight arguments, by Keras and by us
@@ -204,7 +213,7 @@ def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
   assert 'keras-program ms' in tool.table(r)
   # the program computes from its arguments: zeroing the head's kernel leaves the head's bias
   # (zeros) as the logits, where Keras' logits are not zero
-  run, arguments, difference = xla_program.load(program_dir)
+  run, arguments, difference = xla_program.load(program_dir)   # XLA's defaults
   assert difference <= xla_program.TOLERANCE
   expected = np.load(os.path.join(program_dir, keras_program.LOGITS))
   head = [i for i, a in enumerate(arguments) if a.shape == (2048, 10)]

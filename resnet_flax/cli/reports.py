@@ -26,7 +26,8 @@ def compare_frameworks(argv=None) -> int:
   [--model resnet20] [--against torch|keras|keras-program] [--batch N] [--rounds 5]
   [--steps 5] [--warmup 1]
   [--layout channels_last|nchw] [--threads T] [--kinds train,eval] [--set FIELD=VALUE ...]
-  [--keras-eval predict_on_batch|program] [--program-dir DIR] [--json PATH]`
+  [--keras-eval predict_on_batch|program] [--program-dir DIR] [--program-options none|auto]
+  [--json PATH]`
   (see resnet_flax/tools/compare_frameworks.py)."""
   parser = argparse.ArgumentParser(prog='resnet-flax compare-frameworks',
                                    description=compare_frameworks.__doc__.split('\n')[0])
@@ -58,6 +59,10 @@ def compare_frameworks(argv=None) -> int:
   parser.add_argument('--program-dir', default=None,
                       help='with --against keras-program: keep Keras\' exported program here '
                            '(default: a temporary folder)')
+  parser.add_argument('--program-options', default='none',
+                      help="with --against keras-program: compile Keras' program with XLA's "
+                           "defaults (none, default) or with our eval step's compiler options "
+                           "(auto)")
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='override a field of our config (repeatable), e.g. '
                            'model.scan_units=off')
@@ -70,7 +75,8 @@ def compare_frameworks(argv=None) -> int:
                           layout=args.layout, threads=args.threads,
                           overrides=parse_assignments(args.set),
                           kinds=[k.strip() for k in args.kinds.split(',') if k.strip()],
-                          keras_eval=args.keras_eval, program_dir=args.program_dir)
+                          keras_eval=args.keras_eval, program_dir=args.program_dir,
+                          program_options=args.program_options)
   except UserError as e:
     return common.report_error(e)
   print(tool.table(result))

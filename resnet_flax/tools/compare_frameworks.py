@@ -42,6 +42,7 @@ import statistics
 import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
+from resnet_flax import compiler
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import default_image_size, model_fields
 from resnet_flax.tools import benchmarking, host_info, step_server
@@ -178,7 +179,7 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
             threads: Optional[int] = None,
             overrides: Optional[Mapping[str, Any]] = None, kinds: Sequence[str] = KINDS,
             keras_eval: str = EVAL_CALLS[0], program_dir: Optional[str] = None,
-            timeout_s: float = 1800.0) -> dict:
+            program_options: str = 'none', timeout_s: float = 1800.0) -> dict:
   """Times `model` in ours and in the framework `against` ('torch', 'keras' or
   'keras-program'; see the module doc); returns the whole record.
 
@@ -186,7 +187,9 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
   intra-op threads (None: the cores this process may use); `overrides`: 'section.field' =
   value for our config (e.g. {'model.scan_units': 'off'}); `kinds`: a subset of ('train', 'eval');
   `keras_eval`: what Keras' eval step calls (`keras_steps.EVAL_CALLS`); `program_dir`: where
-  'keras-program' writes Keras' program, kept (None: a temporary folder, removed).
+  'keras-program' writes Keras' program, kept (None: a temporary folder, removed);
+  `program_options`: the `compiler_options` setting it is compiled with ('none': XLA's
+  defaults; 'auto': our eval step's options).
   Raises a UserError for what a user can fix (a missing torch or TensorFlow, an unknown model
   or field).
   """
@@ -200,6 +203,12 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
     raise ConfigError(f'--against {against} times the forward pass only: add --kinds eval')
   if keras_eval not in EVAL_CALLS:
     raise ConfigError(f'keras eval {keras_eval!r}: expected one of {", ".join(EVAL_CALLS)}')
+  if program_options not in compiler.CHOICES:
+    raise ConfigError(f'program options {program_options!r}: expected one of '
+                      f'{", ".join(compiler.CHOICES)}')
+  if program_options != 'none' and against != KERAS_PROGRAM:
+    raise ConfigError(f'program options {program_options!r} are a setting of --against '
+                      f'{KERAS_PROGRAM}, not {against}')
   if keras_eval != EVAL_CALLS[0] and against != 'keras':
     raise ConfigError(f'keras eval {keras_eval!r} is a setting of --against keras, not '
                       f'{against}')
@@ -224,7 +233,8 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
                                     timeout_s=timeout_s)
       exporter.close()
       exported['keras'] = exporter.info
-      spec = {'program_dir': program_dir, 'image_size': spec['image_size']}
+      spec = {'program_dir': program_dir, 'image_size': spec['image_size'],
+              'compiler_options': program_options}
     elif against == 'keras':
       spec['eval_call'] = keras_eval
     workers.append(step_server.Worker(against, WORKERS[against], spec, env=env,

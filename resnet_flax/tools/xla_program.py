@@ -4,8 +4,10 @@ resnet_flax.tools.xla_program SPEC_JSON`.
 
 `keras_program.export` writes the XLA program that TensorFlow compiles for Keras' inference
 forward pass (an HloModuleProto), with its arguments and Keras' logits. Here that program
-is converted to StableHLO, compiled by this process's jaxlib with XLA's default options (no
-compiler options of ours) and run on the first device with the same arguments: the same
+is converted to StableHLO, compiled by this process's jaxlib with the compiler options of the
+spec's `compiler_options` setting as our eval step takes them (`compiler.options`: 'none',
+XLA's defaults, or 'auto', our eval step's own), and run on the first device with the same
+arguments: the same
 network, the same weights, and the program Keras runs, on our XLA. Timed against our eval step
 it separates what our program does from what TensorFlow's XLA build does with its own: if
 Keras' program runs slower here than ours, a gap to Keras is in its compiler and run time, not
@@ -18,7 +20,7 @@ jaxlib without it is a `DependencyError` (one line).
 
 The parameter count it reports is counted from the program's trainable-weight arguments.
 
-Spec: {"program_dir": FOLDER, "image_size": S}.
+Spec: {"program_dir": FOLDER, "image_size": S[, "compiler_options": "none" | "auto"]}.
 """
 
 import json
@@ -29,6 +31,7 @@ import time
 import jax
 import numpy as np
 
+from resnet_flax import compiler
 from resnet_flax.errors import DependencyError, first_line
 from resnet_flax.tools import step_server
 from resnet_flax.tools.keras_program import ARGUMENTS, DESCRIPTION, LOGITS, PROGRAM
@@ -48,14 +51,16 @@ def _compiler():
     raise DependencyError(f'this jaxlib cannot translate an XLA program ({first_line(e)}); '
                           f'running another framework\'s program needs jax 0.10 or 0.11') from None
 
-  def compile_program(hlo: bytes):
+  def compile_program(hlo: bytes, options: dict):
     backend = xla_bridge.get_backend()
+    compile_options = xla_client.CompileOptions()
+    compile_options.env_option_overrides = sorted(options.items())
     with mlir.make_ir_context():
       module = ir.Module.parse(to_stablehlo(hlo))
       devices = xla_client.DeviceList(tuple(backend.local_devices()[:1]))
       try:
         return backend.compile_and_load(mlir.module_to_bytecode(module), devices,
-                                        xla_client.CompileOptions())
+                                        compile_options)
       except (AttributeError, TypeError) as e:   # the client's interface, not the program
         raise DependencyError(f'this jaxlib compiles programs differently ({first_line(e)}); '
                               f'running another framework\'s program needs jax 0.10 or '
@@ -63,11 +68,11 @@ def _compiler():
   return compile_program
 
 
-def load(folder: str):
+def load(folder: str, compiler_options=None):
   """(run, arguments, max relative difference from the exporter's logits): `run(arguments)`
   executes the program once and returns its outputs (not waited for)."""
   with open(os.path.join(folder, PROGRAM), 'rb') as f:
-    executable = _compiler()(f.read())
+    executable = _compiler()(f.read(), dict(compiler_options or {}))
   with np.load(os.path.join(folder, ARGUMENTS)) as saved:
     device = jax.local_devices()[0]
     arguments = [jax.device_put(saved[f'arr_{i}'], device) for i in range(len(saved.files))]
@@ -82,7 +87,10 @@ def load(folder: str):
 
 def build(spec: dict):
   start = time.perf_counter()
-  run, arguments, difference = load(spec['program_dir'])
+  size = int(spec['image_size'])
+  setting = compiler.resolve(spec.get('compiler_options', 'none'), (size, size, 3))
+  options = dict(compiler.options(setting, jax.default_backend(), 'eval'))
+  run, arguments, difference = load(spec['program_dir'], options)
   loaded_s = round(time.perf_counter() - start, 3)   # compilation and the checked first call
   if not difference <= TOLERANCE:
     raise RuntimeError(f'the program run here differs from its exporter\'s logits by '
@@ -101,7 +109,10 @@ def build(spec: dict):
       'num_params': int(sum(a.size for a in trainable)),
       'image_size': int(spec['image_size']),
       'layout': 'channels_last',
-      'run_by': f'jax {jax.__version__} ({jax.default_backend()}), XLA default options',
+      'run_by': f'jax {jax.__version__} ({jax.default_backend()}), ' + (
+          f'compiler options {options}' if options else "XLA's default options"),
+      'compiler_options': spec.get('compiler_options', 'none'),
+      'xla_options': options,
       'max_relative_difference_from_keras': difference,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'first_call_s': {'eval': loaded_s},
