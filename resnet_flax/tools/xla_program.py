@@ -7,8 +7,8 @@ forward pass (an HloModuleProto), with its arguments and Keras' logits. Here tha
 is converted to StableHLO, compiled by this process's jaxlib with the compiler options of the
 spec's `compiler_options` setting as our eval step takes them (`compiler.options`: 'none',
 XLA's defaults, or 'auto', our eval step's own), and run on the first device with the same
-arguments: the same
-network, the same weights, and the program Keras runs, on our XLA. Timed against our eval step
+arguments: the same network, the same weights, and the program Keras runs, on our XLA. Timed
+against our eval step
 it separates what our program does from what TensorFlow's XLA build does with its own: if
 Keras' program runs slower here than ours, a gap to Keras is in its compiler and run time, not
 in the operations we ask for.
@@ -87,9 +87,9 @@ def load(folder: str, compiler_options=None):
 
 def build(spec: dict):
   start = time.perf_counter()
-  size = int(spec['image_size'])
-  setting = compiler.resolve(spec.get('compiler_options', 'none'), (size, size, 3))
-  options = dict(compiler.options(setting, jax.default_backend(), 'eval'))
+  size, setting = int(spec['image_size']), spec.get('compiler_options', 'none')
+  options = dict(compiler.options(compiler.resolve(setting, (size, size, 3)),
+                                  jax.default_backend(), 'eval'))
   run, arguments, difference = load(spec['program_dir'], options)
   loaded_s = round(time.perf_counter() - start, 3)   # compilation and the checked first call
   if not difference <= TOLERANCE:
@@ -107,11 +107,11 @@ def build(spec: dict):
       'framework': 'keras-program',
       'model_source': described['source'],
       'num_params': int(sum(a.size for a in trainable)),
-      'image_size': int(spec['image_size']),
+      'image_size': size,
       'layout': 'channels_last',
       'run_by': f'jax {jax.__version__} ({jax.default_backend()}), ' + (
           f'compiler options {options}' if options else "XLA's default options"),
-      'compiler_options': spec.get('compiler_options', 'none'),
+      'compiler_options': setting,
       'xla_options': options,
       'max_relative_difference_from_keras': difference,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
