@@ -65,15 +65,17 @@ def build(spec: dict):
   if spec.get('export_program'):
     keras_program.export(tf, model, images, spec['export_program'])
     return {}, info
-  program, args = keras_program.forward_program(tf, model, images)
 
   def train(_):
     model.train_on_batch(images, labels)
 
-  def evaluate(_):
-    if info['eval_call'] == 'program':
+  if info['eval_call'] == 'program':
+    program, args = keras_program.forward_program(tf, model, images)
+
+    def evaluate(_):
       program(*args).numpy()
-    else:
+  else:
+    def evaluate(_):
       model.predict_on_batch(images)
 
   calls = {'train': train, 'eval': evaluate}
