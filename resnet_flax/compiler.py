@@ -2,12 +2,14 @@
 compilation of the train, eval and predict steps.
 
 * 'auto': on the CPU back end, XLA's YNNPACK library fusions
-  (`xla_cpu_experimental_ynn_fusion_type`) chosen per kind of step (`STEPS`): the train step
-  fuses dots, element-wise ops and reductions (with `model.conv_impl='fast'` the 1x1 convs are
-  dots and the BatchNorm and ReLU around every conv fuse into them); the eval and predict steps
-  take the element-wise and reduction fusion types only, not the dot type (with it the
-  ResNet-50s' forward pass was slower, and nothing was faster at 32 or 128 px). Measured in
-  docs/BENCHMARKS.md. Nothing on GPU and TPU.
+  (`xla_cpu_experimental_ynn_fusion_type`) chosen per kind of step (`STEPS`) and unit type
+  (`BLOCKS`, the model's `block_kind`), the fastest measured (docs/BENCHMARKS.md): the train
+  step fuses dots, element-wise ops and reductions in bottleneck networks, dots and reductions
+  in networks of basic units (with `model.conv_impl='fast'` the 1x1 convs are dots); the eval
+  and predict steps fuse element-wise ops and reductions in networks of basic units, reductions
+  only in bottleneck networks (with the element-wise type XLA draws their large 1x1 convs into
+  library fusions, slower than its own dots; the dot type slowed the forward passes at 224 px).
+  Nothing on GPU and TPU.
   An option the user sets in `XLA_FLAGS` is left to the user's value, and a jaxlib that does
   not know an option compiles without it (a warning says so once).
 * 'none': XLA's defaults everywhere.
@@ -33,13 +35,17 @@ DEFAULT = 'auto'
 MIN_IMAGE_SIZE = 16
 
 STEPS = ('train', 'eval')     # 'eval': the eval and predict steps (forward only)
+BLOCKS = ('basic', 'bottleneck')
 
 _YNN = 'xla_cpu_experimental_ynn_fusion_type'
-# (back end, step) -> the options of 'auto'; a pair not listed compiles with XLA's defaults
+_DOT, _ELTWISE, _REDUCE = (f'LIBRARY_FUSION_TYPE_{t}' for t in ('DOT', 'ELTWISE', 'REDUCE'))
+# (back end, step, unit type) -> the options of 'auto'; a key not listed compiles with XLA's
+# defaults
 PLATFORM_OPTIONS = {
-    ('cpu', 'train'): {_YNN: 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
-                             'LIBRARY_FUSION_TYPE_REDUCE'},
-    ('cpu', 'eval'): {_YNN: 'LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE'},
+    ('cpu', 'train', 'basic'): {_YNN: f'{_DOT},{_REDUCE}'},
+    ('cpu', 'train', 'bottleneck'): {_YNN: f'{_DOT},{_ELTWISE},{_REDUCE}'},
+    ('cpu', 'eval', 'basic'): {_YNN: f'{_ELTWISE},{_REDUCE}'},
+    ('cpu', 'eval', 'bottleneck'): {_YNN: _REDUCE},
 }
 
 
@@ -68,24 +74,27 @@ def resolve(setting: str, image_shape) -> str:
   return setting
 
 
-def options(setting: str, platform: str, step: str) -> Mapping[str, str]:
-  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...)
-  and a kind of step (`STEPS`)."""
+def options(setting: str, platform: str, step: str, block: str = 'basic') -> Mapping[str, str]:
+  """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...),
+  a kind of step (`STEPS`) and the network's unit type (`BLOCKS`)."""
   if setting not in CHOICES:
     raise ValueError(f'compiler_options={setting!r}: choose one of {CHOICES}')
   if step not in STEPS:
     raise ValueError(f'step={step!r}: choose one of {STEPS}')
+  if block not in BLOCKS:
+    raise ValueError(f'block={block!r}: choose one of {BLOCKS}')
   if setting == 'none':
     return {}
   flags = user_flags()
-  chosen = {k: v for k, v in PLATFORM_OPTIONS.get((platform, step), {}).items()
+  chosen = {k: v for k, v in PLATFORM_OPTIONS.get((platform, step, block), {}).items()
             if k not in flags}
   if chosen and not _accepted(platform, tuple(sorted(chosen.items()))):
     return {}
   return chosen
 
 
-def jit(fn, setting: str, platform: str, step: str, **kwargs):
-  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform` for `step`."""
-  chosen = options(setting, platform, step)
+def jit(fn, setting: str, platform: str, step: str, block: str = 'basic', **kwargs):
+  """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform` for `step`
+  of a network of `block` units."""
+  chosen = options(setting, platform, step, block)
   return jax.jit(fn, compiler_options=dict(chosen), **kwargs) if chosen else jax.jit(fn, **kwargs)

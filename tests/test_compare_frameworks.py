@@ -200,8 +200,10 @@ def test_keras_program_runs_on_our_xla_with_keras_logits(tmp_path, monkeypatch):
                    program_options='auto',
                    overrides={'model.num_classes': 10, 'data.image_size': 32})
   program = r['keras-program']
-  # compiled with our eval step's options (the worker's own check passed with them)
-  assert program['xla_options'] == dict(compiler.options('auto', 'cpu', 'eval'))
+  # compiled with our eval step's options for bottleneck networks (the worker's own check
+  # passed with them)
+  assert program['xla_options'] == dict(compiler.options('auto', 'cpu', 'eval', 'bottleneck'))
+  assert program['xla_options'] != dict(compiler.options('auto', 'cpu', 'eval', 'basic'))
   assert program['xla_options']
   assert program['max_relative_difference_from_keras'] <= xla_program.TOLERANCE
   assert not program['imports_tensorflow'] and not r['keras']['imports_jax']

@@ -14,24 +14,38 @@ from resnet_flax.models.layers import BatchNorm
 
 def test_auto_sets_the_cpu_library_fusions_only_on_cpu():
   for step in compiler.STEPS:
-    assert compiler.options('auto', 'cpu', step) == compiler.PLATFORM_OPTIONS[('cpu', step)]
-    assert compiler.options('auto', 'gpu', step) == {}
-    assert compiler.options('none', 'cpu', step) == {}
+    for block in compiler.BLOCKS:
+      assert (compiler.options('auto', 'cpu', step, block) ==
+              compiler.PLATFORM_OPTIONS[('cpu', step, block)])
+      assert compiler.options('auto', 'gpu', step, block) == {}
+      assert compiler.options('none', 'cpu', step, block) == {}
   with pytest.raises(ValueError, match='compiler_options'):
     compiler.options('fastest', 'cpu', 'train')
   with pytest.raises(ValueError, match='step'):
     compiler.options('auto', 'cpu', 'predict')
+  with pytest.raises(ValueError, match='block'):
+    compiler.options('auto', 'cpu', 'eval', 'Bottleneck')
 
 
-def test_the_eval_step_takes_the_fusion_types_without_dots():
-  """docs/BENCHMARKS.md: the dot fusion type slowed the ResNet-50s' eval steps, so the forward-
-  only steps take the element-wise and reduction types, the train step all three."""
+def test_the_fusion_types_per_step_and_unit_type():
+  """docs/BENCHMARKS.md: the element-wise type slowed the train steps of networks of basic
+  units and the eval steps of bottleneck networks, the dot type the eval steps at 224 px."""
   ynn = 'xla_cpu_experimental_ynn_fusion_type'
-  train = set(compiler.options('auto', 'cpu', 'train')[ynn].split(','))
-  evaluate = set(compiler.options('auto', 'cpu', 'eval')[ynn].split(','))
-  assert train == {'LIBRARY_FUSION_TYPE_DOT', 'LIBRARY_FUSION_TYPE_ELTWISE',
-                   'LIBRARY_FUSION_TYPE_REDUCE'}
-  assert evaluate == train - {'LIBRARY_FUSION_TYPE_DOT'}
+  types = {(step, block): set(compiler.options('auto', 'cpu', step, block)[ynn].split(','))
+           for step in compiler.STEPS for block in compiler.BLOCKS}
+  dot, eltwise, reduce = (f'LIBRARY_FUSION_TYPE_{t}' for t in ('DOT', 'ELTWISE', 'REDUCE'))
+  assert types['train', 'basic'] == {dot, reduce}
+  assert types['train', 'bottleneck'] == {dot, eltwise, reduce}
+  assert types['eval', 'basic'] == {eltwise, reduce}
+  assert types['eval', 'bottleneck'] == {reduce}
+
+
+def test_a_model_names_its_unit_type():
+  assert create_model(model_fields('resnet20')).block_kind == 'basic'
+  assert create_model(model_fields('resnet18')).block_kind == 'basic'
+  assert create_model(model_fields('resnet50')).block_kind == 'bottleneck'
+  assert create_model(model_fields('keras_resnet50v2')).block_kind == 'bottleneck'
+  assert create_model(model_fields('preact_resnet164')).block_kind == 'bottleneck'
 
 
 def test_auto_leaves_small_images_to_the_defaults():
@@ -47,7 +61,7 @@ def test_a_users_xla_flags_win(monkeypatch):
 
 
 def test_an_option_this_jaxlib_does_not_know_is_left_out(monkeypatch):
-  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, ('cpu', 'train'),
+  monkeypatch.setitem(compiler.PLATFORM_OPTIONS, ('cpu', 'train', 'basic'),
                       {'xla_cpu_no_such_option': 'true'})
   assert compiler.options('auto', 'cpu', 'train') == {}
   f = compiler.jit(lambda x: x * 2, 'auto', 'cpu', 'train')
@@ -82,17 +96,18 @@ def test_the_cpu_options_give_the_same_logits_and_gradients(conv_impl):
 
 
 def test_a_training_run_compiles_with_the_options_it_is_given():
-  """The train step of a run with compiler_options=auto hands more of its ops to the library
-  fusions than with none (the element-wise ones join the dots and reductions), and both take
-  the same steps; at 8 px (below compiler.MIN_IMAGE_SIZE) auto compiles as none."""
+  """The eval step of a run with compiler_options=auto hands more of its ops to the library
+  fusions than with none (the element-wise ones join the reductions), and both take the same
+  train steps; at 8 px (below compiler.MIN_IMAGE_SIZE) auto compiles as none."""
   from resnet_flax.train.build import build_run
   fusions, params = {}, {}
   for setting in ('none', 'auto'):
     run = build_run(tiny_config(compiler_options=setting, **{'data.image_size': 16}),
                     devices=jax.devices()[:1])
-    batch = run.par.put_batch(run.train_batches.batch(0))
-    fusions[setting] = run.p_train.lower(run.state, batch).compile().as_text().count(
+    eval_batch = run.par.put_batch(next(iter(run.eval_ds.eval_batches(8, 0, 1))))
+    fusions[setting] = run.p_eval.lower(run.state, eval_batch).compile().as_text().count(
         '__ynn_fusion')
+    batch = run.par.put_batch(run.train_batches.batch(0))
     state, _ = run.p_train(run.state, batch)
     state, _ = run.p_train(state, run.par.put_batch(run.train_batches.batch(1)))
     params[setting] = run.par.host_state(state).params
@@ -102,13 +117,13 @@ def test_a_training_run_compiles_with_the_options_it_is_given():
 
 
 def test_a_run_compiles_each_step_with_its_own_options(monkeypatch):
-  """The train step asks for the train options, the eval step for the eval options (a loaded
-  predictor too: tests/test_predict_export.py)."""
+  """The train step asks for the train options, the eval step for the eval options, both for
+  the model's unit type (a loaded predictor too: tests/test_predict_export.py)."""
   from resnet_flax.train.build import build_run
   asked, options = [], compiler.options
   monkeypatch.setattr(compiler, 'options', lambda *a: asked.append(a) or options(*a))
   build_run(tiny_config(**{'data.image_size': 16}), devices=jax.devices()[:1])
-  assert sorted(asked) == [('auto', 'cpu', 'eval'), ('auto', 'cpu', 'train')]
+  assert sorted(asked) == [('auto', 'cpu', 'eval', 'basic'), ('auto', 'cpu', 'train', 'basic')]
 
 
 @pytest.mark.parametrize('axis', [None, 'batch'])

@@ -117,7 +117,7 @@ def test_a_predictor_compiles_with_the_eval_steps_options(run, monkeypatch):
   asked, options = [], compiler.options
   monkeypatch.setattr(compiler, 'options', lambda *a: asked.append(a) or options(*a))
   inference.load(str(run[0]))
-  assert [a[2] for a in asked] == ['eval']
+  assert [a[2:] for a in asked] == [('eval', 'basic')]   # the run's ResNet-20: basic units
 
 
 def test_predict_top1_equals_evaluate_image_by_image(run, predictor):

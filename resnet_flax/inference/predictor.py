@@ -154,7 +154,7 @@ def load(path: str, step: int = -1) -> Predictor:
   forward = make_forward(model, preprocess)
   setting = compiler.resolve(config.get('compiler_options', compiler.DEFAULT),
                              augment.output_shape(config.data, data.image_shape))
-  apply = compiler.jit(forward, setting, jax.default_backend(), 'eval')
+  apply = compiler.jit(forward, setting, jax.default_backend(), 'eval', model.block_kind)
   return Predictor(config, chosen, directory, model, jax.device_put(variables), uses_ema, data,
                    forward, apply)
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from resnet_flax.models import conv as conv_lib
 from resnet_flax.models import scan
-from resnet_flax.models.blocks import identity_joined, join
+from resnet_flax.models.blocks import BottleneckBlock, identity_joined, join
 from resnet_flax.models.layers import BatchNorm, max_pool, symmetric_padding
 
 ModuleDef = Any
@@ -92,6 +92,11 @@ class ResNet(nn.Module):
   shortcut_downsample: str = 'conv'
   se_ratio: float = 0.0
   drop_path_rate: float = 0.0
+
+  @property
+  def block_kind(self) -> str:
+    """'bottleneck' or 'basic': the unit type (the CPU compiler options depend on it)."""
+    return 'bottleneck' if self.block_cls is BottleneckBlock else 'basic'
 
   @property
   def head_names(self) -> tuple[str, ...]:

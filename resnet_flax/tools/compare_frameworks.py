@@ -44,7 +44,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from resnet_flax import compiler
 from resnet_flax.errors import ConfigError
-from resnet_flax.models import default_image_size, model_fields
+from resnet_flax.models import create_model, default_image_size, model_fields
 from resnet_flax.tools import benchmarking, host_info, step_server
 from resnet_flax.tools.keras_steps import EVAL_CALLS
 
@@ -234,7 +234,7 @@ def compare(model: str, *, against: str = 'torch', batch_size: Optional[int] = N
       exporter.close()
       exported['keras'] = exporter.info
       spec = {'program_dir': program_dir, 'image_size': spec['image_size'],
-              'compiler_options': program_options}
+              'block': create_model(fields).block_kind, 'compiler_options': program_options}
     elif against == 'keras':
       spec['eval_call'] = keras_eval
     workers.append(step_server.Worker(against, WORKERS[against], spec, env=env,

@@ -3,9 +3,10 @@
 `profile(config, mode='train', steps=3, warmup=2)` builds the run as the benchmark does
 (`benchmarking.SyntheticRun`: the config's model, optimizer and compiled steps on synthetic data,
 on one device) and compiles its step again with `xla_cpu_enable_xprof_traceme=true` added to the
-options the run compiles with (`compiler.options(config.compiler_options, platform, mode)`;
-none under pmap), so that XLA's CPU runtime records a trace event per thunk (one per fusion,
-convolution, dot or copy of the compiled module), named by its HLO instruction. After `warmup`
+options the run's step compiles with (`compiler.options` of the run's resolved setting, back
+end, mode and unit type; none under pmap), so that XLA's CPU runtime records a trace event per
+thunk (one per fusion, convolution, dot or copy of the compiled module), named by its HLO
+instruction. After `warmup`
 untimed steps, `steps` steps run under `jax.profiler.trace` into a temporary folder.
 
 A thunk's time runs from its event's start to its completion: the runtime's 'end: NAME' event
@@ -82,7 +83,7 @@ def profile(config, *, mode: str = 'train', steps: int = 3, warmup: int = 2, top
   bench = SyntheticRun(config, steps=steps + warmup, warmup=warmup,
                        devices=devices or jax.local_devices()[:1])
   par, config = bench.par, bench.config
-  options = dict(compiler.options(config.compiler_options, par.platform, mode)
+  options = dict(compiler.options(par.compiler_options, par.platform, mode, par.block)
                  if par.mode == 'jit' else {})
   options[TRACE_OPTION] = True
   step = bench.run.p_train if mode == 'train' else bench.run.p_eval

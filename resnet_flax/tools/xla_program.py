@@ -5,8 +5,8 @@ resnet_flax.tools.xla_program SPEC_JSON`.
 `keras_program.export` writes the XLA program that TensorFlow compiles for Keras' inference
 forward pass (an HloModuleProto), with its arguments and Keras' logits. Here that program
 is converted to StableHLO, compiled by this process's jaxlib with the compiler options of the
-spec's `compiler_options` setting as our eval step takes them (`compiler.options`: 'none',
-XLA's defaults, or 'auto', our eval step's own), and run on the first device with the same
+spec's `compiler_options` setting as our eval step of the same unit type takes them
+(`compiler.options`: 'none', XLA's defaults, or 'auto', our eval step's own), and run on the first device with the same
 arguments: the same network, the same weights, and the program Keras runs, on our XLA. Timed
 against our eval step it separates what our program does from what TensorFlow's XLA build
 does with its own: if Keras' program runs slower here than ours, a gap to Keras is in its
@@ -19,7 +19,8 @@ jaxlib without it is a `DependencyError` (one line).
 
 The parameter count it reports is counted from the program's trainable-weight arguments.
 
-Spec: {"program_dir": FOLDER, "image_size": S[, "compiler_options": "none" | "auto"]}.
+Spec: {"program_dir": FOLDER, "image_size": S, "block": "basic" | "bottleneck"[,
+"compiler_options": "none" | "auto"]}.
 """
 
 import json
@@ -88,7 +89,7 @@ def build(spec: dict):
   start = time.perf_counter()
   size, setting = int(spec['image_size']), spec.get('compiler_options', 'none')
   options = dict(compiler.options(compiler.resolve(setting, (size, size, 3)),
-                                  jax.default_backend(), 'eval'))
+                                  jax.default_backend(), 'eval', spec['block']))
   run, arguments, difference = load(spec['program_dir'], options)
   loaded_s = round(time.perf_counter() - start, 3)   # compilation and the checked first call
   if not difference <= TOLERANCE:

@@ -149,6 +149,7 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
   train_batches = train_ds.train_batches(config.batch_size, config.seed, jax.process_index(),
                                          jax.process_count())
   par.compiler_options = compiler.resolve(config.compiler_options, image_shape)
+  par.block = model.block_kind
   return Run(config, par, model, schedule, state, par.compile_train(train_step),
              par.compile_eval(eval_step), train_batches, eval_ds, plan, num_params, tx, freeze,
              data_info=of_source(train_ds, eval_ds), image_shape=tuple(image_shape))

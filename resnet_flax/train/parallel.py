@@ -29,6 +29,7 @@ class Parallel(Protocol):
   axis_name: Optional[str]        # the device axis for BatchNorm and collectives (pmap only)
   num_devices: int                # over all processes
   compiler_options: str           # compiler.CHOICES, for the steps compiled next
+  block: str                      # compiler.BLOCKS: the unit type of the model compiled next
 
   def put_state(self, state: Any) -> Any:
     """A host state (numpy or jax arrays) on the devices, replicated."""
@@ -53,6 +54,7 @@ class JitParallel:
   """jax.jit with NamedSharding over a 1-D mesh of all devices."""
   mode = 'jit'
   axis_name = None
+  block = 'basic'
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     devices = jax.devices() if devices is None else devices
@@ -71,12 +73,12 @@ class JitParallel:
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
   def compile_train(self, train_step):
-    return compiler.jit(train_step, self.compiler_options, self.platform, 'train',
+    return compiler.jit(train_step, self.compiler_options, self.platform, 'train', self.block,
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
   def compile_eval(self, eval_step):
-    return compiler.jit(eval_step, self.compiler_options, self.platform, 'eval',
+    return compiler.jit(eval_step, self.compiler_options, self.platform, 'eval', self.block,
                         in_shardings=(self.replicated, self.batch_sharding),
                         out_shardings=self.replicated)
 
@@ -92,6 +94,7 @@ class PmapParallel:
   no compiler options: `compiler_options` is accepted for the common signature.)"""
   mode = 'pmap'
   axis_name = 'batch'
+  block = 'basic'           # unused, as compiler_options
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     self.compiler_options = compiler_options   # unused: jax.pmap takes none
