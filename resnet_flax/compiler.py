@@ -36,6 +36,7 @@ MIN_IMAGE_SIZE = 16
 
 STEPS = ('train', 'eval')     # 'eval': the eval and predict steps (forward only)
 BLOCKS = ('basic', 'bottleneck')
+DEFAULT_BLOCK = 'basic'        # a step compiled without a model's unit type
 
 _YNN = 'xla_cpu_experimental_ynn_fusion_type'
 _DOT, _ELTWISE, _REDUCE = (f'LIBRARY_FUSION_TYPE_{t}' for t in ('DOT', 'ELTWISE', 'REDUCE'))
@@ -74,7 +75,8 @@ def resolve(setting: str, image_shape) -> str:
   return setting
 
 
-def options(setting: str, platform: str, step: str, block: str = 'basic') -> Mapping[str, str]:
+def options(setting: str, platform: str, step: str,
+            block: str = DEFAULT_BLOCK) -> Mapping[str, str]:
   """The compiler options of `setting` ('auto' | 'none') for a back end ('cpu', 'gpu', ...),
   a kind of step (`STEPS`) and the network's unit type (`BLOCKS`)."""
   if setting not in CHOICES:
@@ -93,7 +95,7 @@ def options(setting: str, platform: str, step: str, block: str = 'basic') -> Map
   return chosen
 
 
-def jit(fn, setting: str, platform: str, step: str, block: str = 'basic', **kwargs):
+def jit(fn, setting: str, platform: str, step: str, block: str = DEFAULT_BLOCK, **kwargs):
   """`jax.jit(fn, **kwargs)` with the compiler options of `setting` on `platform` for `step`
   of a network of `block` units."""
   chosen = options(setting, platform, step, block)

@@ -54,7 +54,7 @@ class JitParallel:
   """jax.jit with NamedSharding over a 1-D mesh of all devices."""
   mode = 'jit'
   axis_name = None
-  block = 'basic'
+  block = compiler.DEFAULT_BLOCK
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     devices = jax.devices() if devices is None else devices
@@ -94,7 +94,7 @@ class PmapParallel:
   no compiler options: `compiler_options` is accepted for the common signature.)"""
   mode = 'pmap'
   axis_name = 'batch'
-  block = 'basic'           # unused, as compiler_options
+  block = compiler.DEFAULT_BLOCK   # unused, as compiler_options
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
     self.compiler_options = compiler_options   # unused: jax.pmap takes none
