@@ -6,8 +6,8 @@ on one device) and compiles its step again with `xla_cpu_enable_xprof_traceme=tr
 options the run's step compiles with (`compiler.options` of the run's resolved setting, back
 end, mode and unit type; none under pmap), so that XLA's CPU runtime records a trace event per
 thunk (one per fusion, convolution, dot or copy of the compiled module), named by its HLO
-instruction. After `warmup`
-untimed steps, `steps` steps run under `jax.profiler.trace` into a temporary folder.
+instruction. After `warmup` untimed steps, `steps` steps run under `jax.profiler.trace` into a
+temporary folder.
 
 A thunk's time runs from its event's start to its completion: the runtime's 'end: NAME' event
 where later (XLA runs convolutions asynchronously on the CPU; their own event is only the

@@ -6,8 +6,8 @@ resnet_flax.tools.xla_program SPEC_JSON`.
 forward pass (an HloModuleProto), with its arguments and Keras' logits. Here that program
 is converted to StableHLO, compiled by this process's jaxlib with the compiler options of the
 spec's `compiler_options` setting as our eval step of the same unit type takes them
-(`compiler.options`: 'none', XLA's defaults, or 'auto', our eval step's own), and run on the first device with the same
-arguments: the same network, the same weights, and the program Keras runs, on our XLA. Timed
+(`compiler.options`: 'none', XLA's defaults, or 'auto', our eval step's own), and run on the
+first device with the same arguments: the same network, the same weights, and the program Keras runs, on our XLA. Timed
 against our eval step it separates what our program does from what TensorFlow's XLA build
 does with its own: if Keras' program runs slower here than ours, a gap to Keras is in its
 compiler and run time, not in the operations we ask for.
