@@ -9,8 +9,8 @@ spec's `compiler_options` setting as our eval step of the same unit type takes t
 (`compiler.options`: 'none', XLA's defaults, or 'auto', our eval step's own), and run on the
 first device with the same arguments: the same network, the same weights, and the program
 Keras runs, on our XLA. Timed against our eval step it separates what our program does from
-what TensorFlow's XLA build does with its own: if Keras' program runs slower here than ours, a gap to Keras is in its
-compiler and run time, not in the operations we ask for.
+what TensorFlow's XLA build does with its own: if Keras' program runs slower here than ours,
+a gap to Keras is in its compiler and run time, not in the operations we ask for.
 
 The worker checks the program first: its logits must equal Keras' to float32 round-off
 (`TOLERANCE`, relative to the largest logit), or it stops with an error. It converts the
