@@ -123,10 +123,16 @@ class PmapParallel:
     return jax.pmap(eval_step, axis_name=self.axis_name, devices=self.devices)
 
   def host_state(self, state):
-    return jax.device_get(jax.tree.map(lambda x: x[0], state))
+    return jax.tree.map(first_replica, state)
 
   def host_metrics(self, metrics):
-    return jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+    return jax.tree.map(first_replica, metrics)
+
+
+def first_replica(x) -> np.ndarray:
+  """The first local device's copy of a pmapped array, read from that device alone: indexing
+  the global array (`x[0]`) would run a program on every device for it."""
+  return np.asarray(x.addressable_data(0))[0, ...]
 
 
 MODES = {'jit': JitParallel, 'pmap': PmapParallel}   # config.PARALLELISM, checked by validate
