@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, subprocess_env
 from resnet_flax import compiler
 from resnet_flax.cli import reports
+from resnet_flax.cli import tools as cli_tools
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import create_model, model_fields
 from resnet_flax.tools import benchmarking, model_stats, step_server
@@ -43,6 +44,13 @@ def test_counterparts_follow_the_overridden_fields():
     _spec('plain20')
   with pytest.raises(ConfigError, match='resnet50d: no PyTorch counterpart'):
     _spec('resnet50d')
+
+
+def test_none_sets_a_string_field_to_its_none_choice():
+  config = benchmarking.shipped_config('resnet20', batch_size=8,
+                                       overrides=cli_tools.parse_assignments(
+                                           ['compiler_options=none', 'model.conv_impl=xla']))
+  assert (config.compiler_options, config.model.conv_impl) == ('none', 'xla')
 
 
 def _keras_spec(model, against='keras', layout='channels_last', **overrides):

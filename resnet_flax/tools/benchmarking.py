@@ -127,6 +127,8 @@ def shipped_config(name: str, *, batch_size: int, dtype: str = 'float32',
       node = node.get(part) if hasattr(node, 'get') else None
     if not hasattr(node, 'keys') or last not in node:
       raise ConfigError(f'{key}: the config has no such field')
+    if value is None and isinstance(node[last], str):
+      value = 'none'           # the text 'none' of a string field (compiler_options=none)
     try:
       node[last] = tuple(value) if isinstance(value, list) else value
     except (TypeError, ValueError) as e:
