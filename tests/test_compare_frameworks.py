@@ -136,6 +136,8 @@ def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch
   # the workers inherit this environment: the shared compilation cache, every program in it
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', subprocess_env()['JAX_COMPILATION_CACHE_DIR'])
   monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  flags = '--xla_cpu_enable_fast_min_max=false'     # XLA's default: the record names it
+  monkeypatch.setenv('XLA_FLAGS', flags)
   record = str(tmp_path / 'record.json')
   code = reports.compare_frameworks([
       'compare-frameworks', '--model', 'resnet20', '--set', 'model.depth=8', '--set',
@@ -164,6 +166,7 @@ def test_side_by_side_rounds_alternate_on_the_same_network(tmp_path, monkeypatch
     assert s['time_ratio_min'] == ratios[0] and s['time_ratio_max'] == ratios[-1]
     assert s['time_ratio_median'] == pytest.approx(sum(ratios) / 2, rel=1e-3)
   assert os.path.isfile(os.path.join(REPO, torch['model_source']))
+  assert r['machine']['xla_flags'] == flags and f'XLA_FLAGS: {flags}' in tool.table(r)
 
 
 @pytest.mark.slow

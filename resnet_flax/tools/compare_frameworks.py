@@ -299,6 +299,8 @@ def table(result: dict) -> str:
            f"ours: resnet_flax (jax {result['ours']['jax_version']}, "
            f"{result['ours']['num_params']:,} parameters, conv_impl "
            f"{result['ours']['conv_impl']}); {_reference_line(result)}"]
+  if m.get('xla_flags'):
+    lines.append(f"XLA_FLAGS: {m['xla_flags']}")
   if not result['same_parameter_count']:
     lines.append('WARNING: the two models have different parameter counts')
   # column widths: the reference's name ('torch', 'keras', 'keras-program') sets its columns

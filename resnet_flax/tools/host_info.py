@@ -1,6 +1,6 @@
 """The host a measurement ran on: CPU model and vector-instruction flags (what `lscpu` prints
 as "Model name" and "Flags", read from /proc/cpuinfo), the cores this process may use, the
-load average. Standard library only (no JAX, no torch)."""
+load average, the user's `XLA_FLAGS`. Standard library only (no JAX, no torch)."""
 
 import os
 import platform
@@ -48,4 +48,4 @@ def load_average() -> Optional[float]:
 def describe() -> dict:
   return {'cpu_model': cpu_model(), 'vector_flags': vector_flags(), 'cores': cores(),
           'cpu_count': os.cpu_count(), 'python': platform.python_version(),
-          'load_average_1m': load_average()}
+          'load_average_1m': load_average(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
