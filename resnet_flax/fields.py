@@ -24,6 +24,13 @@ def merged(cfg: Optional[Mapping[str, Any]], defaults: Mapping[str, Any],
   return {**defaults, **cfg}
 
 
+def overriding(value: Any, current: Any) -> Any:
+  """A command-line override `value` for a field now holding `current`: the word 'none',
+  read as None, stays the text 'none' for a string field (`compiler_options=none`,
+  `pooling=none`)."""
+  return 'none' if value is None and isinstance(current, str) else value
+
+
 def choice(cfg: Mapping[str, Any], section: str, field: str, allowed) -> Any:
   value = cfg[field]
   if value not in allowed:

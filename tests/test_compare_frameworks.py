@@ -51,6 +51,8 @@ def test_none_sets_a_string_field_to_its_none_choice():
                                        overrides=cli_tools.parse_assignments(
                                            ['compiler_options=none', 'model.conv_impl=xla']))
   assert (config.compiler_options, config.model.conv_impl) == ('none', 'xla')
+  # the same rule for `summary --set`: the flattened head of 64 x 8 x 8 features, 10 classes
+  assert cli_tools.summary(['summary', 'resnet20', '--set', 'pooling=none', '--json']) == 0
 
 
 def _keras_spec(model, against='keras', layout='channels_last', **overrides):

@@ -95,11 +95,13 @@ def summary(argv=None) -> int:
                       help='override a model config field (repeatable), e.g. depth=101')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+  from resnet_flax import fields
   from resnet_flax.models import model_fields
   from resnet_flax.tools import model_stats
   try:
     cfg = model_fields(args.name)
-    cfg.update(parse_assignments(args.set))
+    cfg.update({k: fields.overriding(v, cfg.get(k))
+                for k, v in parse_assignments(args.set).items()})
     result = model_stats.summarize(cfg, args.image_size)
   except UserError as e:
     return common.report_error(e)

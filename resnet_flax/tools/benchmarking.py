@@ -41,6 +41,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from resnet_flax import fields as config_fields
 from resnet_flax.errors import ConfigError, first_line
 from resnet_flax.models import NAMES, create_model, default_image_size, model_fields
 from resnet_flax.tools import model_stats
@@ -127,8 +128,7 @@ def shipped_config(name: str, *, batch_size: int, dtype: str = 'float32',
       node = node.get(part) if hasattr(node, 'get') else None
     if not hasattr(node, 'keys') or last not in node:
       raise ConfigError(f'{key}: the config has no such field')
-    if value is None and isinstance(node[last], str):
-      value = 'none'           # the text 'none' of a string field (compiler_options=none)
+    value = config_fields.overriding(value, node[last])
     try:
       node[last] = tuple(value) if isinstance(value, list) else value
     except (TypeError, ValueError) as e:
