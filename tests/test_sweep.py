@@ -181,6 +181,8 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
                                         (56, pytest.approx(44))]
   only_v2 = plotting.load_runs([str(tmp_path / 'a'), str(tmp_path / 'b')], ['version=v2'])
   assert [r.label for r in only_v2] == ['depth=20', 'depth=32', 'depth=56']
+  _, data = plotting.depth_figure(only_v2)   # one group: its lines are named by the split
+  assert sorted(data) == ['eval', 'train'] and data['eval'][0] == (20, pytest.approx(31))
   result = _script('plot.py', str(tmp_path / 'a'), str(tmp_path / 'b'), '--out',
                    str(tmp_path / 'all.png'))
   assert result.returncode == 0, result.stderr

@@ -162,7 +162,7 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
   groups: dict = {}
   for run in runs:
     key = ', '.join(f'{_short(k)}={v}' for k, v in run.varying.items() if k != 'model.depth')
-    groups.setdefault(key or 'runs', []).append(run)
+    groups.setdefault(key, []).append(run)
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   data = {}
@@ -172,7 +172,7 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
       points = [(r.fields['model.depth'], final_error(r, split)) for r in members]
       points = [p for p in points if p[1] is not None]
       if points:
-        label = f'{key} ({split})'
+        label = f'{key} ({split})' if key else split   # one group: the split alone
         ax.plot([p[0] for p in points], [p[1] for p in points], style, marker='o',
                 color=colors[i % len(colors)], label=label)
         data[label] = points
