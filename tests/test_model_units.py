@@ -1,4 +1,4 @@
-"""Heads and pooling, input sizes, shortcuts and the semantics of residual and plain units.
+"""Pooling and the head, return_features, input sizes, shortcuts and the semantics of residual and plain units.
 
 Forward passes run on tiny inputs with weights filled from numpy (no slow random-init
 compilation).
@@ -35,7 +35,6 @@ def unit_io_shapes(model, image_size):
   variables = jax.eval_shape(init, jax.ShapeDtypeStruct((1, image_size, image_size, 3),
                                                         jnp.float32))
   return records, variables['params']
-
 
 
 # ---------------------------------------------------------------------------------------------

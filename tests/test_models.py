@@ -1,7 +1,8 @@
-"""The model zoo against published numbers (parameters, MACs, stage shapes), config
-validation and the summary script.
+"""The model zoo against published numbers (parameters, MACs, stage shapes, the headless
+networks' counts), initialisation in one program, config validation, the summary script and
+`describe` / `unit_layer`.
 
-Parameter counts and MACs use abstract shapes only (`jax.eval_shape` / `jax.make_jaxpr`).
+Parameter counts and MACs use abstract shapes (`jax.eval_shape` / `jax.make_jaxpr`).
 """
 
 import json
