@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model_helpers import make
 from resnet_flax.errors import ConfigError
 from resnet_flax.models import (UnitLayer, create_model, init_variables, model_fields,
                                 unit_layer)
-from resnet_flax.models import layers
+from resnet_flax.models import layers, registry
 from resnet_flax.models.blocks import BasicBlock, BottleneckBlock
 from resnet_flax.models.resnet import drop_path_rates
 
@@ -38,13 +39,8 @@ TIMM_PARAMS = {
 }
 
 
-def make(name, **overrides):
-  return create_model({**model_fields(name), **overrides})
-
-
-def abstract_params(model, size=64):
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))['params']
+def abstract_params(name):
+  return registry.abstract_variables(model_fields(name), 64)['params']
 
 
 def count(tree) -> int:
@@ -53,22 +49,22 @@ def count(tree) -> int:
 
 @pytest.mark.parametrize('name', sorted(TIMM_PARAMS))
 def test_params_equal_timm(name):
-  assert count(abstract_params(make(name))) == TIMM_PARAMS[name]
+  assert count(abstract_params(name)) == TIMM_PARAMS[name]
 
 
 def test_variant_layers_have_their_names_and_shapes():
-  rs = abstract_params(make('resnetrs50'))
+  rs = abstract_params('resnetrs50')
   assert [rs[f'stem_conv{k}']['kernel'].shape for k in (1, 2, 3)] == [
       (3, 3, 3, 32), (3, 3, 32, 32), (3, 3, 32, 64)]
   assert {'stem_norm1', 'stem_norm2', 'stem_norm3', 'stem_pool_norm'} <= set(rs)
   assert rs['stem_pool_conv']['kernel'].shape == (3, 3, 64, 64)
   assert rs['stage1_unit1']['se']['reduce']['kernel'].shape == (1, 1, 256, 64)   # 256 * 0.25
   assert rs['stage1_unit1']['se']['expand']['bias'].shape == (256,)
-  se18 = abstract_params(make('seresnet18'))
+  se18 = abstract_params('seresnet18')
   assert se18['stage1_unit1']['se']['reduce']['kernel'].shape == (1, 1, 64, 8)    # 64/16 -> 8
   assert 'stem_conv' in se18 and 'stem_pool_conv' not in se18
   # ResNet-D keeps the projection's names: only its input (pooled) changes
-  d50 = abstract_params(make('resnet50d'))
+  d50 = abstract_params('resnet50d')
   assert d50['stage2_unit1']['shortcut_conv']['kernel'].shape == (1, 1, 256, 512)
   assert 'se' not in d50['stage2_unit1']
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from resnet_flax.tools import model_stats
-from resnet_flax.models import create_model, model_fields
+from resnet_flax.models import create_model, model_fields, registry
 from resnet_flax.errors import WeightsError
 from resnet_flax.weights import keras_import
 from resnet_flax.weights.keras_import import convert_keras
@@ -28,11 +28,6 @@ KERAS_COUNT_PARAMS = {
     'keras_resnet152v2': 60_380_648,
 }
 IMAGE = 64  # Keras accepts any input_shape >= 32 with weights=None, also with the top
-
-
-def abstract_variables(model, size=IMAGE):
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
 
 
 def tree_equal(a, b):
@@ -51,13 +46,14 @@ def test_keras_count_params(name):
 
 
 def test_keras_flavour_conv_biases_and_strides():
-  v1 = abstract_variables(create_model(model_fields('keras_resnet50')))['params']
+  v1 = registry.abstract_variables(model_fields('keras_resnet50'), IMAGE)['params']
   assert 'bias' in v1['stem_conv']
   unit = v1['stage2_unit1']
   assert all('bias' in unit[c] for c in ('conv1', 'conv2', 'conv3', 'shortcut_conv'))
 
   model = create_model(model_fields('keras_resnet50v2'))
-  v2 = abstract_variables(model)['params']
+  variables = registry.abstract_variables(model_fields('keras_resnet50v2'), IMAGE)
+  v2 = variables['params']
   assert 'bias' in v2['stem_conv'] and 'final_norm' in v2
   for unit in ('stage1_unit1', 'stage2_unit4'):
     assert 'bias' not in v2[unit]['conv1'] and 'bias' not in v2[unit]['conv2']
@@ -69,7 +65,7 @@ def test_keras_flavour_conv_biases_and_strides():
   # downsampling at the end of stages 1-3: the last stage keeps the resolution
   _, feats = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, return_features=True),
-      abstract_variables(model), jax.ShapeDtypeStruct((1, IMAGE, IMAGE, 3), jnp.float32))
+      variables, jax.ShapeDtypeStruct((1, IMAGE, IMAGE, 3), jnp.float32))
   assert [feats[k].shape[1] for k in ('stem', 'stage1', 'stage2', 'stage3', 'stage4')] == [
       16, 8, 4, 2, 2]
 
@@ -100,7 +96,7 @@ class FakeModel:
 def fake_keras_model(name, seed=0, **overrides):
   """Keras-named layers holding random weights for the resnet_flax model `name`."""
   fields = {**model_fields(name), **overrides}
-  variables = abstract_variables(create_model(fields))
+  variables = registry.abstract_variables(fields, IMAGE)
   rng = np.random.default_rng(seed)
   layers = {}
   for collection in ('params', 'batch_stats'):
@@ -120,7 +116,7 @@ def test_convert_fake_model_round_trip(name):
   fake = fake_keras_model(name, num_classes=10)
   fields, params, batch_stats = convert_keras(None, fake)  # name inferred from layer names
   assert fields['name'] == name and fields['num_classes'] == 10 and fields['include_top']
-  structure = abstract_variables(create_model(fields))
+  structure = registry.abstract_variables(fields, IMAGE)
   assert (jax.tree_util.tree_structure({'params': params, 'batch_stats': batch_stats}) ==
           jax.tree_util.tree_structure(dict(structure)))
   by_name = {layer.name: layer.weights for layer in fake.layers}
