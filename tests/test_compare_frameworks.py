@@ -46,13 +46,15 @@ def test_counterparts_follow_the_overridden_fields():
     _spec('resnet50d')
 
 
-def test_none_sets_a_string_field_to_its_none_choice():
+def test_none_sets_a_string_field_to_its_none_choice(capsys):
   config = benchmarking.shipped_config('resnet20', batch_size=8,
                                        overrides=cli_tools.parse_assignments(
                                            ['compiler_options=none', 'model.conv_impl=xla']))
   assert (config.compiler_options, config.model.conv_impl) == ('none', 'xla')
   # the same rule for `summary --set`: the flattened head of 64 x 8 x 8 features, 10 classes
   assert cli_tools.summary(['summary', 'resnet20', '--set', 'pooling=none', '--json']) == 0
+  head = json.loads(capsys.readouterr().out)['stages'][-1]
+  assert head['name'] == 'head' and head['params'] == 64 * 8 * 8 * 10 + 10
 
 
 def _keras_spec(model, against='keras', layout='channels_last', **overrides):
