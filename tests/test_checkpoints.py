@@ -258,6 +258,30 @@ def test_incompatible_config_is_refused_in_one_line(tmp_path):
   assert json.load(open(os.path.join(workdir, 'config.json')))['model']['depth'] == 14
 
 
+def test_config_that_reshapes_the_optimizer_state_is_refused_and_the_checkpoints_stay(tmp_path,
+                                                                                    capsys):
+  """A field outside the resume checks that changes the optimizer state's structure (gradient
+  clipping adds a state, no momentum drops the trace) is refused in one line naming it; the
+  readable checkpoints stay where they are (not moved aside as unreadable), and the run resumes
+  from them with the values it was saved with."""
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(_resume_config(num_train_steps=2), workdir, devices=jax.devices()[:1])
+  for change in ({'optimizer.grad_clip_norm': 1.0}, {'optimizer.momentum': 0.0}):
+    with pytest.raises(ConfigError) as e:
+      loop.train_and_evaluate(_resume_config(num_train_steps=4, **change), workdir,
+                              devices=jax.devices()[:1])
+    message = str(e.value)
+    assert '\n' not in message and 'another structure' in message, message
+    assert next(iter(change)) in message and 'on_existing_run=restart' in message
+    assert saved_steps(workdir) == [2]
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints.skipped'))
+  capsys.readouterr()
+  results = loop.train_and_evaluate(_resume_config(num_train_steps=4), workdir,
+                                    devices=jax.devices()[:1])
+  assert 'resuming from checkpoint 2 ' in capsys.readouterr().out
+  assert results['steps'] == 4 and saved_steps(workdir) == [2, 4]
+
+
 def test_init_from_reports_loaded_reinitialised_and_new(tmp_path, capsys):
   source = str(tmp_path / 'source')
   loop.train_and_evaluate(_resume_config(num_train_steps=2), source,

@@ -18,7 +18,10 @@ Saves are asynchronous (training goes on while orbax writes) and atomic: orbax w
 `<step>.orbax-checkpoint-tmp*` folder and renames it when complete, so a checkpoint half-written
 when the process died is never listed. A checkpoint that is listed but cannot be read is moved
 aside to `<checkpoint_dir>.skipped/` with a warning (left in place when the store is read-only:
-evaluation, prediction), and the previous one is used.
+evaluation, prediction), and the previous one is used. A readable checkpoint whose train state
+has another structure than the one to restore into (the config changed a field that shapes the
+optimizer state, say) is not unreadable: it stays in place and the restore stops with
+`StateMismatch`.
 """
 
 import importlib.util
@@ -47,6 +50,7 @@ if not _tensorflow_findable():
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
+from etils import epath  # noqa: E402
 from orbax.checkpoint import checkpoint_managers  # noqa: E402
 
 from resnet_flax.checkpoint.compat import config_to_dict  # noqa: E402
@@ -54,6 +58,43 @@ from resnet_flax.errors import CheckpointError, first_line  # noqa: E402
 
 ITEMS = ('state', 'meta', 'config')
 META_VERSION = 1
+
+
+class StateMismatch(CheckpointError):
+  """A readable checkpoint whose train state is not the structure the run restores into."""
+
+  def __init__(self, step: int, directory: str, difference: str, saved_config: dict):
+    super().__init__(f'checkpoint {step} in {directory} holds a train state of another '
+                     f'structure than this config builds ({difference})')
+    self.saved_config = saved_config
+
+
+def leaf_shapes(tree) -> dict:
+  """{path as a tuple of names: shape} of the arrays of a state, or of its saved metadata."""
+  def name(key):
+    for attr in ('name', 'key', 'idx'):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {tuple(name(k) for k in path): tuple(getattr(leaf, 'shape', ()))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def structure_difference(saved: dict, wanted: dict) -> str:
+  """'' when two `leaf_shapes` agree, else what differs (a few paths of each kind)."""
+  def listed(paths):
+    paths = sorted(paths)
+    names = ', '.join('/'.join(p) for p in paths[:3])
+    return names + (f' and {len(paths) - 3} more' if len(paths) > 3 else '')
+  parts = []
+  if set(saved) - set(wanted):
+    parts.append(f'saved, not built now: {listed(set(saved) - set(wanted))}')
+  if set(wanted) - set(saved):
+    parts.append(f'built now, not saved: {listed(set(wanted) - set(saved))}')
+  reshaped = [p for p in set(saved) & set(wanted) if saved[p] != wanted[p]]
+  if reshaped:
+    parts.append(f'other shapes: {listed(reshaped)}')
+  return '; '.join(parts)
 
 
 _BACKGROUND = (f'{os.sep}orbax{os.sep}', f'{os.sep}asyncio{os.sep}', f'{os.sep}etils{os.sep}')
@@ -214,6 +255,12 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
 
+  def saved_shapes(self, step: int) -> dict:
+    """`leaf_shapes` of the train state saved at `step`, from its metadata (no array is read)."""
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.join(self.directory, str(step), 'state')))
+    return leaf_shapes(metadata.tree)
+
   def restore(self, step: int, template=None):
     """(host state, meta, config dict) of `step`; with `template` (a host state of the right
     structure) the state comes back as that structure, else as nested dicts."""
@@ -245,21 +292,26 @@ class Checkpoints:
 
     `template` is the host state to restore into, or a function of the saved config dict that
     returns it (a checkpoint of another layout restores into its own). `check_config(saved
-    config dict)` may raise to refuse a checkpoint (e.g. an incompatible config): that error
-    propagates. A checkpoint that cannot be read is skipped with a warning
-    (`skip_unreadable`) and the previous one is tried.
+    config dict)` may raise to refuse a checkpoint (e.g. an incompatible config), and so may
+    `template`: those errors propagate, as does `StateMismatch` for a checkpoint whose state
+    has another structure than the template. A checkpoint that cannot be read is skipped with
+    a warning (`skip_unreadable`) and the previous one is tried.
     """
     for step in reversed(self.steps()):
       try:
         saved_config = self.read_config(step)
+        saved = self.saved_shapes(step)
       except Exception as e:  # noqa: BLE001 - unreadable: try the previous one
         self.skip_unreadable(step, first_line(e))
         continue
       if check_config is not None:
         check_config(saved_config)
+      target = template(saved_config) if callable(template) else template
+      difference = structure_difference(saved, leaf_shapes(target)) if target is not None else ''
+      if difference:
+        raise StateMismatch(step, self.directory, difference, saved_config)
       try:
-        state, meta, saved_config = self.restore(
-            step, template(saved_config) if callable(template) else template)
+        state, meta, saved_config = self.restore(step, target)
       except Exception as e:  # noqa: BLE001
         self.skip_unreadable(step, first_line(e))
         continue

@@ -6,7 +6,7 @@ what to do with checkpoints that are already there.
 import jax
 import numpy as np
 
-from resnet_flax.checkpoint import compat, pretrained
+from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax.errors import CheckpointError, ConfigError
 from resnet_flax.models import create_model, scan
 from resnet_flax.train.build import Run
@@ -68,8 +68,17 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
             f'checkpoints, or use another --workdir (to fine-tune from it: '
             f'--config.init_from={workdir})')
     template = jax.device_get(run.par.host_state(run.state))
-    restored = ckpts.restore_latest(lambda saved: _template_for(saved, config, run, template),
-                                    check)
+    try:
+      restored = ckpts.restore_latest(lambda saved: _template_for(saved, config, run, template),
+                                      check)
+    except store.StateMismatch as e:
+      changed = [f for f in compat.changed_fields(e.saved_config, config)
+                 if f.startswith(('optimizer.', 'ema_decay', 'freeze', 'model.'))]
+      raise ConfigError(
+          f'{e}: resume with the values it was saved with{" (changed: " if changed else ""}'
+          f'{", ".join(changed[:6])}{")" if changed else ""}, or pass '
+          f'--config.on_existing_run=restart to delete its checkpoints, or use another '
+          f'--workdir (to fine-tune from it: --config.init_from={workdir})') from None
     if restored is None:
       raise CheckpointError(
           f'{ckpts.directory}: none of the checkpoints (steps '
