@@ -4,6 +4,7 @@ evaluation falls back past an unreadable checkpoint and survives a folder it can
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import (REPO, config_text, metrics_events, run_command, saved_step
                       subprocess_env, tiny_config, train_cmd, wait_for)
 from resnet_flax import rundir
 from resnet_flax.checkpoint import pretrained
-from resnet_flax.errors import CheckpointError, WorkdirError
+from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.train import loop
 
 
@@ -102,6 +103,33 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
   assert 'already complete at step 3' in capsys.readouterr().out
   for name, content in before.items():
     assert open(os.path.join(workdir, name), 'rb').read() == content, name
+
+
+def test_a_finished_run_is_not_replaced_or_relabelled_by_a_rerun_that_cannot_resume_it(tmp_path):
+  """Its checkpoint folder emptied, or its length lowered below its last checkpoint: a rerun
+  refuses in one line and leaves results, metrics and config as they were; `restart` starts
+  over."""
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2), workdir,
+                          devices=jax.devices()[:1])
+  names = (rundir.RESULTS_FILE, rundir.METRICS_FILE, rundir.CONFIG_FILE)
+  before = {name: open(os.path.join(workdir, name), 'rb').read() for name in names}
+  with pytest.raises(ConfigError) as e:
+    loop.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=2), workdir,
+                            devices=jax.devices()[:1])
+  assert 'at step 4, past the end of this run (2 steps)' in str(e.value)
+  assert '\n' not in str(e.value)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints'))
+  with pytest.raises(WorkdirError) as e:
+    loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2), workdir,
+                            devices=jax.devices()[:1])
+  assert 'results of a finished run' in str(e.value) and 'on_existing_run=restart' in str(e.value)
+  for name, content in before.items():
+    assert open(os.path.join(workdir, name), 'rb').read() == content, name
+  again = loop.train_and_evaluate(
+      tiny_config(num_train_steps=2, checkpoint_every_steps=2, on_existing_run='restart'),
+      workdir, devices=jax.devices()[:1])
+  assert again['steps'] == 2 and rundir.read_results(workdir)['steps'] == 2
 
 
 def test_results_of_a_resumed_run_count_every_segment(tmp_path):

@@ -1,13 +1,16 @@
 """Where a run starts: from the latest readable checkpoint of its workdir (exactly), from scratch,
 or from another run's weights (`config.init_from`, fine-tuning). `config.on_existing_run` says
-what to do with checkpoints that are already there.
+what to do with checkpoints that are already there. Refused: a checkpoint past the end of this
+run (its length was lowered), and a workdir that holds a finished run's results but no
+checkpoint (its checkpoint folder was emptied or moved): starting over would replace them.
 """
 
 import jax
 import numpy as np
 
 from resnet_flax.checkpoint import compat, pretrained, store
-from resnet_flax.errors import CheckpointError, ConfigError
+from resnet_flax import rundir
+from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.models import create_model, scan
 from resnet_flax.train.build import Run
 from resnet_flax.train.loop_state import LoopState
@@ -85,6 +88,13 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
           f'{", ".join(map(str, existing))}) can be read; pass '
           f'--config.on_existing_run=restart to start over')
     step, host, meta, saved_config = restored
+    if step > run.plan.total_steps:
+      raise ConfigError(
+          f'{ckpts.directory} holds a checkpoint at step {step}, past the end of this run '
+          f'({run.plan.total_steps} steps): give the run at least its length '
+          f'(--config.num_train_steps or --config.num_epochs), or pass '
+          f'--config.on_existing_run=restart, or use another --workdir (to fine-tune from it: '
+          f'--config.init_from={workdir})')
     host = scan.convert_layout(host, template)     # a checkpoint saved in the other layout
     changed = compat.changed_fields(saved_config, config)
     note = (f'; changed since: {", ".join(changed[:8])}{" ..." if len(changed) > 8 else ""}'
@@ -92,6 +102,12 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
     messages.append(f'resuming from checkpoint {step} in {ckpts.directory} (step {step} of '
                     f'{run.plan.total_steps}){note}')
     return run.par.put_state(host), step, LoopState.from_meta(meta), messages
+  if (not existing and config.on_existing_run != 'restart'
+      and rundir.read_results(workdir) is not None):
+    raise WorkdirError(
+        f'{workdir} holds the results of a finished run ({rundir.RESULTS_FILE}) but '
+        f'{ckpts.directory} holds no checkpoint of it: pass --config.on_existing_run=restart '
+        f'to train it again and replace them, or use another --workdir')
   state, loop_state = run.state, LoopState()
   if config.init_from:
     state, report = init_from_checkpoint(run, config.init_from, config.init_from_step)
