@@ -53,6 +53,23 @@ def test_bad_split_strings_are_errors(spec):
     splits.select(spec, 10)
 
 
+@pytest.mark.parametrize('spec,bound', [('train[:45000]', '45000'), ('train[:150%]', '150%'),
+                                        ('train[-20000:]', '-20000'), ('train[12000:]', '12000')])
+def test_a_bound_beyond_the_examples_is_an_error_not_a_shorter_split(spec, bound):
+  with pytest.raises(ValueError, match=rf'bound {bound} lies outside the 10000 examples'):
+    splits.select(spec, 10_000)
+  assert len(splits.select('train[:10000]', 10_000)[1]) == 10_000       # the edge is inside
+  assert len(splits.select('train[-10000:]', 10_000)[1]) == 10_000
+
+
+def test_a_fractional_bound_and_an_overlong_in_memory_split_are_one_line_errors():
+  with pytest.raises(ValueError, match=r"bound '4.5' is neither a whole number"):
+    splits.select('train[:4.5]', 10)
+  with pytest.raises(DataError, match=r"data.source=digits: split 'test\[2000:\]': the bound "
+                                      r"2000 lies outside the 449 examples"):
+    arrays.load(_data_cfg(source='digits'), 'test[2000:]')
+
+
 def _npz(path, y_train, y_test):
   np.savez(path, x_train=np.zeros((len(y_train), 4, 4), np.uint8), y_train=np.asarray(y_train),
            x_test=np.zeros((len(y_test), 4, 4), np.uint8), y_test=np.asarray(y_test))

@@ -227,6 +227,8 @@ def test_tfds_errors(tiny_dir, tmp_path):
   with pytest.raises(DataError, match=r"no split 'validation'; its splits: test, train"):
     tiny(tiny_dir, 'validation')
   with pytest.raises(DataError, match=r"selects no examples"):
+    tiny(tiny_dir, 'train[50:]')
+  with pytest.raises(DataError, match=r"bound 60 lies outside the 50 examples"):
     tiny(tiny_dir, 'train[60:]')
   with pytest.raises(DataError, match=r"data.name='cifar_10': .*did you mean cifar10"):
     tfds_lib.open_builder('cifar_10')

@@ -2,7 +2,8 @@
 'train[:10%]', 'test[-1000:]'.
 
 `parse_split` returns the split name and a slice; `select` applies it to a number of examples
-(percent bounds round like TFDS: to the nearest example).
+(percent bounds round like TFDS: to the nearest example). A bound beyond the split's examples
+('train[:45000]' of 10,000) is an error, as in TFDS, not a silently shorter split.
 """
 
 import re
@@ -19,22 +20,24 @@ def parse_split(spec: str) -> tuple[str, str, str]:
   return m.group(1), m.group(2) or '', m.group(3) or ''
 
 
-def _bound(text: str, n: int, default: int) -> int:
+def _bound(spec: str, text: str, n: int, default: int) -> int:
   if not text:
     return default
-  if text.endswith('%'):
-    value = round(float(text[:-1]) * n / 100.0)
-  else:
-    value = int(text)
-  if value < 0:
-    value += n
-  return max(0, min(n, value))
+  try:
+    value = round(float(text[:-1]) * n / 100.0) if text.endswith('%') else int(text)
+  except ValueError:
+    raise ValueError(f'split {spec!r}: the bound {text!r} is neither a whole number of examples '
+                     f'nor a percentage') from None
+  if not -n <= value <= n:
+    raise ValueError(f'split {spec!r}: the bound {text} lies outside the {n} examples of the '
+                     f'split; use bounds within [-{n}, {n}] or percentages')
+  return value + n if value < 0 else value
 
 
 def select(spec: str, n: int) -> tuple[str, range]:
   """(split name, range of example indices) of `spec` applied to a split of `n` examples."""
   name, start, end = parse_split(spec)
-  lo, hi = _bound(start, n, 0), _bound(end, n, n)
+  lo, hi = _bound(spec, start, n, 0), _bound(spec, end, n, n)
   if hi <= lo:
     raise ValueError(f'split {spec!r} selects no examples of the {n} in {name!r}')
   return name, range(lo, hi)
