@@ -136,6 +136,23 @@ def test_predict_top1_equals_evaluate_image_by_image(run, predictor):
   assert step == 2 and metrics['eval_top1'] == 1.0
 
 
+def test_evaluate_refuses_data_whose_classes_are_not_the_training_ones(run, tmp_path):
+  """Another folder with as many classes under other names (train and test alike, so the two
+  splits agree with each other): evaluating the checkpoint there would score its labels against
+  other classes, so it is refused in one line naming the first class that differs."""
+  workdir, root, _ = run
+  other = tmp_path / 'other'
+  for split in ('train', 'test'):
+    for c in range(NUM_CLASSES):
+      source = root / split / f'class{c}'
+      shutil.copytree(source, other / split / f'kind{(c + 1) % NUM_CLASSES}')
+  with pytest.raises(DataError) as e:
+    loop.evaluate_checkpoint(_config(other), str(workdir), devices=jax.devices()[:1])
+  message = str(e.value)
+  assert "class 0 is 'class0' in the checkpoint and 'kind0' there" in message
+  assert 'not those the checkpoint was trained on' in message and '\n' not in message
+
+
 def test_predict_script_any_size_and_mode_without_tensorflow(run, predictor, tmp_path):
   _, root, _ = run
   rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)

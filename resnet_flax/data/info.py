@@ -4,7 +4,8 @@ The image shape the device preprocessing received in evaluation, whether a host 
 (tf.data, Grain) preprocessed the images, the class count and names. A run records it from its
 training and evaluation sources (`of_source`); checkpoints saved before the meta recorded it
 fall back to what the data config says (`derive`: the folder source's class folders and first
-image, digits, synthetic, npz), or fail with a one-line error.
+image, digits, synthetic, npz), or fail with a one-line error. `check_classes` refuses data
+whose class names are not the ones a checkpoint was trained on (its labels would not match).
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ from PIL import Image
 from resnet_flax.data import augment, folder
 from resnet_flax.data.arrays import DIGITS_SHAPE
 from resnet_flax.data.source import Source
-from resnet_flax.errors import CheckpointError
+from resnet_flax.errors import CheckpointError, DataError
 
 
 @dataclasses.dataclass
@@ -43,6 +44,22 @@ def of_source(train: Source, evaluation: Optional[Source] = None) -> DataInfo:
   return DataInfo(tuple(int(d) for d in shape), bool(train.augmented_on_host),
                   list(train.class_names) if train.class_names else None,
                   int(train.num_classes))
+
+
+def check_classes(meta: Optional[dict], class_names, where: str) -> None:
+  """DataError when a checkpoint's meta records class names and `class_names` (those of the data
+  at `where`) differ: label i would mean another class than the model learnt."""
+  saved = ((meta or {}).get('data') or {}).get('class_names')
+  if not saved or not class_names or list(saved) == list(class_names):
+    return
+  saved, now = list(saved), list(class_names)
+  first = next((i for i, (a, b) in enumerate(zip(saved, now)) if a != b), min(len(saved), len(now)))
+  differ = (f'class {first} is {saved[first]!r} in the checkpoint and {now[first]!r} there'
+            if first < min(len(saved), len(now)) else
+            f'the checkpoint has {len(saved)} classes, the data {len(now)}')
+  raise DataError(f'{where}: its classes are not those the checkpoint was trained on ({differ}); '
+                  f'labels would not match: evaluate on data with the training classes '
+                  f'(data.dir, data.eval_split)')
 
 
 def from_meta(meta: Optional[dict], data_cfg) -> DataInfo:

@@ -24,6 +24,7 @@ from resnet_flax import rundir
 from resnet_flax.checkpoint import store
 from resnet_flax.checkpoint.pretrained import load_checkpoint
 from resnet_flax.checkpoint.store import Checkpoints
+from resnet_flax.data import info as data_info
 from resnet_flax.errors import CheckpointError, WorkdirError
 from resnet_flax.models.registry import describe as describe_model
 from resnet_flax.train import distributed, parallel
@@ -331,7 +332,9 @@ def evaluate_checkpoint(config, workdir: str, step: int = -1, *, devices=None):
   Returns (step, metrics)."""
   run = build_run(config, devices=devices)
   template = jax.device_get(run.par.host_state(run.state))
-  chosen, host, _, _ = load_checkpoint(rundir.checkpoint_dir(config, workdir), step, template)
+  chosen, host, meta, _ = load_checkpoint(rundir.checkpoint_dir(config, workdir), step, template)
+  data_info.check_classes(meta, run.eval_ds.class_names,
+                          f'{config.data.dir or config.data.name} {config.data.eval_split!r}')
   state = run.par.put_state(host)
   metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
                      config.eval_batch_size or config.batch_size)
