@@ -5,12 +5,13 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, config_text, subprocess_env
+from conftest import REPO, config_text, saved_steps, subprocess_env, wait_for
 from resnet_flax import rundir
 from resnet_flax.errors import SweepError
 from resnet_flax.experiments import plotting, sweep
@@ -133,6 +134,58 @@ def test_finished_points_are_skipped_and_interrupted_ones_resume(tiny_sweep):
                          if k not in ('images_per_sec', 'data_wait_fraction', 'train_time_s')}
                         for line in text.splitlines()]
   assert strip((plain / 'metrics.jsonl').read_text()) == strip(metrics_before)
+
+
+def test_a_rerun_with_other_arguments_or_a_shared_checkpoint_folder_is_refused(tiny_sweep):
+  """The same sweep folder with another run length: refused in one line naming the argument,
+  before anything runs, so the table never mixes two recipes; a checkpoint_dir shared by every
+  point is refused too. Nothing in the folder changes."""
+  _, sweep_dir, args, _ = tiny_sweep
+  table = (sweep_dir / 'results.md').read_text()
+  longer = [a.replace('num_train_steps=8', 'num_train_steps=12') for a in args]
+  result = _script('sweep.py', *longer)
+  assert result.returncode == 2, result.stderr[-2000:]
+  error = result.stderr.strip().splitlines()[-1]
+  assert 'was run with other arguments (--config.num_train_steps=8 then, ' \
+         '--config.num_train_steps=12 now)' in error, error
+  assert 'starting' not in result.stdout and 'resuming' not in result.stdout
+  shared = _script('sweep.py', *args, f'--config.checkpoint_dir={sweep_dir / "shared"}')
+  assert shared.returncode == 2 and 'would share that folder' in shared.stderr
+  assert not (sweep_dir / 'shared').exists()
+  assert (sweep_dir / 'results.md').read_text() == table
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_at_a_checkpoint_and_the_same_command_resumes(tmp_path):
+  """Ctrl-C in a terminal signals the whole foreground process group: the point's training must
+  still stop at a checkpoint (not die mid-step), be recorded as stopped rather than failed, and
+  resume when the same command runs again."""
+  config = tmp_path / 'tiny.py'
+  config.write_text(config_text('memory', str(tmp_path)))
+  sweep_dir = tmp_path / 'runs'
+  point = sweep_dir / 'residual=true'
+  args = ['--config', str(config), '--workdir', str(sweep_dir), '--sweep', 'model.residual=true',
+          '--config.num_train_steps=3000', '--config.checkpoint_every_steps=100',
+          '--config.eval_every_steps=3000', '--config.log_every_steps=100']
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'scripts', 'sweep.py'), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=subprocess_env(), start_new_session=True)
+  try:
+    assert wait_for(proc, lambda: saved_steps(point)), proc.stderr.read()[-2000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 130, err[-2000:]
+  assert 'Traceback' not in err and 'SIGTERM: saved checkpoint' in out, (out[-1000:], err[-1000:])
+  record = json.loads((point / 'sweep_point.json').read_text())
+  assert record['exit_code'] == 0 and 'error' not in record
+  stopped_at = max(saved_steps(point))
+  assert stopped_at < 3000 and not (point / 'results.json').exists()
+  again = _script('sweep.py', *args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f'resuming from checkpoint {stopped_at} ' in again.stdout
 
 
 def test_plot_script_draws_one_line_per_run_and_split(tiny_sweep, tmp_path):

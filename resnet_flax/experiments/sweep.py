@@ -6,6 +6,10 @@ overrides (`depth=20,version=v1`; the full field path where the last parts would
 `scripts/train.py` in a subprocess, so a crashed point does not take the sweep down and every
 point starts from a clean JAX. A point is finished when its `results.json` exists (the trainer
 writes it last); an interrupted point resumes from its checkpoints when the sweep runs again.
+A point's folder records the train arguments it ran with (`POINT_FILE`): a sweep run again with
+other arguments for a point already run (another `--config.num_epochs`, another config file) is
+refused before anything runs, so that one table never mixes two recipes. Points share no
+checkpoint folder: a `checkpoint_dir` that is not swept is refused.
 
 `collect` reads every point's `results.json` and `metrics.jsonl` into rows; `write_tables`
 writes `results.csv` and `results.md` in the sweep directory.
@@ -108,6 +112,29 @@ def point_status(workdir: str) -> str:
   return 'pending'
 
 
+def recorded_args(workdir: str) -> Optional[list[str]]:
+  """The train arguments a point last ran with (None: never run by a sweep)."""
+  record = _read_point_file(workdir)
+  if 'args' in record:
+    return list(record['args'])
+  if 'command' in record:      # records written before 'args': the interpreter, then the command
+    return shlex.split(record['command'])[1 + len(TRAIN_COMMAND):]
+  return None
+
+
+def check_same_args(workdir: str, point_args: Sequence[str]) -> None:
+  """SweepError when the point in `workdir` ran with other train arguments than `point_args`."""
+  then = recorded_args(workdir)
+  if then is None or sorted(then) == sorted(point_args):
+    return
+  only_then = [a for a in then if a not in point_args]
+  only_now = [a for a in point_args if a not in then]
+  raise SweepError(
+      f'{workdir} was run with other arguments ({" ".join(only_then) or "-"} then, '
+      f'{" ".join(only_now) or "-"} now): run the sweep with the arguments it was run with, '
+      f'or use another --workdir for the new ones')
+
+
 def _read_point_file(workdir: str) -> dict:
   try:
     with open(os.path.join(workdir, POINT_FILE)) as f:
@@ -146,11 +173,15 @@ def run_point(command: list[str], workdir: str, point: dict[str, str], *,
   """Runs one point's training in a subprocess; returns its exit code. SIGINT/SIGTERM to the
   sweep are passed on as SIGTERM, so the point saves a checkpoint and can be resumed."""
   record = _read_point_file(workdir)
-  record.update({'point': point, 'command': shlex.join(command)})
+  record.update({'point': point, 'command': shlex.join(command),
+                 'args': list(command[1 + len(TRAIN_COMMAND):])})
   record.pop('error', None)
   _write_point_file(workdir, record)
   start = time.time()
-  child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
+  # in a session of its own: a Ctrl-C in the terminal reaches the sweep only, which passes it on
+  # as SIGTERM (the point checkpoints), not the child as well (a KeyboardInterrupt mid-step)
+  child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1,
+                           start_new_session=True)
   last_line = []
   relay = threading.Thread(target=_relay, args=(child.stderr, last_line), daemon=True)
   relay.start()
@@ -288,8 +319,13 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
   if not os.path.isfile(config_path):
     raise SweepError(f'--config {config_path}: no such file')
   points = expand(axes)
+  if any(a.startswith('--config.checkpoint_dir=') and a.split('=', 1)[1] for a in extra):
+    raise SweepError('--config.checkpoint_dir: every point of a sweep would share that folder; '
+                     'drop it (each point keeps its checkpoints in its own folder)')
   workdirs = [os.path.join(sweep_dir, point_name(p)) for p in points]
   args = [train_args(config_path, w, p, extra) for p, w in zip(points, workdirs)]
+  for workdir, point_args in zip(workdirs, args):
+    check_same_args(workdir, point_args)
   problems = {}
   for point, point_args in zip(points, args):
     try:
