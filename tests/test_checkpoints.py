@@ -227,6 +227,15 @@ def test_nan_stops_and_keeps_the_checkpoints_before_it(tmp_path, monkeypatch):
   assert not (workdir / 'results.json').exists()
 
 
+def test_nan_on_the_command_line_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+  from resnet_flax.cli import train as train_cli
+  config = _resume_config(num_train_steps=10, log_every_steps=3)
+  _nan_loss_at_step(monkeypatch, config, 4)
+  assert train_cli.train_main(config, str(tmp_path / 'run'), '') == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('stopped: ') and 'at step 4;' in err[0], err
+
+
 def test_nan_skip_step_policy_keeps_training(tmp_path, monkeypatch):
   config = _resume_config(num_train_steps=4, nan_policy='skip_step')
   _nan_loss_at_step(monkeypatch, config, 2)

@@ -20,7 +20,7 @@ def train_main(config, workdir: str, config_path: str) -> int:
     return common.report_error(e)
   except loop.NonFiniteLossError as e:
     print(f'stopped: {e}', file=sys.stderr)
-    return 1
+    return common.EXIT_USER_ERROR
   if distributed.process_index() != 0:
     return 0   # process 0 reports the results
   shown = {k: results[k] for k in ('eval_top1', 'eval_top5', 'eval_loss', 'steps',
