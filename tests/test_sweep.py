@@ -208,7 +208,7 @@ def test_plot_script_draws_one_line_per_run_and_split(tiny_sweep, tmp_path):
   assert not (tmp_path / 'fig' / 'curves_vs_depth.png').exists()
 
 
-def _fake_run(path, depth, version, errors):
+def _fake_run(path, depth, version, errors, finished=True):
   os.makedirs(path)
   with open(os.path.join(path, 'config.json'), 'w') as f:
     json.dump({'model': {'depth': depth, 'version': version}, 'seed': 0}, f)
@@ -218,6 +218,8 @@ def _fake_run(path, depth, version, errors):
                           'train_loss': 1.0}) + '\n')
       f.write(json.dumps({'step': epoch, 'epoch': epoch, 'eval_top1': 1 - error / 100,
                           'eval_loss': 1.0}) + '\n')
+  if finished:
+    rundir.write_results(path, {'eval_top1': 1 - errors[-1] / 100, 'steps': len(errors)})
 
 
 def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
@@ -225,6 +227,8 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
   for depth, v1, v2 in ((20, 30, 31), (32, 25, 24), (56, 20, 22)):
     _fake_run(str(tmp_path / 'a' / f'depth={depth},version=v1'), depth, 'v1', [50, v1])
     _fake_run(str(tmp_path / 'b' / f'depth={depth},version=v2'), depth, 'v2', [50, v2])
+  # a point stopped half-way (no results.json) has no final error: not a point of the figure
+  _fake_run(str(tmp_path / 'a' / 'depth=110,version=v1'), 110, 'v1', [50, 45], finished=False)
   runs = plotting.load_runs([str(tmp_path / 'a'), str(tmp_path / 'b')])
   fig, data = plotting.depth_figure(runs)
   assert len(fig.axes[0].get_lines()) == 4

@@ -6,8 +6,9 @@ between them (the swept fields, read from each run's `config.json`), so runs of 
 share a figure. `curves_figure` draws loss and top-1 error against epoch (or the run's wall
 time), train dashed and eval solid, one colour per run; `depth_figure` draws the final error
 against `model.depth`, one line per combination of the other differing fields (the
-degradation figure when one of them is `model.residual`). Both return the figure and the data
-behind every line.
+degradation figure when one of them is `model.residual`), from finished runs only (those with
+a `results.json`: a run stopped half-way has no final error). Both return the figure and the
+data behind every line.
 
 Matplotlib is imported here only (with the Agg back end): training never needs it.
 """
@@ -29,6 +30,7 @@ class RunRecord:
   metrics: list           # the metrics.jsonl records
   label: str = ''
   varying: dict = dataclasses.field(default_factory=dict)   # the fields that differ between runs
+  results: Optional[dict] = None   # results.json: None while the run has not finished
 
 
 def _read_run(workdir: str) -> Optional[RunRecord]:
@@ -37,7 +39,8 @@ def _read_run(workdir: str) -> Optional[RunRecord]:
   saved = rundir.read_config(workdir)
   fields = config_lib.flatten(saved) if saved else {}
   fields[rundir.FRAMEWORK_KEY] = rundir.framework_of(saved)   # a label when runs differ in it
-  return RunRecord(workdir, fields, rundir.read_metrics(workdir))
+  return RunRecord(workdir, fields, rundir.read_metrics(workdir),
+                   results=rundir.read_results(workdir))
 
 
 def _short(field: str) -> str:
@@ -130,7 +133,7 @@ def curves_figure(runs: Sequence[RunRecord], title: str = '', x: str = 'epoch'):
           ax.plot(xs, ys, style, color=color, label=label, marker='o' if split == 'eval' else None,
                   markersize=3)
           data[panel].append((label, xs, ys))
-  axes[0].set_ylabel('cross-entropy loss')
+  axes[0].set_ylabel('loss (train: as optimised; eval: cross-entropy)')
   axes[1].set_ylabel('top-1 error (%)')
   for ax in axes:
     ax.set_xlabel(X_AXES[x][2])
@@ -142,8 +145,13 @@ def curves_figure(runs: Sequence[RunRecord], title: str = '', x: str = 'epoch'):
 
 
 def final_error(run: RunRecord, split: str = 'eval') -> Optional[float]:
-  """The last evaluation's top-1 error %, or for 'train' the mean over the last epoch of
-  training windows (`sweep.last_epoch_train`)."""
+  """A finished run's final top-1 error %: its results' evaluation, or for 'train' the mean
+  over the last epoch of training windows (`sweep.last_epoch_train`); None for a run that has
+  not finished."""
+  if run.results is None:
+    return None
+  if split == 'eval' and run.results.get('eval_top1') is not None:
+    return 100.0 * (1.0 - run.results['eval_top1'])
   if split == 'train':
     top1 = last_epoch_train(run.metrics).get('train_top1')
     return None if top1 is None else 100.0 * (1.0 - top1)
