@@ -76,6 +76,20 @@ def _npz(path, y_train, y_test):
   return str(path)
 
 
+def test_a_single_npy_array_and_a_mean_per_other_channel_count_are_one_line_errors(tmp_path):
+  np.save(tmp_path / 'x.npy', np.zeros((4, 4), np.uint8))
+  with pytest.raises(DataError, match=r'x.npy: cannot be read as .npz \(a single array, not an '
+                                      r'.npz archive'):
+    arrays.load(_data_cfg(source='npz', dir=str(tmp_path / 'x.npy')), 'train')
+  path = _npz(tmp_path / 'grey.npz', list(range(10)) * 2, list(range(10)))
+  config = tiny_config(**{'data.source': 'npz', 'data.dir': path, 'data.image_size': 0,
+                          'data.channels': 0, 'data.random_crop_pad': 0,
+                          'data.mean': (1.0, 2.0, 3.0), 'data.std': (1.0, 1.0, 1.0)})
+  with pytest.raises(ConfigError, match=r'have 3 values for 1-channel images: give 1 value, or '
+                                        r'1 per channel'):
+    build_run(config)
+
+
 def test_negative_npz_label_names_the_file(tmp_path):
   path = _npz(tmp_path / 'bad.npz', [0, 1, -1], [0, 1])
   with pytest.raises(DataError, match='bad.npz.*negative label'):

@@ -122,7 +122,11 @@ def _npz(path: str, split: str) -> ArrayDataset:
   if not os.path.isfile(path):
     raise DataError(f'data.dir={path!r}: no such .npz file')
   try:
-    with np.load(path) as f:
+    archive = np.load(path)
+    if not hasattr(archive, 'files'):
+      raise ValueError('a single array, not an .npz archive of x_train, y_train, x_test, '
+                       'y_test')
+    with archive as f:
       xs = f[f'x_{split}']
       labels = {k: _npz_labels(f[k], path, k) for k in f.files if k.startswith('y_')}
   except KeyError:

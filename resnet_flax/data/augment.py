@@ -101,6 +101,10 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
     raise ConfigError(f'data.channels={channels}: cannot turn {stored_channels}-channel images '
                       f'into {channels} channels')
   repeat = channels // stored_channels
+  if len(data_cfg['mean']) not in (1, channels):
+    raise ConfigError(f'data.mean={tuple(data_cfg["mean"])} and data.std have '
+                      f'{len(data_cfg["mean"])} values for {channels}-channel images: give 1 '
+                      f'value, or 1 per channel')
   eval_size = int(data_cfg['eval_image_size']) or size
   fill = image_ops.to_8bit(jnp.broadcast_to(jnp.asarray(data_cfg['mean'], jnp.float32),
                                             (channels,)))
