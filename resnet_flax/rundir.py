@@ -60,8 +60,32 @@ def _read_json(workdir: str, name: str) -> Optional[dict]:
   file_path = path(workdir, name)
   if not os.path.isfile(file_path):
     return None
-  with open(file_path) as f:
-    return json.load(f)
+  try:
+    with open(file_path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'{file_path} cannot be read ({first_line(e)}): restore it from a copy, '
+                       f'or remove it (a run without {RESULTS_FILE} counts as unfinished; '
+                       f'without {CONFIG_FILE} it takes the one saved in its checkpoints)') from None
+
+
+def write_atomic(file_path: str, text: str) -> None:
+  """Replaces a run-folder file with `text` at once (a kill or a full disk mid-write leaves the
+  old file whole); a write that fails is a WorkdirError naming the file."""
+  tmp = file_path + '.tmp'
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, file_path)
+  except OSError as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+    raise WorkdirError(f'cannot write {file_path} ({first_line(e)}): free space or fix the '
+                       f'permissions of the folder; the file is as it was') from None
 
 
 def read_config(workdir: str) -> Optional[dict]:
@@ -75,8 +99,7 @@ def write_config(workdir: str, config, *, framework: str = '') -> None:
   text = config.to_json(indent=2)
   if framework:
     text = json.dumps({**json.loads(text), FRAMEWORK_KEY: framework}, indent=2)
-  with open(path(workdir, CONFIG_FILE), 'w') as f:
-    f.write(text)
+  write_atomic(path(workdir, CONFIG_FILE), text)
 
 
 def framework_of(saved_config: Optional[dict]) -> str:
@@ -107,8 +130,7 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
     return
   kept = [json.dumps(r) + '\n' for r in read_metrics(workdir)
           if isinstance(r.get('step'), int) and r['step'] <= last_step]
-  with open(metrics_path, 'w') as f:
-    f.writelines(kept)
+  write_atomic(metrics_path, ''.join(kept))
 
 
 def _json_safe(value: Any) -> Any:
@@ -125,10 +147,7 @@ def _json_safe(value: Any) -> Any:
 def write_results(workdir: str, results: dict) -> str:
   """Writes results.json (strict JSON: a non-finite number is null) atomically."""
   results_path = path(workdir, RESULTS_FILE)
-  tmp = results_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_json_safe(results), f, indent=2, allow_nan=False)
-  os.replace(tmp, results_path)
+  write_atomic(results_path, json.dumps(_json_safe(results), indent=2, allow_nan=False))
   return results_path
 
 

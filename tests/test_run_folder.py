@@ -132,6 +132,49 @@ def test_a_finished_run_is_not_replaced_or_relabelled_by_a_rerun_that_cannot_res
   assert again['steps'] == 2 and rundir.read_results(workdir)['steps'] == 2
 
 
+def test_run_folder_files_are_replaced_whole_and_failures_are_one_line(tmp_path, monkeypatch):
+  """A full disk while config.json, metrics.jsonl or results.json is rewritten leaves the old
+  file whole and is one line naming the file; a damaged JSON file is one line too, and so is a
+  metrics log that cannot be appended to."""
+  import errno
+  from resnet_flax.train.metrics_log import MetricsLog
+  workdir = str(tmp_path)
+  rundir.write_results(workdir, {'eval_top1': 0.5})
+  with open(os.path.join(workdir, rundir.METRICS_FILE), 'w') as f:
+    f.write('{"step": 1, "train_loss": 2.0}\n{"step": 2, "train_loss": 1.0}\n')
+  before = {n: open(os.path.join(workdir, n)).read()
+            for n in (rundir.RESULTS_FILE, rundir.METRICS_FILE)}
+
+  def full(*args):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'replace', full)
+    with pytest.raises(WorkdirError, match=r'cannot write .*results.json \(OSError: .*No space'):
+      rundir.write_results(workdir, {'eval_top1': 0.9})
+    with pytest.raises(WorkdirError, match=r'cannot write .*metrics.jsonl'):
+      rundir.truncate_metrics(workdir, 1)
+    with pytest.raises(WorkdirError, match=r'cannot write .*config.json'):
+      rundir.write_config(workdir, tiny_config())
+  for name, text in before.items():
+    assert open(os.path.join(workdir, name)).read() == text, name
+  assert sorted(os.listdir(workdir)) == [rundir.METRICS_FILE, rundir.RESULTS_FILE]  # no .tmp
+  rundir.truncate_metrics(workdir, 1)
+  assert [r['step'] for r in rundir.read_metrics(workdir)] == [1]
+  with open(os.path.join(workdir, rundir.CONFIG_FILE), 'w') as f:
+    f.write('{"model": {"depth"')                  # cut short
+  with pytest.raises(WorkdirError, match=r'config.json cannot be read \(JSONDecodeError'):
+    rundir.read_config(workdir)
+  log = MetricsLog(workdir, tensorboard=False, progress_bar=False)
+
+  class FullFile:
+    def write(self, text):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+  log._jsonl = FullFile()
+  with pytest.raises(WorkdirError, match=r'cannot write .*metrics.jsonl .*checkpoints saved so '
+                                         r'far are kept'):
+    log.write(3, 0.1, {'train_loss': 1.0})
+
+
 def test_results_of_a_resumed_run_count_every_segment(tmp_path):
   workdir = str(tmp_path / 'run')
   part = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2),

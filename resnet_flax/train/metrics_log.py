@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Optional
 
+from resnet_flax.errors import WorkdirError, first_line
+
 
 def _tensorboard_writer(logdir: str):
   try:
@@ -46,9 +48,13 @@ class MetricsLog:
     self._bar_open = False
     self._jsonl = None
     self._tb = None
+    self._path = os.path.join(workdir, 'metrics.jsonl')
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      try:
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(self._path, 'a')
+      except OSError as e:
+        raise self._write_error(e) from None
       if tensorboard:
         self._tb = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
 
@@ -58,8 +64,11 @@ class MetricsLog:
     record = {'step': int(step), 'epoch': round(float(epoch), 4)}
     record.update({k: (float(v) if v is not None and math.isfinite(float(v)) else None)
                    for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+    except OSError as e:
+      raise self._write_error(e) from None
     if self._tb is not None:
       for k, v in record.items():
         if k in ('step', 'epoch') or v is None:
@@ -70,6 +79,11 @@ class MetricsLog:
           self._tb.add_scalar(k, v, step)
       if hasattr(self._tb, 'flush'):
         self._tb.flush()
+
+  def _write_error(self, error: OSError) -> WorkdirError:
+    return WorkdirError(f'cannot write {self._path} ({first_line(error)}): free space or fix the '
+                        f'permissions of the folder; the checkpoints saved so far are kept and '
+                        f'the same command resumes from the latest')
 
   def progress(self, step: int, metrics: dict) -> None:
     """The progress bar on a terminal, one plain line per call otherwise."""
