@@ -47,12 +47,12 @@ def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[i
   name = os.path.basename(where.rstrip('/'))
   if name.isdigit() and os.path.isdir(os.path.join(where, 'state')):
     return os.path.dirname(where), int(name)
+  saved = read_config(where)
+  if saved and saved.get('checkpoint_dir'):      # a run that kept its checkpoints elsewhere
+    return os.path.abspath(os.path.expanduser(saved['checkpoint_dir'])), (
+        step if step >= 0 else None)
   if os.path.isdir(os.path.join(where, CHECKPOINTS)):
-    directory = os.path.join(where, CHECKPOINTS)
-    saved = read_config(where)
-    if saved:
-      directory = saved.get('checkpoint_dir') or directory
-    return directory, (step if step >= 0 else None)
+    return os.path.join(where, CHECKPOINTS), (step if step >= 0 else None)
   return where, (step if step >= 0 else None)
 
 

@@ -175,6 +175,16 @@ def test_run_folder_files_are_replaced_whole_and_failures_are_one_line(tmp_path,
     log.write(3, 0.1, {'train_loss': 1.0})
 
 
+def test_a_run_with_its_checkpoints_elsewhere_is_found_by_its_workdir(tmp_path):
+  workdir, elsewhere = str(tmp_path / 'run'), str(tmp_path / 'scratch' / 'ckpt')
+  loop.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_dir=elsewhere), workdir,
+                          devices=jax.devices()[:1])
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  assert rundir.resolve_checkpoint_path(workdir) == (elsewhere, None)
+  step, _, _, config = pretrained.load_checkpoint(workdir)
+  assert step == 2 and config['checkpoint_dir'] == elsewhere
+
+
 def test_results_of_a_resumed_run_count_every_segment(tmp_path):
   workdir = str(tmp_path / 'run')
   part = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2),
