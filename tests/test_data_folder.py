@@ -111,6 +111,21 @@ def test_missing_root(tmp_path):
   assert missing in str(e.value)
 
 
+def test_imagenet_preset_on_the_device_is_refused_before_any_image_is_decoded(tmp_path,
+                                                                              monkeypatch):
+  root = make_tree(tmp_path)
+  make_tree(tmp_path, split='val')
+  decoded = []
+  monkeypatch.setattr(folder, 'load_folder', lambda *a, **k: decoded.append(a))
+  cfg = base_config().data
+  cfg.update({'source': 'folder', 'dir': root, 'eval_split': 'val', 'preprocess': 'imagenet'})
+  for backend in ('auto', 'memory'):
+    cfg.backend = backend
+    with pytest.raises(ConfigError, match=r"preprocess='imagenet'.*data.backend='grain'"):
+      data.load_datasets(cfg)
+  assert decoded == []
+
+
 def test_missing_split_lists_the_existing_ones(tmp_path):
   root = make_tree(tmp_path / 'a', split='train')
   make_tree(tmp_path / 'a', split='val')

@@ -10,7 +10,7 @@ host (`host.py` for Grain); only the tf.data one imports TensorFlow.
 """
 
 from resnet_flax import fields
-from resnet_flax.data import arrays
+from resnet_flax.data import arrays, augment
 from resnet_flax.data.source import DATA_DEFAULTS, SOURCES, Source
 from resnet_flax.errors import DataError
 
@@ -45,6 +45,8 @@ def load_datasets(data_cfg, seed: int = 0) -> tuple[Source, Source]:
   if source == 'tfds' or backend == 'tfdata':
     from resnet_flax.data.tf import source as tf_source   # imports TensorFlow
     return tf_source.load_datasets(data_cfg)
+  # before the in-memory sources decode anything (a whole ImageNet folder would not fit)
+  augment.check_preset_on_device(data_cfg['preprocess'], True)
   if source in IN_MEMORY_SOURCES:
     return (arrays.load(data_cfg, data_cfg['train_split'], seed),
             arrays.load(data_cfg, data_cfg['eval_split'], seed))

@@ -72,6 +72,14 @@ def crop_and_flip(preset: str, random_crop_pad: int, random_flip: bool) -> tuple
   return pad, bool(random_flip) or preset in ('cifar', 'imagenet')
 
 
+def check_preset_on_device(preset: str, augment_on_device: bool) -> None:
+  """ConfigError for the 'imagenet' preset (random-resized crops of JPEGs) on the device: it
+  runs in a host back end."""
+  if preset == 'imagenet' and augment_on_device:
+    raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in a host back "
+                      "end: set data.backend='grain' or data.backend='tfdata'")
+
+
 def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -> Callable:
   """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,C).
 
@@ -85,9 +93,7 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
   preset = data_cfg['preprocess']
   if preset not in PRESETS:
     raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
-  if preset == 'imagenet' and augment_on_device:
-    raise ConfigError("data.preprocess='imagenet' (random-resized crops) runs in a host back "
-                      "end: set data.backend='grain' or data.backend='tfdata'")
+  check_preset_on_device(preset, augment_on_device)
   stored_size, _, stored_channels = stored_shape
   size, _, channels = output_shape(data_cfg, stored_shape)
   pad, flip = crop_and_flip(preset, data_cfg['random_crop_pad'], data_cfg['random_flip'])
