@@ -394,3 +394,7 @@ def test_evaluate_script(tmp_path):
   assert json.load(open(workdir / 'eval_2.json'))['eval_split'] == 'train[:16]'
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '3'])
   assert p.returncode == 2 and 'no checkpoint at step 3' in p.stderr.strip().splitlines()[-1]
+  p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint=latest'])
+  assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+      'error: --checkpoint latest: give a step number (or leave it out for the latest readable '
+      'checkpoint)']

@@ -45,10 +45,15 @@ def main(argv=None) -> None:
   if not os.path.isdir(workdir_arg):
     print(f'error: --workdir {workdir_arg}: no such directory', file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
+  step_arg = _argv_value(argv, 'checkpoint')
+  if step_arg is not None and not step_arg.lstrip('-').isdigit():
+    print(f'error: --checkpoint {step_arg}: give a step number (or leave it out for the latest '
+          f'readable checkpoint)', file=sys.stderr)
+    sys.exit(common.EXIT_USER_ERROR)
   from absl import app, flags
   from resnet_flax.checkpoint import compat
   try:
-    base = compat.config_from_dict(_run_config(workdir_arg, _argv_value(argv, 'checkpoint')))
+    base = compat.config_from_dict(_run_config(workdir_arg, step_arg))
   except UserError as e:
     sys.exit(common.report_error(e))
 
