@@ -246,6 +246,13 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
   assert (tmp_path / 'all_vs_depth.png').stat().st_size > 10_000
   result = _script('plot.py', str(tmp_path / 'nothing'))
   assert result.returncode == 2 and 'no such directory' in result.stderr
+  (tmp_path / 'a-file').write_text('')
+  result = _script('plot.py', str(tmp_path / 'a'), '--out', str(tmp_path / 'a-file' / 'x.png'))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'cannot write the figure ' in result.stderr.strip().splitlines()[-1]
+  result = _script('sweep.py', '--config', 'cifar10', '--workdir', str(tmp_path / 'a-file'),
+                   '--sweep', 'model.depth=20,32')
+  assert result.returncode == 2 and 'cannot be made a folder' in result.stderr, result.stderr
 
 
 def test_runs_with_the_same_compared_fields_are_told_apart_by_their_folders(tmp_path):

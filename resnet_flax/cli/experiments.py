@@ -78,16 +78,17 @@ def plot(argv=None) -> int:
                       help="the curves' x axis: epoch (default) or time (the run's wall time; "
                            "eval points only)")
   args = parser.parse_args(argv[1:])
+  out = args.out or os.path.join(args.dirs[0], 'curves.png')
   try:
     runs = plotting.load_runs(args.dirs, args.select)
     fig, _ = plotting.curves_figure(runs, args.title, args.x)
+    print(f'{len(runs)} runs; curves: {plotting.save(fig, out)}')
+    fig, _ = plotting.depth_figure(runs, args.title)
+    if fig is not None:
+      depth_out = plotting.save(fig, os.path.splitext(out)[0] + '_vs_depth.png')
+      print(f'error against depth: {depth_out}')
   except UserError as e:
     return common.report_error(e)
-  out = args.out or os.path.join(args.dirs[0], 'curves.png')
-  print(f'{len(runs)} runs; curves: {plotting.save(fig, out)}')
-  fig, _ = plotting.depth_figure(runs, args.title)
-  if fig is not None:
-    print(f'error against depth: {plotting.save(fig, os.path.splitext(out)[0] + "_vs_depth.png")}')
   return 0
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
-from resnet_flax.errors import SweepError
+from resnet_flax.errors import DependencyError, SweepError, WorkdirError, first_line
 from resnet_flax.experiments.sweep import last_epoch_train
 
 
@@ -106,7 +106,11 @@ def _series(metrics: list, key: str, as_error: bool, x: str = 'epoch'):
 
 def pyplot():
   """matplotlib.pyplot on the Agg back end (files only, no display needed)."""
-  import matplotlib
+  try:
+    import matplotlib
+  except ImportError:
+    raise DependencyError('matplotlib is not importable: pip install -r requirements.txt '
+                          '(plots need it; training does not)') from None
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   return plt
@@ -195,7 +199,12 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
 
 
 def save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  pyplot().close(fig)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+  except OSError as e:
+    raise WorkdirError(f'cannot write the figure {path} ({first_line(e)}): pass another --out, '
+                       f'or free space or fix the permissions of its folder') from None
+  finally:
+    pyplot().close(fig)
   return path

@@ -339,7 +339,11 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
     for name, problem in problems.items():
       log(f'sweep: point {name} cannot run: {problem}')
     return len(problems)
-  os.makedirs(sweep_dir, exist_ok=True)
+  try:
+    os.makedirs(sweep_dir, exist_ok=True)
+  except OSError as e:
+    raise SweepError(f'--workdir {sweep_dir}: cannot be made a folder ({e.strerror}); pass a '
+                     f'folder path') from None
   failed = 0
   for i, (point, workdir, point_args) in enumerate(zip(points, workdirs, args)):
     name = point_name(point)
