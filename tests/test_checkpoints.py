@@ -236,12 +236,14 @@ def test_nan_on_the_command_line_is_one_line_and_exit_code_2(tmp_path, monkeypat
   assert len(err) == 1 and err[0].startswith('stopped: ') and 'at step 4;' in err[0], err
 
 
-def test_nan_skip_step_policy_keeps_training(tmp_path, monkeypatch):
+def test_nan_skip_step_policy_keeps_training(tmp_path, monkeypatch, capsys):
   config = _resume_config(num_train_steps=4, nan_policy='skip_step')
   _nan_loss_at_step(monkeypatch, config, 2)
   results = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   assert results['steps'] == 4 and np.isfinite(results['eval_loss'])
   assert _train_losses(tmp_path)[2] is None      # the NaN loss is logged as null
+  assert results['skipped_steps'] == 1           # the results say how many updates were dropped
+  assert 'warning: 1 of the last 1 steps had a non-finite loss' in capsys.readouterr().out
 
 
 def test_incompatible_config_is_refused_in_one_line(tmp_path):

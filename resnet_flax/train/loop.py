@@ -97,11 +97,18 @@ class TrainingLoop:
     self.data_wait = self.total_wait = 0.0   # host time producing batches (the step waits)
 
   def check_finite(self) -> None:
-    """Raises NonFiniteLossError (nan_policy=stop) if a pending step was not finite."""
+    """Raises NonFiniteLossError (nan_policy=stop) if a pending step was not finite; with
+    skip_step counts the dropped updates (in the results, and a warning in the log)."""
     if not self.pending_flags:
       return
     # one transfer for the whole window; under pmap each flag holds one copy per device
     flags = [float(np.min(f)) for f in jax.device_get(self.pending_flags)]
+    dropped = sum(f < 1.0 for f in flags)
+    if dropped and self.config.nan_policy == 'skip_step':
+      self.loop.skipped_steps += dropped
+      self.log.info(f'warning: {dropped} of the last {len(flags)} steps had a non-finite loss or '
+                    f'gradients and were skipped (nan_policy=skip_step; '
+                    f'{self.loop.skipped_steps} so far)')
     if min(flags) < 1.0 and self.config.nan_policy == 'stop':
       bad = self.step - len(flags) + flags.index(min(flags)) + 1
       try:    # a save still being written is on disk before the message counts it as kept
@@ -123,7 +130,7 @@ class TrainingLoop:
     host_window = ({k: float(v) for k, v in par.host_metrics(window).items()}
                    if window is not None else None)
     saved = LoopState(host_window, loop.window_steps, loop.eval_metrics, loop.init_report,
-                      self.timing())
+                      self.timing(), loop.skipped_steps)
     self.ckpts.save(self.step, _host_copy(par, state), config=self.config,
                     metrics=loop.eval_metrics if at_eval else None,
                     meta=saved.to_meta(total_steps=self.run.plan.total_steps,
@@ -229,6 +236,7 @@ class TrainingLoop:
             'data_wait_fraction': (timing['data_wait_s'] / timing['throughput_time_s']
                                    if timing['throughput_time_s'] else None),
             'num_devices': self.run.par.num_devices,
+            'skipped_steps': self.loop.skipped_steps,
             'model': describe_model(self.config.model)}
 
 

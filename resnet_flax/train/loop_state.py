@@ -2,7 +2,8 @@
 and reads the loop's entries of the checkpoint meta.
 
 The train-metric window left open at the checkpoint (sums since the last log event, and how many
-steps they cover), the last eval metrics, the fine-tuning report, the time the run has spent so
+steps they cover), the steps dropped for a non-finite loss (`nan_policy=skip_step`), the last
+eval metrics, the fine-tuning report, the time the run has spent so
 far (over all its segments), the planned length, and the data facts inference needs. With them
 a resumed run logs, evaluates and ends as the uninterrupted one would, and its results count
 the time of every segment.
@@ -23,11 +24,13 @@ class LoopState:
   eval_metrics: dict = dataclasses.field(default_factory=dict)
   init_report: Optional[dict] = None  # checkpoint.pretrained.InitReport.to_dict()
   timing: dict = dataclasses.field(default_factory=dict)   # Timing fields, summed over segments
+  skipped_steps: int = 0              # updates dropped for a non-finite loss (skip_step)
 
   def to_meta(self, *, total_steps: int, data: Optional[DataInfo]) -> dict:
     return {'window': self.window, 'window_steps': int(self.window_steps),
             'eval_metrics': dict(self.eval_metrics), 'init_from': self.init_report,
             'timing': dict(self.timing), 'total_steps': int(total_steps),
+            'skipped_steps': int(self.skipped_steps),
             'data': data.to_meta() if data else None}
 
   @classmethod
@@ -36,7 +39,8 @@ class LoopState:
     return cls(window={k: np.float32(v) for k, v in window.items()} if window else None,
                window_steps=int(meta.get('window_steps', 0)),
                eval_metrics=dict(meta.get('eval_metrics') or {}),
-               init_report=meta.get('init_from'), timing=dict(meta.get('timing') or {}))
+               init_report=meta.get('init_from'), timing=dict(meta.get('timing') or {}),
+               skipped_steps=int(meta.get('skipped_steps', 0)))
 
 
 TIMING_FIELDS = ('train_time_s', 'compile_time_s', 'images', 'throughput_time_s',
