@@ -97,3 +97,12 @@ def test_opencv_library_decodes_crops_and_resizes_like_pillow():
       assert opencv(_png(ramp), (1, k)).tobytes() == b.tobytes()            # keyed
   cifar = host.make('cifar', size=40, train=False, library='opencv')
   assert cifar(_png(image[:, :40]), ()).tobytes() == image[:, :40].tobytes()
+  # a JPEG whose EXIF says 'rotate 90': both libraries keep the stored orientation
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  jpeg = io.BytesIO()
+  Image.fromarray(image).save(jpeg, 'JPEG', exif=exif.tobytes(), quality=95)
+  pillow_pixels = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert('RGB'))
+  opencv_pixels = host.opencv_decode(jpeg.getvalue())
+  assert opencv_pixels.shape == pillow_pixels.shape == (40, 56, 3)
+  assert np.abs(opencv_pixels.astype(int) - pillow_pixels.astype(int)).max() <= 2

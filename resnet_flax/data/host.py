@@ -193,9 +193,11 @@ def _opencv():
 
 
 def opencv_decode(data) -> np.ndarray:
-  """uint8 (H, W, 3) RGB of encoded bytes by OpenCV; BadImage when it cannot decode them."""
+  """uint8 (H, W, 3) RGB of encoded bytes by OpenCV; BadImage when it cannot decode them. The
+  EXIF orientation is not applied, as Pillow (every other path, prediction included) does not."""
   cv2 = _opencv()
-  array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+  array = cv2.imdecode(np.frombuffer(data, np.uint8),
+                       cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
   if array is None:
     raise BadImage('not an image OpenCV can decode')
   return array
