@@ -126,6 +126,21 @@ def test_imagenet_preset_on_the_device_is_refused_before_any_image_is_decoded(tm
   assert decoded == []
 
 
+def test_splits_of_two_sizes_need_the_model_size_stated(tmp_path):
+  """Evaluation would resize the test images to the training size, prediction would take them
+  at their own: with data.image_size=0 two sizes are refused, a stated size is used."""
+  from resnet_flax.train.build import build_run
+  make_tree(tmp_path, per_class=6, size=(8, 8))
+  make_tree(tmp_path, split='test', size=(16, 16))
+  config = tiny_config(**{'data.source': 'folder', 'data.dir': str(tmp_path),
+                          'data.image_size': 0, 'data.channels': 0, 'model.num_classes': 3})
+  with pytest.raises(ConfigError, match=r"'train' holds 8x8 images and 'test' 16x16: set "
+                                        r"--config.data.image_size"):
+    build_run(config)
+  config.data.image_size = 8
+  assert build_run(config).image_shape == (8, 8, 3)
+
+
 def test_missing_split_lists_the_existing_ones(tmp_path):
   root = make_tree(tmp_path / 'a', split='train')
   make_tree(tmp_path / 'a', split='val')

@@ -78,8 +78,9 @@ class Run:
   image_shape: tuple = ()                 # (H, W, C) the model sees
 
 
-def check_data_fits(config, train_ds) -> None:
-  """The model's classes and the batch size against the training data, before building."""
+def check_data_fits(config, train_ds, eval_ds=None) -> None:
+  """The model's classes and the batch size against the training data, and the image sizes of
+  the two splits when the model takes the data's own size, before building."""
   classes = train_ds.num_classes
   if config.model.include_top and config.model.num_classes != classes:
     outside = (train_ds.first_label_outside(config.model.num_classes)
@@ -99,6 +100,16 @@ def check_data_fits(config, train_ds) -> None:
         f'config.batch_size={config.batch_size} is larger than the training split '
         f'{config.data.train_split!r} ({train_ds.num_examples} examples); set batch_size to at '
         f'most {train_ds.num_examples}, or train on more data')
+  if (eval_ds is not None and not int(config.data.image_size) and not train_ds.augmented_on_host
+      and tuple(train_ds.image_shape[:2]) != tuple(eval_ds.image_shape[:2])):
+    # evaluation would resize to the training size, prediction (which records the eval size)
+    # would not: one size for both, stated
+    train_hw = 'x'.join(map(str, train_ds.image_shape[:2]))
+    eval_hw = 'x'.join(map(str, eval_ds.image_shape[:2]))
+    raise ConfigError(
+        f'data.image_size=0 takes the images\' own size, but {config.data.train_split!r} holds '
+        f'{train_hw} images and {config.data.eval_split!r} {eval_hw}: set '
+        f'--config.data.image_size to the side the model should see')
 
 
 def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) -> Run:
@@ -110,7 +121,7 @@ def build_run(config, *, devices=None, par: Optional[parallel.Parallel] = None) 
     par = parallel.create(config.parallelism, devices, config.compiler_options)
     config_lib.validate(config, device_count=par.num_devices)
   train_ds, eval_ds = data.load_datasets(config.data, config.seed)
-  check_data_fits(config, train_ds)
+  check_data_fits(config, train_ds, eval_ds)
   plan, schedule, tx = build_optimizer(config, train_ds.num_examples)
 
   preprocess = augment.make_preprocess(config.data, stored_shape=train_ds.image_shape,
