@@ -272,3 +272,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
     _fail('data.std', config.data.std,
           'data.mean and data.std need the same length (1 or one per channel) and std > 0')
+  if max(config.data.std) < 1.0:
+    _fail('data.std', config.data.std,
+          'looks like the 0..1 scale: data.mean and data.std are on the 0..255 scale of the '
+          'uint8 images (ImageNet: 123.675, 116.28, 103.53 / 58.395, 57.12, 57.375); multiply '
+          'both by 255')

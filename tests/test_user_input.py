@@ -42,6 +42,14 @@ def test_model_name_on_the_command_line_selects_that_models_fields():
   assert config.model.name == 'resnet152'
 
 
+def test_mean_and_std_on_the_0_to_1_scale_are_refused():
+  config = tiny_config(**{'data.mean': (0.485, 0.456, 0.406), 'data.std': (0.229, 0.224, 0.225)})
+  with pytest.raises(ConfigError, match=r'data.std=.*looks like the 0..1 scale.*multiply both by '
+                                        r'255'):
+    config_lib.validate(config)
+  config_lib.validate(tiny_config(**{'data.mean': (0.0,), 'data.std': (1.0,)}))  # no scaling
+
+
 @pytest.mark.parametrize('name, suggestion', [('resnet_bogus', 'did you mean'),
                                               ('ResNet101', 'did you mean resnet101')])
 def test_an_unknown_model_name_is_refused_with_the_closest_names(name, suggestion):
