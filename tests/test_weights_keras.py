@@ -282,6 +282,8 @@ def test_convert_script_writes_a_keras_checkpoint_with_its_input_convention(kera
   assert tuple(predictor.config.data.mean) == (123.68, 116.779, 103.939)
   assert tuple(predictor.config.data.std) == (1.0, 1.0, 1.0)
   assert predictor.config.model.flavour == 'keras' and predictor.config.model.depth == 50
+  # Keras' ImageNet head is in synset order: its class 0 is the tench, as torchvision's
+  assert len(predictor.class_names) == 1000 and predictor.class_names[:2] == ['tench', 'goldfish']
   # the stem kernel holds the BGR order: reversed input channels of the Keras kernel
   _, params, _ = convert_keras('keras_resnet50', str(path))
   np.testing.assert_array_equal(predictor.variables['params']['stem_conv']['kernel'],

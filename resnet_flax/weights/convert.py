@@ -30,13 +30,18 @@ def convert_torchvision(args) -> str:
 def _save_imagenet_weights(args, library: str, file: str, fields, params, batch_stats,
                            eval_crop_fraction) -> str:
   """Writes converted torch weights (ImageNet's RGB normalisation) to `args.out`; the line."""
-  from resnet_flax.weights import torchvision_import as tv
   config = export_checkpoint.pretrained_config(fields, eval_crop_fraction)
-  names = tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
   checkpoint = export_checkpoint.save_pretrained(
-      args.out, config, params, batch_stats, class_names=names,
+      args.out, config, params, batch_stats, class_names=_imagenet_names(fields),
       source={'from': library, 'model': args.model, 'file': file})
   return f'{args.model}: {file} -> {checkpoint}'
+
+
+def _imagenet_names(fields):
+  """The ImageNet class names of a 1000-class head (every library here orders the classes by
+  synset id, as torchvision's list does), else None."""
+  from resnet_flax.weights import torchvision_import as tv
+  return tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
 
 
 def convert_timm(args) -> str:
@@ -73,7 +78,7 @@ def convert_keras(args) -> str:
   config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
   config.data.mean, config.data.std = mean, std
   checkpoint = export_checkpoint.save_pretrained(
-      args.out, config, params, batch_stats,
+      args.out, config, params, batch_stats, class_names=_imagenet_names(fields),
       source={'from': 'keras', 'model': args.model,
               'file': os.path.basename(args.input) if args.input else 'imagenet'})
   return f'{args.model}: {args.input or "keras imagenet weights"} -> {checkpoint}'
