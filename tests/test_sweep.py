@@ -153,6 +153,10 @@ def test_a_rerun_with_other_arguments_or_a_shared_checkpoint_folder_is_refused(t
   assert shared.returncode == 2 and 'would share that folder' in shared.stderr
   assert not (sweep_dir / 'shared').exists()
   assert (sweep_dir / 'results.md').read_text() == table
+  # the same arguments, the sweep folder spelled another way: the same points, all finished
+  respelled = [os.path.join(a, '.') if a == str(sweep_dir) else a for a in args]
+  same = _script('sweep.py', *respelled)
+  assert same.returncode == 0 and same.stdout.count('finished, skipped') == 2, same.stderr
 
 
 @pytest.mark.slow

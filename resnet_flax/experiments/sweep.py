@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
@@ -117,15 +117,25 @@ def recorded_args(workdir: str) -> Optional[list[str]]:
   record = _read_point_file(workdir)
   if 'args' in record:
     return list(record['args'])
-  if 'command' in record:      # records written before 'args': the interpreter, then the command
-    return shlex.split(record['command'])[1 + len(TRAIN_COMMAND):]
+  if 'command' in record:      # records written before 'args': the arguments from --config on
+    words = shlex.split(record['command'])
+    return words[words.index('--config'):] if '--config' in words else None
   return None
+
+
+def _same_paths(args: Sequence[str]) -> list[str]:
+  """The arguments with the --config and --workdir paths resolved (one folder, one spelling)."""
+  out = list(args)
+  for i, arg in enumerate(out[:-1]):
+    if arg in ('--config', '--workdir') and os.path.exists(out[i + 1]):
+      out[i + 1] = os.path.realpath(out[i + 1])
+  return sorted(out)
 
 
 def check_same_args(workdir: str, point_args: Sequence[str]) -> None:
   """SweepError when the point in `workdir` ran with other train arguments than `point_args`."""
   then = recorded_args(workdir)
-  if then is None or sorted(then) == sorted(point_args):
+  if then is None or _same_paths(then) == _same_paths(point_args):
     return
   only_then = [a for a in then if a not in point_args]
   only_now = [a for a in point_args if a not in then]
@@ -144,11 +154,11 @@ def _read_point_file(workdir: str) -> dict:
 
 
 def _write_point_file(workdir: str, record: dict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, POINT_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, POINT_FILE))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise SweepError(f'{workdir}: cannot be made a folder ({e.strerror})') from None
+  rundir.write_atomic(os.path.join(workdir, POINT_FILE), json.dumps(record, indent=2))
 
 
 def _relay(stream, last_line: list) -> None:
@@ -191,7 +201,8 @@ def run_point(command: list[str], workdir: str, point: dict[str, str], *,
     forwarded['signal'] = signum
     child.send_signal(signal.SIGTERM)
 
-  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  # the child runs in a session of its own: what would have reached it reaches it from here
+  old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
   try:
     code = child.wait()
   finally:
@@ -307,32 +318,41 @@ def write_tables(sweep_dir: str, rows: list[dict]) -> tuple[str, str]:
   return csv_path, md_path
 
 
+def check_own_checkpoints(config, point: dict[str, str]) -> None:
+  """SweepError for a point config whose checkpoint_dir every point would share (not swept)."""
+  if config.checkpoint_dir and 'checkpoint_dir' not in point:
+    raise SweepError(f'checkpoint_dir={config.checkpoint_dir!r}: every point of the sweep would '
+                     f'share that folder; drop it (--config.checkpoint_dir= , or leave it out '
+                     f'of the config file): each point keeps its checkpoints in its own folder')
+
+
 def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[str]]],
               extra: Sequence[str] = (), *, dry_run: bool = False, log=print,
               python: str = sys.executable,
-              check: Optional[Callable[[list[str]], None]] = None) -> int:
+              check: Optional[Callable[[list[str]], Any]] = None) -> int:
   """Runs every unfinished point in order and writes the tables; returns the number of points
-  that failed (0 when all finished). `check(train_args)`, when given, validates a point's
-  config before anything runs and raises a UserError for one that cannot work: such a point is
-  recorded as failed with that line, and the others run. `dry_run` checks every point, prints
-  one command per line, runs nothing, and returns the number of points that do not check."""
+  that failed (0 when all finished). `check(train_args)`, when given, loads and validates a
+  point's config before anything runs and returns it, or raises a UserError for one that cannot
+  work: such a point is recorded as failed with that line, and the others run; a config whose
+  checkpoint folder every point would share stops the sweep (`check_own_checkpoints`).
+  `dry_run` checks every point, prints one command per line, runs nothing, and returns the
+  number of points that do not check."""
   if not os.path.isfile(config_path):
     raise SweepError(f'--config {config_path}: no such file')
   points = expand(axes)
-  if any(a.startswith('--config.checkpoint_dir=') and a.split('=', 1)[1] for a in extra):
-    raise SweepError('--config.checkpoint_dir: every point of a sweep would share that folder; '
-                     'drop it (each point keeps its checkpoints in its own folder)')
   workdirs = [os.path.join(sweep_dir, point_name(p)) for p in points]
   args = [train_args(config_path, w, p, extra) for p, w in zip(points, workdirs)]
-  for workdir, point_args in zip(workdirs, args):
-    check_same_args(workdir, point_args)
   problems = {}
   for point, point_args in zip(points, args):
     try:
-      if check is not None:
-        check(point_args)
+      config = check(point_args) if check is not None else None
     except UserError as e:
       problems[point_name(point)] = f'{e.kind}: {e}'
+      continue
+    if config is not None:
+      check_own_checkpoints(config, point)
+  for workdir, point_args in zip(workdirs, args):
+    check_same_args(workdir, point_args)
   if dry_run:
     for point, point_args in zip(points, args):
       log(shlex.join([python, *TRAIN_COMMAND, *point_args]))
