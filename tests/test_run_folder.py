@@ -164,15 +164,14 @@ def test_run_folder_files_are_replaced_whole_and_failures_are_one_line(tmp_path,
     f.write('{"model": {"depth"')                  # cut short
   with pytest.raises(WorkdirError, match=r'config.json cannot be read \(JSONDecodeError'):
     rundir.read_config(workdir)
-  log = MetricsLog(workdir, tensorboard=False, progress_bar=False)
-
-  class FullFile:
-    def write(self, text):
-      raise OSError(errno.ENOSPC, 'No space left on device')
-  log._jsonl = FullFile()
-  with pytest.raises(WorkdirError, match=r'cannot write .*metrics.jsonl .*checkpoints saved so '
-                                         r'far are kept'):
+  full_dir = tmp_path / 'full'                     # a metrics file on a full device
+  full_dir.mkdir()
+  os.symlink('/dev/full', full_dir / rundir.METRICS_FILE)
+  log = MetricsLog(str(full_dir), tensorboard=False, progress_bar=False)
+  with pytest.raises(WorkdirError, match=r'cannot write .*metrics.jsonl .*No space left.*'
+                                         r'checkpoints saved so far are kept'):
     log.write(3, 0.1, {'train_loss': 1.0})
+  log.close()
 
 
 def test_a_run_with_its_checkpoints_elsewhere_is_found_by_its_workdir(tmp_path):

@@ -64,8 +64,10 @@ class StateMismatch(CheckpointError):
   """A readable checkpoint whose train state is not the structure the run restores into."""
 
   def __init__(self, step: int, directory: str, difference: str, saved_config: dict):
-    super().__init__(f'checkpoint {step} in {directory} holds a train state of another '
-                     f'structure than this config builds ({difference})')
+    self.where = (f'checkpoint {step} in {directory} holds a train state of another structure '
+                  f'than this config builds ({difference})')
+    super().__init__(f'{self.where}: use the config it was saved with (drop the overrides that '
+                     f'change the model, the optimizer or the EMA)')
     self.saved_config = saved_config
 
 
@@ -257,8 +259,11 @@ class Checkpoints:
 
   def saved_shapes(self, step: int) -> dict:
     """`leaf_shapes` of the train state saved at `step`, from its metadata (no array is read)."""
-    metadata = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(os.path.join(self.directory, str(step), 'state')))
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      metadata = handler.metadata(epath.Path(os.path.join(self.directory, str(step), 'state')))
+    finally:
+      handler.close()
     return leaf_shapes(metadata.tree)
 
   def restore(self, step: int, template=None):

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
   if not os.path.isdir(workdir_arg):
     print(f'error: --workdir {workdir_arg}: no such directory', file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
-  step_arg = _argv_value(argv, 'checkpoint')
+  step_arg = _argv_value(argv, 'checkpoint') or None     # '' as absent: the latest
   if step_arg is not None and not step_arg.lstrip('-').isdigit():
     print(f'error: --checkpoint {step_arg}: give a step number (or leave it out for the latest '
           f'readable checkpoint)', file=sys.stderr)

@@ -111,10 +111,7 @@ class ArrayRecordRecords:
     total = int(info['num_examples'])
     if total == 0:
       raise DataError(f'{dest}: split {split!r} has no examples')
-    try:
-      _, index = splits.select(split_spec, total)
-    except ValueError as e:
-      raise DataError(f'{dest}: {e}; check data.train_split / data.eval_split') from None
+    index = splits.select_examples(split_spec, total, dest)
     self.first, self.count = index.start, len(index)
     self.class_names = list(meta['class_names'])
     self.num_classes = len(self.class_names)

@@ -170,9 +170,4 @@ def load(data_cfg, split_spec: str, seed: int = 0) -> ArrayDataset:
     full = _synthetic(data_cfg, name, seed)
   else:
     raise DataError(f'data.source={source!r} is not an in-memory source')
-  try:
-    _, index = splits.select(split_spec, len(full))
-  except ValueError as e:
-    raise DataError(f'data.source={source}: {e}; check data.train_split / '
-                    f'data.eval_split') from None
-  return full.subset(index)
+  return full.subset(splits.select_examples(split_spec, len(full), f'data.source={source}'))

@@ -137,11 +137,7 @@ def list_folder(root: str, split_spec: str, *, on_bad: str = 'error'
   except ValueError as e:
     raise DataError(f'{root}: {e}') from None
   paths, labels, class_names = _scan_split(root, split, on_bad)
-  try:
-    _, index = splits.select(split_spec, len(paths))
-  except ValueError as e:
-    raise DataError(f'{os.path.join(root, split)}: {e}; check data.train_split / '
-                    f'data.eval_split') from None
+  index = splits.select_examples(split_spec, len(paths), os.path.join(root, split))
   return paths[index.start:index.stop], labels[index.start:index.stop], class_names
 
 

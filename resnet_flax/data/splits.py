@@ -2,11 +2,14 @@
 'train[:10%]', 'test[-1000:]'.
 
 `parse_split` returns the split name and a slice; `select` applies it to a number of examples
-(percent bounds round like TFDS: to the nearest example). A bound beyond the split's examples
+(percent bounds round like TFDS: to the nearest example); `select_examples` is what the sources
+call (a problem is a DataError naming the data). A bound beyond the split's examples
 ('train[:45000]' of 10,000) is an error, as in TFDS, not a silently shorter split.
 """
 
 import re
+
+from resnet_flax.errors import DataError
 
 _SPLIT = re.compile(r'^\s*([A-Za-z0-9_\-]+)\s*(?:\[\s*([-+]?\d*\.?\d*%?)\s*:\s*([-+]?\d*\.?\d*%?)\s*\])?\s*$')
 
@@ -41,3 +44,11 @@ def select(spec: str, n: int) -> tuple[str, range]:
   if hi <= lo:
     raise ValueError(f'split {spec!r} selects no examples of the {n} in {name!r}')
   return name, range(lo, hi)
+
+
+def select_examples(spec: str, n: int, where: str) -> range:
+  """`select`'s range, a problem with the split a DataError naming `where` and the fields."""
+  try:
+    return select(spec, n)[1]
+  except ValueError as e:
+    raise DataError(f'{where}: {e}; check data.train_split / data.eval_split') from None

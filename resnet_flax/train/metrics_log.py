@@ -114,7 +114,11 @@ class MetricsLog:
       self.stream.write('\n')
       self._bar_open = False
     if self._jsonl is not None:
-      self._jsonl.close()
+      try:
+        self._jsonl.close()
+      except OSError:
+        pass   # every record was flushed when written: only a failed write's line is left,
+               # and that failure was reported (a second error here would hide it)
     if self._tb is not None and hasattr(self._tb, 'close'):
       self._tb.close()
 

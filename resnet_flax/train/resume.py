@@ -12,6 +12,7 @@ from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax import rundir
 from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.models import create_model, scan
+from resnet_flax.train import distributed
 from resnet_flax.train.build import Run
 from resnet_flax.train.loop_state import LoopState
 from resnet_flax.train.state import create_train_state
@@ -78,7 +79,7 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
       changed = [f for f in compat.changed_fields(e.saved_config, config)
                  if f.startswith(('optimizer.', 'ema_decay', 'freeze', 'model.'))]
       raise ConfigError(
-          f'{e}: resume with the values it was saved with{" (changed: " if changed else ""}'
+          f'{e.where}: resume with the values it was saved with{" (changed: " if changed else ""}'
           f'{", ".join(changed[:6])}{")" if changed else ""}, or pass '
           f'--config.on_existing_run=restart to delete its checkpoints, or use another '
           f'--workdir (to fine-tune from it: --config.init_from={workdir})') from None
@@ -102,8 +103,9 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
     messages.append(f'resuming from checkpoint {step} in {ckpts.directory} (step {step} of '
                     f'{run.plan.total_steps}){note}')
     return run.par.put_state(host), step, LoopState.from_meta(meta), messages
-  if (not existing and config.on_existing_run != 'restart'
-      and rundir.read_results(workdir) is not None):
+  finished = (not existing and config.on_existing_run != 'restart'
+              and jax.process_index() == 0 and rundir.read_results(workdir) is not None)
+  if distributed.any_process(finished):   # process 0 writes results.json: its view decides
     raise WorkdirError(
         f'{workdir} holds the results of a finished run ({rundir.RESULTS_FILE}) but '
         f'{ckpts.directory} holds no checkpoint of it: pass --config.on_existing_run=restart '

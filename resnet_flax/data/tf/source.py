@@ -75,10 +75,7 @@ class TFDataSource(StreamedSource):
       raise DataError(f'{name}: {e}') from None
     image_key, label_key = tfds.feature_keys(builder, image_key, label_key)
     total = tfds.split_size(builder, split_name, image_key)
-    try:
-      _, index = splits.select(split, total)
-    except ValueError as e:
-      raise DataError(f'{name}: {e}; check data.train_split / data.eval_split') from None
+    index = splits.select_examples(split, total, name)
     records = tf_records.TFDSRecords(builder, split_name, index.start, len(index), image_key,
                                      label_key, f'{name} {split!r}')
     feature_shape = tuple(builder.info.features[image_key].shape)
