@@ -276,4 +276,5 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
     _fail('data.std', config.data.std,
           'looks like the 0..1 scale: data.mean and data.std are on the 0..255 scale of the '
           'uint8 images (ImageNet: 123.675, 116.28, 103.53 / 58.395, 57.12, 57.375); multiply '
-          'both by 255')
+          'both by 255 (a run trained with these values normalised its inputs 255 times too '
+          'strongly: train it again)')
