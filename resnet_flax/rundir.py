@@ -33,14 +33,17 @@ def path(workdir: str, name: str) -> str:
 
 def checkpoint_dir(config, workdir: str) -> str:
   """The checkpoints folder of a run: `config.checkpoint_dir`, else WORKDIR/checkpoints."""
-  return os.path.abspath(os.path.expanduser(config.checkpoint_dir or
-                                            os.path.join(workdir, CHECKPOINTS)))
+  return _absolute(config.checkpoint_dir or os.path.join(workdir, CHECKPOINTS))
+
+
+def _absolute(folder: str) -> str:
+  return os.path.abspath(os.path.expanduser(folder))
 
 
 def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[int]]:
   """(checkpoints folder, step or None for the latest) for a run workdir, a checkpoints folder
   or one step's folder."""
-  where = os.path.abspath(os.path.expanduser(where))
+  where = _absolute(where)
   if not os.path.isdir(where):
     raise CheckpointError(f'{where}: no such folder (expected a run workdir, its checkpoints '
                           f'folder or a checkpoint folder)')
@@ -49,8 +52,7 @@ def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[i
     return os.path.dirname(where), int(name)
   saved = read_config(where)
   if saved and saved.get('checkpoint_dir'):      # a run that kept its checkpoints elsewhere
-    return os.path.abspath(os.path.expanduser(saved['checkpoint_dir'])), (
-        step if step >= 0 else None)
+    return _absolute(saved['checkpoint_dir']), (step if step >= 0 else None)
   if os.path.isdir(os.path.join(where, CHECKPOINTS)):
     return os.path.join(where, CHECKPOINTS), (step if step >= 0 else None)
   return where, (step if step >= 0 else None)

@@ -109,7 +109,7 @@ class TrainingLoop:
       self.log.info(f'warning: {dropped} of the last {len(flags)} steps had a non-finite loss or '
                     f'gradients and were skipped (nan_policy=skip_step; '
                     f'{self.loop.skipped_steps} so far)')
-    if min(flags) < 1.0 and self.config.nan_policy == 'stop':
+    if dropped and self.config.nan_policy == 'stop':
       bad = self.step - len(flags) + flags.index(min(flags)) + 1
       try:    # a save still being written is on disk before the message counts it as kept
         self.ckpts.wait()

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Optional
 
+from resnet_flax import rundir
 from resnet_flax.errors import WorkdirError, first_line
 
 
@@ -48,7 +49,7 @@ class MetricsLog:
     self._bar_open = False
     self._jsonl = None
     self._tb = None
-    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._path = rundir.path(workdir, rundir.METRICS_FILE)
     if enabled:
       try:
         os.makedirs(workdir, exist_ok=True)

@@ -8,8 +8,8 @@ checkpoint (its checkpoint folder was emptied or moved): starting over would rep
 import jax
 import numpy as np
 
-from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax import rundir
+from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.models import create_model, scan
 from resnet_flax.train import distributed
