@@ -97,11 +97,14 @@ def read_config(workdir: str) -> Optional[dict]:
 
 def write_config(workdir: str, config, *, framework: str = '') -> None:
   """config.json; `framework` names another framework that trained the run (the PyTorch
-  reference: 'torch'), kept under FRAMEWORK_KEY beside the config's fields."""
-  text = config.to_json(indent=2)
+  reference: 'torch'), kept under FRAMEWORK_KEY beside the config's fields. A relative
+  `checkpoint_dir` is saved as the folder it names now, so the run is found from any directory."""
+  fields = json.loads(config.to_json())
+  if fields.get('checkpoint_dir'):
+    fields['checkpoint_dir'] = _absolute(fields['checkpoint_dir'])
   if framework:
-    text = json.dumps({**json.loads(text), FRAMEWORK_KEY: framework}, indent=2)
-  write_atomic(path(workdir, CONFIG_FILE), text)
+    fields[FRAMEWORK_KEY] = framework
+  write_atomic(path(workdir, CONFIG_FILE), json.dumps(fields, indent=2))
 
 
 def framework_of(saved_config: Optional[dict]) -> str:

@@ -184,6 +184,17 @@ def test_a_run_with_its_checkpoints_elsewhere_is_found_by_its_workdir(tmp_path):
   assert step == 2 and config['checkpoint_dir'] == elsewhere
 
 
+def test_a_relative_checkpoint_dir_is_found_from_any_directory(tmp_path, monkeypatch):
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
+  monkeypatch.chdir(tmp_path / 'a')
+  loop.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_dir='ckpt'), '../run',
+                          devices=jax.devices()[:1])
+  monkeypatch.chdir(tmp_path / 'b')
+  assert rundir.resolve_checkpoint_path('../run') == (str(tmp_path / 'a' / 'ckpt'), None)
+  assert pretrained.load_checkpoint('../run')[0] == 2
+
+
 def test_results_of_a_resumed_run_count_every_segment(tmp_path):
   workdir = str(tmp_path / 'run')
   part = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2),
