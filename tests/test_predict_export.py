@@ -61,11 +61,11 @@ def _fast_init():
     yield
 
 
-def _write_split(root, split, n, rng, size=8):
+def _write_split(root, split, n, rng, size=8, width=None):
   for i in range(n):
     folder = os.path.join(root, split, f'class{i % NUM_CLASSES}')
     os.makedirs(folder, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+    Image.fromarray(rng.integers(0, 256, (size, width or size, 3), dtype=np.uint8)).save(
         os.path.join(folder, f'{i:03d}.png'))
 
 
@@ -110,6 +110,24 @@ def test_checkpoint_records_the_data(predictor):
   assert predictor.uses_ema   # ema_decay > 0: evaluation uses the EMA, so does prediction
   # a checkpoint without meta['data'] (saved before it existed) derives the same from the config
   assert data_info.from_meta({}, predictor.config.data) == predictor.data
+
+
+def test_non_square_images_train_and_predict_at_their_own_size_with_a_flattened_head(tmp_path):
+  """data.image_size=0 keeps 8x12 images 8x12 in training, evaluation and prediction, so the
+  head on the flattened map (model.pooling='none') has one input size everywhere."""
+  rng = np.random.default_rng(1)
+  _write_split(tmp_path / 'images', 'train', 32, rng, width=12)
+  _write_split(tmp_path / 'images', 'test', 10, rng, width=12)
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(_config(tmp_path / 'images', **{'model.pooling': 'none'}), workdir,
+                          devices=jax.devices()[:1])
+  wide = inference.load(workdir)
+  assert wide.data.image_shape == (8, 12, 3)
+  assert wide.variables['params']['head']['kernel'].shape[0] == 2 * 3 * 16  # an 8x12 input
+  files = _test_files(tmp_path / 'images')
+  top1 = [top[0][0] for top in wide.predict(files, top_k=1, batch_size=4)]
+  images = np.stack([np.asarray(Image.open(f)) for f in files])
+  assert top1 == list(np.argmax(np.asarray(wide.apply(wide.variables, images)), axis=-1))
 
 
 def test_a_predictor_compiles_with_the_eval_steps_options(run, monkeypatch):

@@ -281,13 +281,16 @@ def test_training_runs_without_tensorflow(tmp_path):
   assert json.load(open(tmp_path / 'results.json'))['steps'] == 2
 
 
-@pytest.mark.parametrize('preset,stored,expected', [
-    ('mnist', (28, 28, 1), (32, 32, 3)), ('cifar', (32, 32, 3), (32, 32, 3)),
-    ('none', (8, 8, 1), (8, 8, 1))])
-def test_preprocess_presets_output_shape(preset, stored, expected):
+@pytest.mark.parametrize('preset,stored,expected,size', [
+    ('mnist', (28, 28, 1), (32, 32, 3), 0), ('cifar', (32, 32, 3), (32, 32, 3), 0),
+    ('none', (8, 8, 1), (8, 8, 1), 0), ('none', (8, 12, 3), (8, 12, 3), 0),
+    ('none', (8, 12, 3), (8, 8, 3), 8), ('none', (12, 8, 3), (8, 8, 3), 8)])
+def test_preprocess_presets_output_shape(preset, stored, expected, size):
+  """The images' own size, non-square ones too, unless data.image_size names a square side."""
   from resnet_flax.data import augment
   c = base_config()
   c.data.preprocess = preset
+  c.data.image_size = size
   fn = augment.make_preprocess(c.data, stored_shape=stored)
   images = np.full((2,) + stored, 255, np.uint8)
   out = fn(jnp.asarray(images), jax.random.PRNGKey(0), jnp.arange(2), True)

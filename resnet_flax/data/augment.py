@@ -55,13 +55,19 @@ def host_output_size(preset: str, image_size: int, stored_size) -> int:
 
 
 def output_shape(data_cfg, stored_shape) -> tuple[int, int, int]:
-  """(S, S, C) of the images the model sees, from the stored shape and the data config."""
-  stored_size, _, stored_channels = stored_shape
+  """(H, W, C) of the images the model trains on, from the stored shape and the data config:
+  S x S for `data.image_size` S, else the images' own H x W ('mnist': at least 32 x 32)."""
+  stored_h, stored_w, stored_channels = stored_shape
   preset = data_cfg['preprocess']
-  size = int(data_cfg['image_size']) or (max(stored_size, MNIST_SIZE) if preset == 'mnist'
-                                          else stored_size)
+  size = int(data_cfg['image_size'])
+  if size:
+    height = width = size
+  elif preset == 'mnist':
+    height, width = max(stored_h, MNIST_SIZE), max(stored_w, MNIST_SIZE)
+  else:
+    height, width = stored_h, stored_w
   channels = int(data_cfg['channels']) or (3 if preset == 'mnist' else stored_channels)
-  return size, size, channels
+  return height, width, channels
 
 
 def crop_and_flip(preset: str, random_crop_pad: int, random_flip: bool) -> tuple[int, bool]:
@@ -81,7 +87,8 @@ def check_preset_on_device(preset: str, augment_on_device: bool) -> None:
 
 
 def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -> Callable:
-  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 (N,S,S,C).
+  """fn(images uint8 (N,H,W,C), key, positions (N,), train: bool) -> float32 images of
+  `output_shape` (evaluation: S x S for `data.eval_image_size` S).
 
   Presets (`data.preprocess`): 'none' (only `random_crop_pad` / `random_flip`), 'cifar' (pad 4
   or `random_crop_pad`, random crop, flip), 'mnist' (zero-pad to 32x32, grey -> 3 channels).
@@ -94,13 +101,13 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
   if preset not in PRESETS:
     raise ConfigError(f'data.preprocess={preset!r}; allowed: {", ".join(PRESETS)}')
   check_preset_on_device(preset, augment_on_device)
-  stored_size, _, stored_channels = stored_shape
-  size, _, channels = output_shape(data_cfg, stored_shape)
+  stored_channels = stored_shape[2]
+  height, width, channels = output_shape(data_cfg, stored_shape)
   pad, flip = crop_and_flip(preset, data_cfg['random_crop_pad'], data_cfg['random_flip'])
   if not augment_on_device:
     pad, flip = 0, False
-  border = (MNIST_SIZE - stored_size) // 2 if (preset == 'mnist' and stored_size < MNIST_SIZE
-                                               and augment_on_device) else 0
+  border = [max(MNIST_SIZE - side, 0) // 2 if preset == 'mnist' and augment_on_device else 0
+            for side in stored_shape[:2]]
   mean = jnp.asarray(data_cfg['mean'], jnp.float32)
   std = jnp.asarray(data_cfg['std'], jnp.float32)
   if channels % stored_channels:
@@ -111,7 +118,8 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
     raise ConfigError(f'data.mean={tuple(data_cfg["mean"])} and data.std have '
                       f'{len(data_cfg["mean"])} values for {channels}-channel images: give 1 '
                       f'value, or 1 per channel')
-  eval_size = int(data_cfg['eval_image_size']) or size
+  eval_size = int(data_cfg['eval_image_size'])
+  eval_hw = (eval_size, eval_size) if eval_size else (height, width)
   fill = image_ops.to_8bit(jnp.broadcast_to(jnp.asarray(data_cfg['mean'], jnp.float32),
                                             (channels,)))
   policy, erase = policies.make(data_cfg, tuple(float(v) for v in fill))
@@ -129,12 +137,12 @@ def make_preprocess(data_cfg, *, stored_shape, augment_on_device: bool = True) -
     keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
     if train and (pad or flip):
       x = jax.vmap(augment_one)(x, keys)
-    if border:
-      x = jnp.pad(x, ((0, 0), (border, border), (border, border), (0, 0)))
+    if any(border):
+      x = jnp.pad(x, ((0, 0), (border[0],) * 2, (border[1],) * 2, (0, 0)))
     x = x.astype(jnp.float32)
-    side = size if train else eval_size
-    if x.shape[1] != side:
-      x = jax.image.resize(x, (x.shape[0], side, side, x.shape[-1]), 'bilinear')
+    hw = (height, width) if train else eval_hw
+    if tuple(x.shape[1:3]) != hw:
+      x = jax.image.resize(x, (x.shape[0],) + hw + (x.shape[-1],), 'bilinear')
     if repeat > 1:
       x = jnp.tile(x, (1, 1, 1, repeat))
     if train and policy is not None:   # per example keys of their own: fold_in(key, 2)
