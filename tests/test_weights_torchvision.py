@@ -225,3 +225,25 @@ def test_script_writes_a_checkpoint(torch_files, tmp_path, capsys):
   assert step == 0 and meta['pretrained']['file'] == 'resnet18.pth'
   assert config['data']['eval_crop_fraction'] == 224 / 232   # predict/evaluate resize to 232
   assert 'torch' not in sys.modules and 'torchvision' not in sys.modules   # see the docstring
+  assert meta['data']['class_names'][:2] == ['tench', 'goldfish']   # a 1000-class head
+
+
+def test_script_stores_the_class_names_it_is_given(torch_files, tmp_path, capsys):
+  """A 1000-class head trained on other classes: --class-names FILE or none, not ImageNet's."""
+  main, weights = _script_main(), str(torch_files / 'resnet18.pth')
+  names = tmp_path / 'names.txt'
+  names.write_text(''.join(f'kind{i}\n' for i in range(1000)))
+  for choice, expected in ((str(names), 'kind0'), ('none', None)):
+    out = tmp_path / f'r18-{expected}'
+    assert main(['--from', 'torchvision', '--model', 'resnet18', '--in', weights, '--out',
+                 str(out), '--class-names', choice]) == 0, capsys.readouterr().err
+    stored = pretrained.load_checkpoint(str(out))[2]['data']['class_names']
+    assert (stored and stored[0]) == expected
+  names.write_text('a\nb\n')
+  for choice, message in ((str(names), '2 class names for a model of 1000 classes'),
+                          (str(tmp_path / 'absent.txt'), 'absent.txt: cannot be read')):
+    assert main(['--from', 'torchvision', '--model', 'resnet18', '--in', weights, '--out',
+                 str(tmp_path / 'bad'), '--class-names', choice]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1, err
+  assert not (tmp_path / 'bad').exists()

@@ -16,7 +16,9 @@ cached by torch.hub, Keras or timm's Hugging Face cache). DIR then reads like a 
 (`resnet-flax evaluate --workdir DIR`, `--config.init_from=DIR`, `resnet-flax predict`); its
 stored config is configs/imagenet.py with the model's fields (preprocessing included), and the
 number of classes is that of the weights' classifier. `--eval-crop-fraction` sets the stored
-eval resize (torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655).
+eval resize (torchvision's newer IMAGENET1K_V2 weights: 224 / 232 = 0.9655). A 1000-class head
+gets ImageNet's class names (what prediction prints) unless `--class-names FILE` (one per line)
+or `--class-names none` says otherwise.
 """
 
 import argparse
@@ -41,6 +43,9 @@ def convert_weights(argv=None) -> int:
                       help='stored data.eval_crop_fraction: center crop 224 of the shorter side '
                            'resized to 224 / this (default 0.875: resize 256; torchvision '
                            "'IMAGENET1K_V2' weights were evaluated at resize 232: 0.9655)")
+  parser.add_argument('--class-names', default=None,
+                      help="a text file with one name per class (the weights' order), or "
+                           "'none'; default: ImageNet's names for a 1000-class head")
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
   try:
     line = CONVERTERS[args.source](args)

@@ -1,6 +1,6 @@
 """The weight converters behind `resnet-flax convert-weights`: each `--from` source is one function
 in `CONVERTERS` taking the parsed arguments (`source`, `model`, `input`, `download`, `out`,
-`eval_crop_fraction`) and returning the line to print. The frameworks are imported only by the
+`eval_crop_fraction`, `class_names`) and returning the line to print. The frameworks are imported only by the
 converter that needs them."""
 
 import os
@@ -32,14 +32,25 @@ def _save_imagenet_weights(args, library: str, file: str, fields, params, batch_
   """Writes converted torch weights (ImageNet's RGB normalisation) to `args.out`; the line."""
   config = export_checkpoint.pretrained_config(fields, eval_crop_fraction)
   checkpoint = export_checkpoint.save_pretrained(
-      args.out, config, params, batch_stats, class_names=_imagenet_names(fields),
+      args.out, config, params, batch_stats, class_names=_class_names(args, fields),
       source={'from': library, 'model': args.model, 'file': file})
   return f'{args.model}: {file} -> {checkpoint}'
 
 
-def _imagenet_names(fields):
-  """The ImageNet class names of a 1000-class head (every library here orders the classes by
-  synset id, as torchvision's list does), else None."""
+def _class_names(args, fields):
+  """The class names to store: `--class-names FILE` (one per line), none for 'none', else
+  ImageNet's for a 1000-class head (every library here orders the classes by synset id, as
+  torchvision's list does) and none for another head."""
+  choice = getattr(args, 'class_names', None)
+  if choice == 'none':
+    return None
+  if choice:
+    try:
+      with open(choice) as f:
+        return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+      raise WeightsError(f'--class-names {choice}: cannot be read ({e.__class__.__name__}); '
+                         f'give a text file with one class name per line') from None
   from resnet_flax.weights import torchvision_import as tv
   return tv.imagenet_class_names() if fields['num_classes'] == 1000 else None
 
@@ -78,7 +89,7 @@ def convert_keras(args) -> str:
   config = export_checkpoint.pretrained_config(fields, args.eval_crop_fraction)
   config.data.mean, config.data.std = mean, std
   checkpoint = export_checkpoint.save_pretrained(
-      args.out, config, params, batch_stats, class_names=_imagenet_names(fields),
+      args.out, config, params, batch_stats, class_names=_class_names(args, fields),
       source={'from': 'keras', 'model': args.model,
               'file': os.path.basename(args.input) if args.input else 'imagenet'})
   return f'{args.model}: {args.input or "keras imagenet weights"} -> {checkpoint}'
