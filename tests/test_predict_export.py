@@ -110,6 +110,8 @@ def test_checkpoint_records_the_data(predictor):
   assert predictor.uses_ema   # ema_decay > 0: evaluation uses the EMA, so does prediction
   # a checkpoint without meta['data'] (saved before it existed) derives the same from the config
   assert data_info.from_meta({}, predictor.config.data) == predictor.data
+  # ... but not a folder's names when its class count is not the model's (they are not its own)
+  assert data_info.from_meta({}, predictor.config.data, NUM_CLASSES + 1).class_names is None
 
 
 def test_non_square_images_train_and_predict_at_their_own_size_with_a_flattened_head(tmp_path):

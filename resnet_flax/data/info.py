@@ -62,19 +62,22 @@ def check_classes(meta: Optional[dict], class_names, where: str) -> None:
                   f'(data.dir, data.eval_split)')
 
 
-def from_meta(meta: Optional[dict], data_cfg) -> DataInfo:
-  """The data facts of a checkpoint: its meta's 'data' entry, else derived from the config."""
+def from_meta(meta: Optional[dict], data_cfg, num_classes: Optional[int] = None) -> DataInfo:
+  """The data facts of a checkpoint: its meta's 'data' entry, else derived from the config
+  (for a model of `num_classes` classes when given)."""
   saved = (meta or {}).get('data')
   if saved:
     names = saved.get('class_names')
     classes = saved.get('num_classes')
     return DataInfo(tuple(int(d) for d in saved['image_shape']), bool(saved['host_preprocess']),
                     list(names) if names else None, None if classes is None else int(classes))
-  return derive(data_cfg)
+  return derive(data_cfg, num_classes)
 
 
-def derive(data_cfg) -> DataInfo:
-  """DataInfo from the data config alone (checkpoints saved before meta['data'] existed)."""
+def derive(data_cfg, num_classes: Optional[int] = None) -> DataInfo:
+  """DataInfo from the data config alone (checkpoints saved before meta['data'] existed). Class
+  names read from a folder whose class count is not the model's `num_classes` are not the
+  model's classes: none are given then."""
   source, preset, size = data_cfg.source, data_cfg.preprocess, int(data_cfg.image_size or 0)
   host = source in ('tfds', 'arrayrecord') or data_cfg.backend in ('tfdata', 'grain')
   names, stored = None, None
@@ -97,6 +100,8 @@ def derive(data_cfg) -> DataInfo:
     with np.load(root) as f:
       shape = f['x_train'].shape[1:]
     stored = tuple(shape) + ((1,) if len(shape) == 2 else ())
+  if names and num_classes and len(names) != num_classes:
+    names = None
   classes = len(names) if names else None
   if host:
     if size or preset == 'imagenet' or stored:

@@ -137,7 +137,7 @@ def load(path: str, step: int = -1) -> Predictor:
   if not config.model.include_top:
     raise CheckpointError(f'{directory}: the model of checkpoint {chosen} has no classification '
                           f'head (model.include_top=False); there are no classes to predict')
-  data = from_meta(meta, config.data)
+  data = from_meta(meta, config.data, config.model.num_classes)
   ema = state.get('ema_params')
   uses_ema = bool(ema)      # as TrainState.eval_variables: the EMA whenever the run kept one
   variables = ({'params': ema, 'batch_stats': state.get('ema_batch_stats') or {}} if uses_ema
