@@ -198,6 +198,28 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, capsy
   assert os.listdir(str(workdir / 'checkpoints') + '.skipped')
 
 
+def test_processes_that_restore_different_checkpoints_stop_before_training(tmp_path,
+                                                                        monkeypatch):
+  """One host read checkpoint 4, another 2 (4 was unreadable there): the step counts of the
+  processes would differ, so the run stops in one line and the checkpoints stay."""
+  from jax.experimental import multihost_utils
+  from resnet_flax.train import distributed
+  workdir = tmp_path / 'run'
+  loop.train_and_evaluate(_resume_config(num_train_steps=4), str(workdir),
+                          devices=jax.devices()[:1])
+  with monkeypatch.context() as patch:   # the collective of two processes: this one and one at 2
+    patch.setattr(jax, 'process_count', lambda: 2)
+    patch.setattr(multihost_utils, 'process_allgather',
+                  lambda x: np.stack([np.asarray(x), np.asarray([2])]))
+    assert not distributed.same_on_every_process(4) and distributed.same_on_every_process(2)
+  monkeypatch.setattr(distributed, 'same_on_every_process', lambda step: step == 2)
+  with pytest.raises(CheckpointError, match='the processes of this run restored different '
+                                            'checkpoints'):
+    loop.train_and_evaluate(_resume_config(num_train_steps=8), str(workdir),
+                            devices=jax.devices()[:1])
+  assert saved_steps(workdir) == [2, 4]
+
+
 def _nan_loss_at_step(monkeypatch, config, step):
   """The train step's loss becomes NaN on the batch of `step` (1-based) and only there: the
   real non-finite path of the step and the loop handle it."""

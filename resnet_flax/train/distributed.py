@@ -67,6 +67,15 @@ def process_index() -> int:
   return jax.process_index()
 
 
+def same_on_every_process(value: int) -> bool:
+  """True if every process passes the same `value` (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return True
+  from jax.experimental import multihost_utils
+  values = multihost_utils.process_allgather(np.asarray([value], np.int64))
+  return bool((np.asarray(values) == value).all())
+
+
 def any_process(flag: bool) -> bool:
   """True if `flag` is true on any process (a collective: every process must call it)."""
   if jax.process_count() == 1:

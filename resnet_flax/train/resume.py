@@ -1,7 +1,7 @@
 """Where a run starts: from the latest readable checkpoint of its workdir (exactly), from scratch,
 or from another run's weights (`config.init_from`, fine-tuning). `config.on_existing_run` says
 what to do with checkpoints that are already there. Refused: a checkpoint past the end of this
-run (its length was lowered), and a workdir that holds a finished run's results but no
+run (its length was lowered), processes that restored different checkpoints, and a workdir that holds a finished run's results but no
 checkpoint (its checkpoint folder was emptied or moved): starting over would replace them.
 """
 
@@ -83,6 +83,11 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
           f'{", ".join(changed[:6])}{")" if changed else ""}, or pass '
           f'--config.on_existing_run=restart to delete its checkpoints, or use another '
           f'--workdir (to fine-tune from it: --config.init_from={workdir})') from None
+    if not distributed.same_on_every_process(-1 if restored is None else restored[0]):
+      raise CheckpointError(
+          f'{ckpts.directory}: the processes of this run restored different checkpoints (one '
+          f'was unreadable on some hosts only); make the folder whole and the same on every '
+          f'host (a shared file system), then run the same command again')
     if restored is None:
       raise CheckpointError(
           f'{ckpts.directory}: none of the checkpoints (steps '
