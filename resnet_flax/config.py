@@ -215,6 +215,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
           'must be a positive number of steps, or -1 for once per epoch')
   if config.keep_checkpoints < 1:
     _fail('keep_checkpoints', config.keep_checkpoints, 'must be at least 1')
+  if not 0 <= config.seed < 2**32:   # the PRNG key takes 32 bits: 2**32 would repeat seed 0
+    _fail('seed', config.seed, 'must be in [0, 2**32)')
   if config.init_from_step < -1:
     _fail('init_from_step', config.init_from_step, 'must be -1 (latest) or a saved step')
   if config.freeze:

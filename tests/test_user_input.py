@@ -82,6 +82,13 @@ def test_config_file_problems_are_one_line(tmp_path, content, args, needle):
   assert lines[0].startswith('config error: ') and needle in lines[0], lines[0]
 
 
+@pytest.mark.parametrize('seed', [-1, 2**32])
+def test_a_seed_outside_32_bits_is_refused(seed):
+  """-1 stopped in a NumPy traceback; 2**32 trained as seed 0 (the key keeps 32 bits)."""
+  with pytest.raises(ConfigError, match=rf'seed={seed}.*must be in \[0, 2\*\*32\)'):
+    config_lib.validate(tiny_config(seed=seed))
+
+
 def test_infinite_learning_rate_fails_validation():
   with pytest.raises(ConfigError, match=r'schedule.base_lr=inf must be a finite number'):
     config_lib.validate(tiny_config(**{'schedule.base_lr': float('inf')}))
