@@ -1,8 +1,9 @@
 """Where a run starts: from the latest readable checkpoint of its workdir (exactly), from scratch,
 or from another run's weights (`config.init_from`, fine-tuning). `config.on_existing_run` says
 what to do with checkpoints that are already there. Refused: a checkpoint past the end of this
-run (its length was lowered), processes that restored different checkpoints, and a workdir that holds a finished run's results but no
-checkpoint (its checkpoint folder was emptied or moved): starting over would replace them.
+run (its length was lowered), processes that restored different checkpoints, and a workdir that
+holds a finished run's results but no checkpoint (its checkpoint folder was emptied or moved):
+starting over would replace them.
 """
 
 import jax

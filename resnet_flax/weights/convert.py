@@ -1,7 +1,7 @@
 """The weight converters behind `resnet-flax convert-weights`: each `--from` source is one function
 in `CONVERTERS` taking the parsed arguments (`source`, `model`, `input`, `download`, `out`,
-`eval_crop_fraction`, `class_names`) and returning the line to print. The frameworks are imported only by the
-converter that needs them."""
+`eval_crop_fraction`, `class_names`) and returning the line to print. The frameworks are
+imported only by the converter that needs them."""
 
 import os
 from urllib.parse import urlparse
