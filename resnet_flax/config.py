@@ -24,7 +24,8 @@ from resnet_flax.models import registry
 
 PARALLELISM = ('jit', 'pmap')
 NAN_POLICIES = ('stop', 'skip_step')
-BEST_METRICS = ('eval_top1', 'eval_top5', 'eval_loss')
+BEST_MODES = {'eval_top1': 'max', 'eval_top5': 'max', 'eval_loss': 'min'}   # metric -> better
+BEST_METRICS = tuple(BEST_MODES)
 ON_EXISTING_RUN = ('resume', 'restart', 'error')
 LOSSES = ('cross_entropy', 'bce')   # the training losses (train.losses)
 
@@ -98,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_dir = ''           # '': WORKDIR/checkpoints
   c.keep_checkpoints = 3          # the latest N, plus the best by best_metric
   c.best_metric = 'eval_top1'     # eval_top1 | eval_top5 | eval_loss
-  c.best_mode = 'max'             # max | min
+  c.best_mode = 'auto'            # auto (the metric's: max for top-1/5, min for loss) | max | min
   c.on_existing_run = 'resume'    # resume | restart (delete its checkpoints) | error
   c.init_from = ''                # fine-tune: a run workdir or a checkpoint path (params and
   c.init_from_step = -1           # batch_stats only); -1: its latest checkpoint
@@ -180,6 +181,11 @@ def _check_loss_and_mixing(config) -> None:
       _fail(field, config[field], 'must be a probability in [0, 1]')
 
 
+def best_mode(config) -> str:
+  """'max' or 'min': the direction in which `config.best_metric` improves."""
+  return BEST_MODES[config.best_metric] if config.best_mode == 'auto' else config.best_mode
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> None:
   """Raises ConfigError naming the first field that cannot work."""
   _check_keys(config, base_config())
@@ -208,7 +214,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   _check_choice(config, 'compiler_options', compiler.CHOICES)
   _check_choice(config, 'nan_policy', NAN_POLICIES)
   _check_choice(config, 'best_metric', BEST_METRICS)
-  _check_choice(config, 'best_mode', ('max', 'min'))
+  _check_choice(config, 'best_mode', ('auto', 'max', 'min'))
+  if config.best_mode != 'auto' and config.best_mode != BEST_MODES[config.best_metric]:
+    _fail('best_mode', config.best_mode,
+          f'would keep the worst checkpoint by best_metric={config.best_metric!r} (better is '
+          f'{BEST_MODES[config.best_metric]}); leave it at auto')
   _check_choice(config, 'on_existing_run', ON_EXISTING_RUN)
   if config.checkpoint_every_steps == 0 or config.checkpoint_every_steps < -1:
     _fail('checkpoint_every_steps', config.checkpoint_every_steps,

@@ -388,15 +388,23 @@ def test_checkpoint_config_validation():
                        ('on_existing_run', 'resume_maybe'), ('best_metric', 'top1')):
     with pytest.raises(ConfigError, match=field):
       config_lib.validate(tiny_config(**{field: value}))
+  # the direction that would keep the worst checkpoint by the metric
+  for metric, mode in (('eval_loss', 'max'), ('eval_top1', 'min'), ('eval_top5', 'min')):
+    with pytest.raises(ConfigError, match=rf"best_mode='{mode}': would keep the worst "
+                                          rf"checkpoint by best_metric='{metric}'"):
+      config_lib.validate(tiny_config(best_metric=metric, best_mode=mode))
 
 
-def test_keeps_latest_and_best(tmp_path):
+@pytest.mark.parametrize('metric', ['eval_top1', 'eval_loss'])
+def test_keeps_latest_and_best(tmp_path, metric):
+  """best_mode=auto: the highest top-1, the lowest loss."""
   workdir = tmp_path / 'run'
   config = _resume_config(num_train_steps=12, checkpoint_every_steps=1, eval_every_steps=3,
-                          keep_checkpoints=2)
+                          keep_checkpoints=2, best_metric=metric)
   loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
-  evals = {e['step']: e['eval_top1'] for e in metrics_events(workdir) if 'eval_top1' in e}
-  best = max(sorted(evals), key=lambda s: (evals[s], s))   # ties: orbax keeps the latest
+  evals = {e['step']: e[metric] for e in metrics_events(workdir) if metric in e}
+  sign = 1 if metric == 'eval_top1' else -1
+  best = max(sorted(evals), key=lambda s: (sign * evals[s], s))   # ties: orbax keeps the latest
   assert set(saved_steps(workdir)) == {11, 12} | {best}
 
 

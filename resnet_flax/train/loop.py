@@ -74,7 +74,7 @@ def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
 
 def open_checkpoints(config, workdir: str, log=print) -> Checkpoints:
   return Checkpoints(rundir.checkpoint_dir(config, workdir), keep=config.keep_checkpoints,
-                     best_metric=config.best_metric, best_mode=config.best_mode, log=log)
+                     best_metric=config.best_metric, best_mode=config_lib.best_mode(config), log=log)
 
 
 def _host_copy(par, state):
