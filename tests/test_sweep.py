@@ -254,6 +254,12 @@ def test_depth_figure_has_one_line_per_group_and_the_final_errors(tmp_path):
   result = _script('plot.py', str(tmp_path / 'a'), '--out', str(tmp_path / 'a-file' / 'x.png'))
   assert result.returncode == 2, result.stderr[-2000:]
   assert 'cannot write the figure ' in result.stderr.strip().splitlines()[-1]
+  result = _script('plot.py', str(tmp_path / 'a'), '--out', str(tmp_path / 'x.svgz2'))
+  assert result.returncode == 2 and result.stderr.count('\n') == 1, result.stderr[-2000:]
+  assert 'matplotlib cannot write .svgz2 figures; use one of' in result.stderr
+  result = _script('plot.py', str(tmp_path / 'a'), '--out', str(tmp_path / 'bare'))
+  assert result.returncode == 0 and f'curves: {tmp_path / "bare.png"}' in result.stdout
+  assert (tmp_path / 'bare.png').is_file()
   result = _script('sweep.py', '--config', 'cifar10', '--workdir', str(tmp_path / 'a-file'),
                    '--sweep', 'model.depth=20,32')
   assert result.returncode == 2 and 'cannot be made a folder' in result.stderr, result.stderr

@@ -75,8 +75,8 @@ def plot(argv=None) -> int:
                       help="the curves' x axis: epoch (default) or time (the run's wall time; "
                            "eval points only)")
   args = parser.parse_args(argv[1:])
-  out = args.out or os.path.join(args.dirs[0], 'curves.png')
   try:
+    out = plotting.figure_path(args.out or os.path.join(args.dirs[0], 'curves.png'))
     runs = plotting.load_runs(args.dirs, args.select)
     fig, _ = plotting.curves_figure(runs, args.title, args.x)
     print(f'{len(runs)} runs; curves: {plotting.save(fig, out)}')

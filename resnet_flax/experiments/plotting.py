@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
-from resnet_flax.errors import DependencyError, SweepError, WorkdirError, first_line
+from resnet_flax.errors import ConfigError, DependencyError, SweepError, WorkdirError, first_line
 from resnet_flax.experiments.sweep import last_epoch_train
 
 
@@ -198,7 +198,23 @@ def depth_figure(runs: Sequence[RunRecord], title: str = ''):
   return fig, data
 
 
+def figure_path(path: str) -> str:
+  """`path` as a figure file: '.png' added to a name without an extension; ConfigError for an
+  extension matplotlib cannot write."""
+  ext = os.path.splitext(path)[1].lstrip('.').lower()
+  if not ext:
+    return path + '.png'
+  pyplot()   # matplotlib is there (else one line)
+  from matplotlib.backend_bases import FigureCanvasBase
+  formats = FigureCanvasBase.get_supported_filetypes()
+  if ext not in formats:
+    raise ConfigError(f'--out {path}: matplotlib cannot write .{ext} figures; use one of '
+                      f'{", ".join("." + f for f in sorted(formats))}')
+  return path
+
+
 def save(fig, path: str) -> str:
+  """Writes `fig` to `path` (checked by `figure_path` first); returns the path."""
   try:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
