@@ -315,6 +315,18 @@ def test_config_that_reshapes_the_optimizer_state_is_refused_and_the_checkpoints
   assert results['steps'] == 4 and saved_steps(workdir) == [2, 4]
 
 
+def test_a_restart_that_would_delete_the_init_from_checkpoints_is_refused(tmp_path):
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(_resume_config(num_train_steps=2), workdir, devices=jax.devices()[:1])
+  for source in (workdir, os.path.join(workdir, 'checkpoints', '2')):
+    with pytest.raises(ConfigError, match=r'is the checkpoint folder of this run, which '
+                                          r'on_existing_run=restart deletes before loading'):
+      loop.train_and_evaluate(_resume_config(num_train_steps=2, on_existing_run='restart',
+                                             init_from=source), workdir,
+                              devices=jax.devices()[:1])
+    assert saved_steps(workdir) == [2]
+
+
 def test_init_from_reports_loaded_reinitialised_and_new(tmp_path, capsys):
   source = str(tmp_path / 'source')
   loop.train_and_evaluate(_resume_config(num_train_steps=2), source,

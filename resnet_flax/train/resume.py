@@ -1,10 +1,13 @@
 """Where a run starts: from the latest readable checkpoint of its workdir (exactly), from scratch,
 or from another run's weights (`config.init_from`, fine-tuning). `config.on_existing_run` says
 what to do with checkpoints that are already there. Refused: a checkpoint past the end of this
-run (its length was lowered), processes that restored different checkpoints, and a workdir that
-holds a finished run's results but no checkpoint (its checkpoint folder was emptied or moved):
-starting over would replace them.
+run (its length was lowered), processes that restored different checkpoints, a restart that
+would delete the checkpoints `init_from` names, and a workdir that holds a finished run's
+results but no checkpoint (its checkpoint folder was emptied or moved): starting over would
+replace them.
 """
+
+import os
 
 import jax
 import numpy as np
@@ -50,6 +53,18 @@ def _template_for(saved_config: dict, config, run: Run, template):
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
+def _check_init_from_survives(config, directory: str) -> None:
+  """ConfigError when `config.init_from` is the checkpoint folder a restart deletes."""
+  source = os.path.expanduser(config.init_from or '')
+  if not source or not os.path.isdir(source):
+    return
+  if os.path.realpath(rundir.resolve_checkpoint_path(source)[0]) == os.path.realpath(directory):
+    raise ConfigError(
+        f'config.init_from={config.init_from!r} is the checkpoint folder of this run, which '
+        f'on_existing_run=restart deletes before loading: copy that run elsewhere and point '
+        f'init_from there, or train in another --workdir')
+
+
 def resume_or_start(config, workdir: str, run: Run, ckpts):
   """(device state, start step, LoopState, messages for the log)."""
   messages = []
@@ -60,6 +75,7 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
         f'and config.on_existing_run=error; use another --workdir, or '
         f'--config.on_existing_run=resume or restart')
   if existing and config.on_existing_run == 'restart':
+    _check_init_from_survives(config, ckpts.directory)
     ckpts.delete_all()
     messages.append(f'on_existing_run=restart: deleted the checkpoints in {ckpts.directory} '
                     f'(steps {", ".join(map(str, existing))}); starting from step 0')
