@@ -25,6 +25,7 @@ TENSORBOARD = 'tensorboard'
 LOCK_FILE = '.lock'           # held by the one run that owns the folder
 FRAMEWORK_KEY = 'framework'  # config.json: the framework of a run not ours (tools.torch_train)
 ERRORS_FILE = 'errors.log'    # full tracebacks of background failures (checkpoint writes)
+OWNER_FILE = '.workdir.json'  # in a checkpoints folder: the run folder it belongs to
 
 
 def path(workdir: str, name: str) -> str:
@@ -52,7 +53,7 @@ def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[i
     return os.path.dirname(where), int(name)
   saved = read_config(where)
   if saved and saved.get('checkpoint_dir'):      # a run that kept its checkpoints elsewhere
-    return _absolute(saved['checkpoint_dir']), (step if step >= 0 else None)
+    return checkpoint_dir_of(saved, where), (step if step >= 0 else None)
   if os.path.isdir(os.path.join(where, CHECKPOINTS)):
     return os.path.join(where, CHECKPOINTS), (step if step >= 0 else None)
   return where, (step if step >= 0 else None)
@@ -165,6 +166,60 @@ def remove_results(workdir: str) -> None:
   results_path = path(workdir, RESULTS_FILE)
   if os.path.isfile(results_path):
     os.remove(results_path)
+
+
+def _holds_checkpoints(folder: str) -> bool:
+  try:
+    return any(n.isdigit() and os.path.isdir(os.path.join(folder, n)) for n in os.listdir(folder))
+  except OSError:
+    return False
+
+
+def claim_checkpoint_dir(workdir: str, directory: str, *, explicit: bool, restart: bool) -> None:
+  """Makes `directory` (`explicit`: named by `config.checkpoint_dir`) the checkpoints folder of
+  the run in `workdir`, recording the run in it (OWNER_FILE). WorkdirError for a folder that
+  holds another run's checkpoints (a folder named explicitly by a run folder that still exists;
+  the default folder inside a run folder belongs to whichever run folder holds it, so a copied
+  or moved run keeps its own), and, unless `restart`, for a workdir whose run keeps checkpoints
+  in another folder (its config.json) that holds some: training here would start over."""
+  workdir = _absolute(workdir)
+  same = lambda a, b: os.path.realpath(a) == os.path.realpath(b)  # noqa: E731
+  saved = read_config(workdir)
+  if saved is not None and not restart:
+    before = checkpoint_dir_of(saved, workdir)
+    if not same(before, directory) and _holds_checkpoints(before):
+      named = saved.get('checkpoint_dir') or f"'' (the default, WORKDIR/{CHECKPOINTS})"
+      raise WorkdirError(
+          f'{workdir}: its run keeps its checkpoints in {before} (config.json), not in '
+          f'{directory}: resume with --config.checkpoint_dir={named}, or pass '
+          f'--config.on_existing_run=restart to start over in {directory}')
+  owner_path = os.path.join(directory, OWNER_FILE)
+  try:
+    with open(owner_path) as f:
+      owner = json.load(f)
+  except (OSError, ValueError):
+    owner = {}
+  other = owner.get('workdir')
+  if other and not same(other, workdir):
+    inside = same(directory, os.path.join(workdir, CHECKPOINTS))
+    if (owner.get('explicit') and os.path.isdir(other)) or (not owner.get('explicit')
+                                                            and not inside):
+      raise WorkdirError(
+          f'{directory} holds the checkpoints of the run in {other}: give this run its own '
+          f'--config.checkpoint_dir (or none: WORKDIR/{CHECKPOINTS}); if this run folder is a '
+          f'copy of that one meant to use them, remove {owner_path}')
+  if other != workdir or bool(owner.get('explicit')) != explicit:
+    try:
+      os.makedirs(directory, exist_ok=True)
+    except OSError:
+      return   # the checkpoint store names the unwritable folder
+    write_atomic(owner_path, json.dumps({'workdir': workdir, 'explicit': explicit}))
+
+
+def checkpoint_dir_of(saved_config: dict, workdir: str) -> str:
+  """The checkpoints folder a run's saved config names (relative: as of the current folder)."""
+  named = saved_config.get('checkpoint_dir')
+  return _absolute(named) if named else os.path.join(_absolute(workdir), CHECKPOINTS)
 
 
 class WorkdirLock:

@@ -184,6 +184,39 @@ def test_a_run_with_its_checkpoints_elsewhere_is_found_by_its_workdir(tmp_path):
   assert step == 2 and config['checkpoint_dir'] == elsewhere
 
 
+def test_a_checkpoint_folder_belongs_to_one_run_folder(tmp_path):
+  """Two workdirs naming one checkpoint_dir: the second took the first's checkpoints and
+  results (or deleted them with restart). A copied run folder keeps using its own
+  checkpoints; a rerun that drops its checkpoint_dir override would start over: refused."""
+  shared, a, b = (str(tmp_path / n) for n in ('shared', 'a', 'b'))
+  loop.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_dir=shared), a,
+                          devices=jax.devices()[:1])
+  metrics_a = open(os.path.join(a, rundir.METRICS_FILE)).read()
+  for restart in ('resume', 'restart'):
+    with pytest.raises(WorkdirError, match=rf'{shared} holds the checkpoints of the run in {a}: '
+                                           r'give this run its own --config.checkpoint_dir'):
+      loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_dir=shared,
+                                          on_existing_run=restart), b,
+                              devices=jax.devices()[:1])
+  in_shared = lambda: sorted(int(n) for n in os.listdir(shared) if n.isdigit())  # noqa: E731
+  assert in_shared() == [2] and not os.path.exists(os.path.join(b, rundir.RESULTS_FILE))
+  with pytest.raises(WorkdirError, match=rf'{a}: its run keeps its checkpoints in {shared} '
+                                         rf'\(config.json\), not in {a}/checkpoints: resume '
+                                         rf'with --config.checkpoint_dir={shared}, or'):
+    loop.train_and_evaluate(tiny_config(num_train_steps=4), a, devices=jax.devices()[:1])
+  assert open(os.path.join(a, rundir.METRICS_FILE)).read() == metrics_a
+  results = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_dir=shared), a,
+                                    devices=jax.devices()[:1])
+  assert results['steps'] == 4 and in_shared() == [2, 4]
+  # a run folder with its checkpoints inside, copied: the copy resumes from its own copy
+  loop.train_and_evaluate(tiny_config(num_train_steps=2), b, devices=jax.devices()[:1])
+  shutil.copytree(b, str(tmp_path / 'b2'))
+  results = loop.train_and_evaluate(tiny_config(num_train_steps=4), str(tmp_path / 'b2'),
+                                    devices=jax.devices()[:1])
+  assert results['steps'] == 4 and saved_steps(b) == [2]
+  assert saved_steps(str(tmp_path / 'b2')) == [2, 4]
+
+
 def test_a_relative_checkpoint_dir_is_found_from_any_directory(tmp_path, monkeypatch):
   (tmp_path / 'a').mkdir()
   (tmp_path / 'b').mkdir()

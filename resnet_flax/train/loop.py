@@ -240,14 +240,21 @@ class TrainingLoop:
             'model': describe_model(self.config.model)}
 
 
-def own_workdir(workdir: str) -> rundir.WorkdirLock:
-  """The workdir's lock, taken by process 0; with several processes all of them learn (a
-  collective) whether it was taken, so that all stop together when another run holds it."""
+def own_workdir(workdir: str, config) -> rundir.WorkdirLock:
+  """The workdir's lock and its checkpoints folder (`rundir.claim_checkpoint_dir`), taken by
+  process 0; with several processes all of them learn (a collective) whether they were taken,
+  so that all stop together when another run holds them."""
   lock, error = None, None
   if jax.process_index() == 0:
     try:
       lock = rundir.WorkdirLock(workdir).acquire()
+      rundir.claim_checkpoint_dir(workdir, rundir.checkpoint_dir(config, workdir),
+                                  explicit=bool(config.checkpoint_dir),
+                                  restart=config.on_existing_run == 'restart')
     except WorkdirError as e:
+      if lock is not None:
+        lock.release()
+        lock = None
       error = e
   if jax.process_count() > 1 and distributed.any_process(error is not None):
     raise error or WorkdirError(f'{workdir}: process 0 could not take the run folder (its '
@@ -268,7 +275,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
   is_main = jax.process_index() == 0
   par = parallel.create(config.parallelism, devices, config.compiler_options)
   config_lib.validate(config, device_count=par.num_devices)
-  lock = own_workdir(workdir)     # before any set-up: a busy or unusable workdir fails first
+  lock = own_workdir(workdir, config)     # before any set-up: a busy or unusable workdir fails first
   say = print if is_main else (lambda *args, **kwargs: None)
   log = None
   failed = True
