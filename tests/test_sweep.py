@@ -137,9 +137,9 @@ def test_finished_points_are_skipped_and_interrupted_ones_resume(tiny_sweep):
 
 
 def test_a_rerun_with_other_arguments_or_a_shared_checkpoint_folder_is_refused(tiny_sweep):
-  """The same sweep folder with another run length: refused in one line naming the argument,
-  before anything runs, so the table never mixes two recipes; a checkpoint_dir shared by every
-  point is refused too. Nothing in the folder changes."""
+  """The same sweep folder with another run length, or an edited config file: refused in one
+  line naming the difference, before anything runs, so the table never mixes two recipes; a
+  checkpoint_dir shared by every point is refused too. Nothing in the folder changes."""
   _, sweep_dir, args, _ = tiny_sweep
   table = (sweep_dir / 'results.md').read_text()
   longer = [a.replace('num_train_steps=8', 'num_train_steps=12') for a in args]
@@ -152,6 +152,19 @@ def test_a_rerun_with_other_arguments_or_a_shared_checkpoint_folder_is_refused(t
   shared = _script('sweep.py', *args, f'--config.checkpoint_dir={sweep_dir / "shared"}')
   assert shared.returncode == 2 and 'would share that folder' in shared.stderr
   assert not (sweep_dir / 'shared').exists()
+  assert (sweep_dir / 'results.md').read_text() == table
+  # the same arguments, the config file edited since (its learning rate): refused as well
+  config_path = tiny_sweep[0]
+  original = config_path.read_text()
+  try:
+    config_path.write_text(original.replace('base_lr = 0.1', 'base_lr = 0.01'))
+    edited = _script('sweep.py', *args)
+  finally:
+    config_path.write_text(original)
+  assert edited.returncode == 2, edited.stderr[-2000:]
+  error = edited.stderr.strip().splitlines()[-1]
+  assert 'was trained with another config (schedule.base_lr (0.1 -> 0.01); the config file ' \
+         'or the arguments changed since)' in error, error
   assert (sweep_dir / 'results.md').read_text() == table
   # the same arguments, the sweep folder spelled another way: the same points, all finished
   respelled = [os.path.join(a, '.') if a == str(sweep_dir) else a for a in args]

@@ -2,9 +2,10 @@
 
 A checkpoint stores the config it was trained with (JSON). `incompatible_fields` lists the
 fields that must match to resume (`RESUME_FIELDS`: the model, the data, the batch size, the
-seed, the optimizer, the freezing, but not `LAYOUT_FIELDS`; a field the saved config lacks counts as its default),
-`changed_fields` every field that differs (for the resume line), and `config_from_dict` turns
-a saved config back into a `ConfigDict` of today's schema.
+seed, the optimizer, the freezing, but not `LAYOUT_FIELDS`; a field the saved config lacks
+counts as its default), `recipe_differences` the fields that change what a run computes (a
+sweep point must keep them), `changed_fields` every field that differs (for the resume line),
+and `config_from_dict` turns a saved config back into a `ConfigDict` of today's schema.
 """
 
 import json
@@ -44,6 +45,26 @@ def incompatible_fields(saved: dict, config) -> list[str]:
   if (float(a.get('ema_decay', 0.0)) > 0) != (float(b.get('ema_decay', 0.0)) > 0):
     diffs.append(f'ema_decay ({a.get("ema_decay")!r} -> {b.get("ema_decay")!r}: EMA on/off)')
   return diffs
+
+
+# fields that change how a run is carried out or kept, not what it computes
+BOOKKEEPING_FIELDS = ('checkpoint_dir', 'checkpoint_every_steps', 'keep_checkpoints',
+                      'best_metric', 'best_mode', 'on_existing_run', 'log_every_steps',
+                      'log_grad_norms', 'log_tensorboard', 'progress_bar', 'parallelism',
+                      'compiler_options', 'eval_batch_size', 'distributed.', 'data.threadpool_size', 'data.worker_count', 'data.worker_buffer_size')
+
+
+def recipe_differences(saved: dict, config) -> list[str]:
+  """'field (saved -> now)' for each field that changes what a run computes (all but
+  BOOKKEEPING_FIELDS and LAYOUT_FIELDS) and differs; a field the saved config lacks counts as
+  its default."""
+  defaults = config_lib.flatten(config_to_dict(config_lib.base_config()))
+  a = {**defaults, **config_lib.flatten(saved)}
+  b = config_lib.flatten(config_to_dict(config))
+  skip = BOOKKEEPING_FIELDS + LAYOUT_FIELDS
+  return [f'{field} ({a.get(field)!r} -> {b.get(field)!r})' for field in sorted(set(a) | set(b))
+          if field in b and a.get(field) != b.get(field) and not any(
+              field == f or (f.endswith('.') and field.startswith(f)) for f in skip)]
 
 
 def changed_fields(saved: dict, config) -> list[str]:

@@ -7,8 +7,9 @@ overrides (`depth=20,version=v1`; the full field path where the last parts would
 point starts from a clean JAX. A point is finished when its `results.json` exists (the trainer
 writes it last); an interrupted point resumes from its checkpoints when the sweep runs again.
 A point's folder records the train arguments it ran with (`POINT_FILE`): a sweep run again with
-other arguments for a point already run (another `--config.num_epochs`, another config file) is
-refused before anything runs, so that one table never mixes two recipes. Points share no
+other arguments for a point already run (another `--config.num_epochs`, another config file),
+or with a config that computes something else than the point's `config.json` (the file was
+edited), is refused before anything runs, so that one table never mixes two recipes. Points share no
 checkpoint folder: a `checkpoint_dir` that is not swept is refused.
 
 `collect` reads every point's `results.json` and `metrics.jsonl` into rows; `write_tables`
@@ -30,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
+from resnet_flax.checkpoint import compat
 from resnet_flax.errors import SweepError, UserError
 
 TRAIN_COMMAND = ('-m', 'resnet_flax', 'train')   # after the interpreter: the train command
@@ -318,6 +320,18 @@ def write_tables(sweep_dir: str, rows: list[dict]) -> tuple[str, str]:
   return csv_path, md_path
 
 
+def check_same_recipe(workdir: str, config) -> None:
+  """SweepError when the point in `workdir` was trained with a config that computes something
+  else than `config` (the config file was edited since): one table, one recipe."""
+  saved = rundir.read_config(workdir)
+  differences = compat.recipe_differences(saved, config) if saved is not None else []
+  if differences:
+    raise SweepError(
+        f'{workdir} was trained with another config ({", ".join(differences[:4])}'
+        f'{" ..." if len(differences) > 4 else ""}; the config file or the arguments changed '
+        f'since): restore them, or use another --workdir for the new recipe')
+
+
 def check_own_checkpoints(config, point: dict[str, str]) -> None:
   """SweepError for a point config whose checkpoint_dir every point would share (not swept)."""
   if config.checkpoint_dir and 'checkpoint_dir' not in point:
@@ -334,7 +348,8 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
   that failed (0 when all finished). `check(train_args)`, when given, loads and validates a
   point's config before anything runs and returns it, or raises a UserError for one that cannot
   work: such a point is recorded as failed with that line, and the others run; a config whose
-  checkpoint folder every point would share stops the sweep (`check_own_checkpoints`).
+  checkpoint folder every point would share, or one that computes something else than a point
+  already trained, stops the sweep (`check_own_checkpoints`, `check_same_recipe`).
   `dry_run` checks every point, prints one command per line, runs nothing, and returns the
   number of points that do not check."""
   if not os.path.isfile(config_path):
@@ -342,8 +357,8 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
   points = expand(axes)
   workdirs = [os.path.join(sweep_dir, point_name(p)) for p in points]
   args = [train_args(config_path, w, p, extra) for p, w in zip(points, workdirs)]
-  problems = {}
-  for point, point_args in zip(points, args):
+  problems, configs = {}, {}
+  for point, workdir, point_args in zip(points, workdirs, args):
     try:
       config = check(point_args) if check is not None else None
     except UserError as e:
@@ -351,8 +366,11 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
       continue
     if config is not None:
       check_own_checkpoints(config, point)
+      configs[workdir] = config
   for workdir, point_args in zip(workdirs, args):
     check_same_args(workdir, point_args)
+  for workdir, config in configs.items():
+    check_same_recipe(workdir, config)
   if dry_run:
     for point, point_args in zip(points, args):
       log(shlex.join([python, *TRAIN_COMMAND, *point_args]))
