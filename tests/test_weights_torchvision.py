@@ -191,6 +191,19 @@ def test_unreadable_inputs_fail_in_one_line(tmp_path):
     tv.torchvision_fields('resnet19')
 
 
+def test_weights_of_two_addresses_with_one_file_name_are_cached_apart():
+  """A URL's download is reused only for that URL: `.../a/model.safetensors` is not the file
+  `.../b/model.safetensors` downloaded before; torchvision's own (hash-named) files keep
+  torch.hub's name."""
+  first = tv.cache_path('/hub', 'https://example.org/a/model.safetensors', official=False)
+  second = tv.cache_path('/hub', 'https://example.org/b/model.safetensors', official=False)
+  assert first != second and os.path.basename(first) == os.path.basename(second)
+  assert first == tv.cache_path('/hub', 'https://example.org/a/model.safetensors',
+                                official=False)
+  assert tv.cache_path('/hub', 'https://download.pytorch.org/models/resnet18-f37072fd.pth',
+                       official=True) == '/hub/checkpoints/resnet18-f37072fd.pth'
+
+
 def _script_main():
   """The convert-weights command, run in this process: main(args) -> exit code."""
   from resnet_flax.cli.weights import convert_weights

@@ -5,6 +5,7 @@ import renames and transposes (the names and the checks: `torch_state_dict`, sha
 import). torch is imported only to download.
 """
 
+import hashlib
 import os
 import re
 from typing import Any, Mapping
@@ -45,7 +46,7 @@ def download(model_or_url: str) -> str:
       raise WeightsError('--download needs torchvision for the weights\' address (pip install '
                          'torchvision), or pass their URL as --in') from None
     url, check_hash = torchvision.models.get_model_weights(model_or_url).DEFAULT.url, True
-  path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
+  path = cache_path(torch.hub.get_dir(), url, official=check_hash)
   if not os.path.isfile(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # torchvision's file names end with a prefix of their sha256, which the download checks
@@ -55,6 +56,18 @@ def download(model_or_url: str) -> str:
     except Exception as e:  # noqa: BLE001 - no network, a bad address, a bad hash
       raise WeightsError(f'cannot download {url} ({first_line(e)})') from None
   return path
+
+
+def cache_path(hub_dir: str, url: str, *, official: bool) -> str:
+  """Where `download` keeps the file of `url`: torch.hub's cache under its name for torchvision's
+  official weights (names that end with their hash, which the download checks), in a folder
+  named after the whole URL for any other (two addresses of one file name, e.g.
+  `.../model.safetensors`, are two files)."""
+  name = os.path.basename(urlparse(url).path) or 'weights'
+  if official:
+    return os.path.join(hub_dir, 'checkpoints', name)
+  folder = 'url-' + hashlib.sha256(url.encode()).hexdigest()[:16]
+  return os.path.join(hub_dir, 'checkpoints', folder, name)
 
 
 def expected_shapes(model_name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
