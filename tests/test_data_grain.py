@@ -140,6 +140,35 @@ def test_bad_files_name_the_file_or_are_skipped(tmp_path, capsys):
     list(source(root, random_crop_pad=0, random_flip=False).eval_batches(27))
 
 
+def test_an_eval_image_that_cannot_be_decoded_keeps_the_training_before_it(tmp_path):
+  """A streamed eval split is decoded at evaluation: the run stops in one line, with the step
+  it reached saved (without an evaluation), and once the image is fixed the same command ends
+  the run, evaluating that step again."""
+  import jax
+  from resnet_flax.train import loop
+  root = make_tree(tmp_path / 'tree')
+  bad = os.path.join(root, 'val', 'bee', '03.png')
+  os.rename(bad, bad + '.good')
+  with open(bad, 'wb') as f:
+    f.write(b'\x89PNG truncated, not an image')
+  config = tiny_config(**{'data.source': 'folder', 'data.backend': 'grain', 'data.dir': root,
+                          'data.eval_split': 'val', 'data.image_size': 0, 'model.num_classes': 3,
+                          'batch_size': 9, 'num_train_steps': 4, 'eval_every_steps': 4,
+                          'checkpoint_every_steps': 100})
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(DataError, match=rf'{re.escape(bad)}: cannot be decoded.*\(checkpoint 4 '
+                                      r'saved in .*, without this evaluation: fix that and run '
+                                      r'the same command to resume\)'):
+    loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  saved = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert sorted(n for n in saved if n.isdigit()) == ['4']
+  os.replace(bad + '.good', bad)
+  results = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  assert results['steps'] == 4 and 0.0 <= results['eval_top1'] <= 1.0
+  assert results['eval_top1'] == loop.evaluate_checkpoint(
+      config, workdir, devices=jax.devices()[:1])[1]['eval_top1']
+
+
 def test_config_and_source_choices(tree):
   from resnet_flax import config as config_lib
   config = tiny_config(**{'data.worker_count': -2})

@@ -25,7 +25,7 @@ from resnet_flax.checkpoint import store
 from resnet_flax.checkpoint.pretrained import load_checkpoint
 from resnet_flax.checkpoint.store import Checkpoints
 from resnet_flax.data import info as data_info
-from resnet_flax.errors import CheckpointError, WorkdirError
+from resnet_flax.errors import CheckpointError, UserError, WorkdirError
 from resnet_flax.models.registry import describe as describe_model
 from resnet_flax.train import distributed, parallel
 from resnet_flax.train.build import Run, build_run
@@ -136,6 +136,18 @@ class TrainingLoop:
                     meta=saved.to_meta(total_steps=self.run.plan.total_steps,
                                        data=self.run.data_info))
 
+  def keep_before_stopping(self, state) -> str:
+    """Saves the current step before an evaluation error stops the run (one process: a save
+    is a collective), without eval metrics, so that a resumed run that ends there evaluates
+    again; the sentence for the error message."""
+    if jax.process_count() > 1 or self.ckpts.latest_step() == self.step:
+      return ''
+    self.loop.eval_metrics = {}
+    self._check_saves(lambda: self.save(state, at_eval=False))
+    self.ckpts.wait()
+    return (f' (checkpoint {self.step} saved in {self.ckpts.directory}, without this '
+            f'evaluation: fix that and run the same command to resume)')
+
   def _check_saves(self, then=None) -> None:
     """Raises the CheckpointError of a failed asynchronous save (or of `then()`), saying where
     training stopped."""
@@ -167,8 +179,11 @@ class TrainingLoop:
                              'img/s': round(ips) if ips else None})
     self.window, self.loop.window_steps = None, 0
     if at_eval:
-      self.loop.eval_metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
-                                        self.config.eval_batch_size or self.config.batch_size)
+      try:
+        self.loop.eval_metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
+                                          self.config.eval_batch_size or self.config.batch_size)
+      except UserError as e:   # e.g. an eval image that cannot be decoded (streamed splits)
+        raise type(e)(f'{e}{self.keep_before_stopping(state)}') from None
       # with the run's wall time so far (all its segments, evaluations included): the
       # error-against-time curve of a run comes from metrics.jsonl alone
       self.log.write(step, step / plan.steps_per_epoch,
