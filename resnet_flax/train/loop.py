@@ -74,7 +74,8 @@ def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
 
 def open_checkpoints(config, workdir: str, log=print) -> Checkpoints:
   return Checkpoints(rundir.checkpoint_dir(config, workdir), keep=config.keep_checkpoints,
-                     best_metric=config.best_metric, best_mode=config_lib.best_mode(config), log=log)
+                     best_metric=config.best_metric, best_mode=config_lib.best_mode(config),
+                     log=log)
 
 
 def _host_copy(par, state):
@@ -290,7 +291,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
   is_main = jax.process_index() == 0
   par = parallel.create(config.parallelism, devices, config.compiler_options)
   config_lib.validate(config, device_count=par.num_devices)
-  lock = own_workdir(workdir, config)     # before any set-up: a busy or unusable workdir fails first
+  lock = own_workdir(workdir, config)   # before any set-up: a busy or unusable workdir fails
   say = print if is_main else (lambda *args, **kwargs: None)
   log = None
   failed = True
