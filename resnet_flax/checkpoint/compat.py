@@ -51,7 +51,8 @@ def incompatible_fields(saved: dict, config) -> list[str]:
 BOOKKEEPING_FIELDS = ('checkpoint_dir', 'checkpoint_every_steps', 'keep_checkpoints',
                       'best_metric', 'best_mode', 'on_existing_run', 'log_every_steps',
                       'log_grad_norms', 'log_tensorboard', 'progress_bar', 'parallelism',
-                      'compiler_options', 'eval_batch_size', 'distributed.', 'data.threadpool_size', 'data.worker_count', 'data.worker_buffer_size')
+                      'compiler_options', 'eval_batch_size', 'distributed.',
+                      'data.threadpool_size', 'data.worker_count', 'data.worker_buffer_size')
 
 
 def recipe_differences(saved: dict, config) -> list[str]:
