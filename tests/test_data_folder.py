@@ -134,9 +134,11 @@ def test_splits_of_two_sizes_need_the_model_size_stated(tmp_path):
   make_tree(tmp_path, split='test', size=(16, 16))
   config = tiny_config(**{'data.source': 'folder', 'data.dir': str(tmp_path),
                           'data.image_size': 0, 'data.channels': 0, 'model.num_classes': 3})
-  with pytest.raises(ConfigError, match=r"'train' holds 8x8 images and 'test' 16x16: set "
-                                        r"--config.data.image_size"):
-    build_run(config)
+  for backend in ('memory', 'grain'):   # in memory, or streamed by a host back end
+    config.data.backend = backend
+    with pytest.raises(ConfigError, match=r"'train' holds 8x8 images and 'test' 16x16: set "
+                                          r"--config.data.image_size"):
+      build_run(config)
   config.data.image_size = 8
   assert build_run(config).image_shape == (8, 8, 3)
 

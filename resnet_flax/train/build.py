@@ -101,7 +101,7 @@ def check_data_fits(config, train_ds, eval_ds=None) -> None:
         f'{config.data.train_split!r} ({train_ds.num_examples} examples); set batch_size to at '
         f'most {train_ds.num_examples}, or train on more data')
   if (eval_ds is not None and not int(config.data.image_size)
-      and not int(config.data.eval_image_size) and not train_ds.augmented_on_host
+      and not int(config.data.eval_image_size)
       and tuple(train_ds.image_shape[:2]) != tuple(eval_ds.image_shape[:2])):
     # evaluation would resize to the training size, prediction (which records the eval size)
     # would not: one size for both, stated
