@@ -119,3 +119,37 @@ def test_arrayrecord_from_a_tfds_dataset(tmp_path):
   batch = next(iter(train.eval_batches(4)))
   assert batch['image'].shape == (4, 32, 32, 3) and batch['label'].max() < 10
   assert re.search(r"'train': record 0 \(cifar10-train\S+\)$", train.records.key(0))
+
+
+def test_labels_outside_the_classes_stop_training_and_evaluation(tmp_path):
+  """An unlabelled split (TFDS writes -1 for imagenet2012 'test'): training and evaluation
+  stop in one line naming the label, where the loss would have scored it without a word."""
+  import jax
+  from array_record.python import array_record_module
+  from conftest import tiny_config
+  from resnet_flax.data import arrayrecord_writer
+  from resnet_flax.train import loop
+  root = make_tree(tmp_path / 'tree', per_class=(3, 1))
+  good = open(os.path.join(root, 'train', 'ant', '01.png'), 'rb').read()
+  dest = str(tmp_path / 'records')
+  splits = {}
+  for split, labels in (('train', [0, 1, 2, 0, 1, 2, 0, 1]), ('unlabelled', [0, 1, -1, 2])):
+    os.makedirs(os.path.join(dest, split))
+    name = os.path.join(split, arrayrecord.shard_name(split, 0, 1))
+    writer = array_record_module.ArrayRecordWriter(os.path.join(dest, name),
+                                                   arrayrecord.WRITER_OPTIONS)
+    for i, label in enumerate(labels):
+      writer.write(arrayrecord.encode(good, label, f'{split}{i}.png'))
+    writer.close()
+    splits[split] = {'num_examples': len(labels), 'shards': [name],
+                     'shard_lengths': [len(labels)]}
+  arrayrecord_writer.write_metadata(dest, list(CLASSES), splits, 'test')
+  config = tiny_config(**{'data.source': 'arrayrecord', 'data.dir': dest, 'batch_size': 8,
+                          'data.eval_split': 'unlabelled', 'data.image_size': 12,
+                          'model.num_classes': 3, 'num_train_steps': 1})
+  with pytest.raises(DataError, match=r"the eval split: label -1 is outside \[0, 3\)"):
+    loop.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
+  config.data.train_split, config.data.eval_split = 'unlabelled', 'train'
+  config.batch_size = 4
+  with pytest.raises(DataError, match=r"the training split 'unlabelled': label -1 is outside \[0, 3\)"):
+    loop.train_and_evaluate(config, str(tmp_path / 'run2'), devices=jax.devices()[:1])

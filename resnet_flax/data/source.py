@@ -11,6 +11,8 @@ from typing import Iterator, Optional, Protocol
 
 import numpy as np
 
+from resnet_flax.errors import DataError
+
 SOURCES = ('digits', 'npz', 'synthetic', 'folder', 'tfds', 'arrayrecord')
 BACKENDS = ('auto', 'memory', 'tfdata', 'grain')
 PRESETS = ('none', 'cifar', 'mnist', 'imagenet')
@@ -110,6 +112,22 @@ def local_batch(global_batch_size: int, process_index: int, process_count: int) 
     raise ValueError(f'global batch {global_batch_size} is not divisible by {process_count} '
                      f'processes')
   return global_batch_size // process_count
+
+
+def check_labels(batch: dict, num_classes: int, where: str) -> None:
+  """DataError for a host batch (a streamed source's) with a label outside [0, num_classes):
+  the loss would ignore it, or score it as wrong, without a word. Device batches (in-memory
+  sources, checked when loaded) are left alone."""
+  labels = batch.get('label')
+  if not isinstance(labels, np.ndarray) or not labels.size:
+    return
+  if 'mask' in batch:
+    labels = labels[np.asarray(batch['mask']) > 0]
+  outside = labels[(labels < 0) | (labels >= num_classes)] if labels.size else labels
+  if outside.size:
+    raise DataError(f'{where}: label {int(outside[0])} is outside [0, {num_classes}) (-1 marks '
+                    f'an unlabelled example in TFDS splits such as imagenet2012 test): train and '
+                    f'evaluate on a labelled split, with model.num_classes covering its labels')
 
 
 def seed_words(*parts: int) -> tuple[int, int]:

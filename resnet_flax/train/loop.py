@@ -25,6 +25,7 @@ from resnet_flax.checkpoint import store
 from resnet_flax.checkpoint.pretrained import load_checkpoint
 from resnet_flax.checkpoint.store import Checkpoints
 from resnet_flax.data import info as data_info
+from resnet_flax.data.source import check_labels
 from resnet_flax.errors import CheckpointError, UserError, WorkdirError
 from resnet_flax.models.registry import describe as describe_model
 from resnet_flax.train import distributed, parallel
@@ -65,6 +66,7 @@ def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
   total = None
   for host_batch in eval_ds.eval_batches(eval_batch_size, jax.process_index(),
                                          jax.process_count()):
+    check_labels(host_batch, eval_ds.num_classes, 'the eval split')
     total = _add(total, p_eval(state, par.put_batch(host_batch)))
   sums = par.host_metrics(total)
   if int(round(float(sums['count']))) != eval_ds.num_examples:
@@ -201,7 +203,10 @@ class TrainingLoop:
     self.window = self.loop.window
     while self.step < plan.total_steps:
       wait_start = time.perf_counter()
-      device_batch = run.par.put_batch(run.train_batches.batch(self.step))
+      host_batch = run.train_batches.batch(self.step)
+      check_labels(host_batch, config.model.num_classes,
+                   f'the training split {config.data.train_split!r}')
+      device_batch = run.par.put_batch(host_batch)
       self.data_wait += time.perf_counter() - wait_start
       state, metrics = run.p_train(state, device_batch)
       self.window = _add(self.window, {k: v for k, v in metrics.items() if k != 'finite'})
