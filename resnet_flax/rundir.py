@@ -41,6 +41,15 @@ def _absolute(folder: str) -> str:
   return os.path.abspath(os.path.expanduser(folder))
 
 
+def anchored(folder: Optional[str]) -> Optional[str]:
+  """A relative path as the absolute one it names from the current directory; '' and None,
+  absolute paths and paths from the home folder (`~/...`, the same on every machine) as they
+  are."""
+  if not folder or folder.startswith('~') or os.path.isabs(folder):
+    return folder
+  return os.path.abspath(folder)
+
+
 def resolve_checkpoint_path(where: str, step: int = -1) -> tuple[str, Optional[int]]:
   """(checkpoints folder, step or None for the latest) for a run workdir, a checkpoints folder
   or one step's folder."""
@@ -99,10 +108,12 @@ def read_config(workdir: str) -> Optional[dict]:
 def write_config(workdir: str, config, *, framework: str = '') -> None:
   """config.json; `framework` names another framework that trained the run (the PyTorch
   reference: 'torch'), kept under FRAMEWORK_KEY beside the config's fields. A relative
-  `checkpoint_dir` is saved as the folder it names now, so the run is found from any directory."""
+  `checkpoint_dir` or `data.dir` is saved as the folder it names now (`anchored`), so that
+  evaluation finds the run's checkpoints and data from any directory."""
   fields = json.loads(config.to_json())
-  if fields.get('checkpoint_dir'):
-    fields['checkpoint_dir'] = _absolute(fields['checkpoint_dir'])
+  fields['checkpoint_dir'] = anchored(fields.get('checkpoint_dir'))
+  if isinstance(fields.get('data'), dict):
+    fields['data']['dir'] = anchored(fields['data'].get('dir'))
   if framework:
     fields[FRAMEWORK_KEY] = framework
   write_atomic(path(workdir, CONFIG_FILE), json.dumps(fields, indent=2))

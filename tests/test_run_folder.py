@@ -228,6 +228,20 @@ def test_a_relative_checkpoint_dir_is_found_from_any_directory(tmp_path, monkeyp
   assert pretrained.load_checkpoint('../run')[0] == 2
 
 
+def test_relative_data_and_checkpoint_folders_are_saved_as_the_folders_they_name(
+    tmp_path, monkeypatch):
+  """config.json is read from other directories (evaluate, sweeps): a relative data.dir would
+  name other data there. Paths from the home folder stay portable."""
+  monkeypatch.chdir(tmp_path)
+  for data_dir, checkpoints, saved_data, saved_checkpoints in (
+      ('d.npz', 'ck', str(tmp_path / 'd.npz'), str(tmp_path / 'ck')),
+      ('~/data/cifar', '~/ck', '~/data/cifar', '~/ck'), ('', '', '', '')):
+    rundir.write_config(str(tmp_path), tiny_config(**{'data.dir': data_dir,
+                                                      'checkpoint_dir': checkpoints}))
+    saved = rundir.read_config(str(tmp_path))
+    assert (saved['data']['dir'], saved['checkpoint_dir']) == (saved_data, saved_checkpoints)
+
+
 def test_results_of_a_resumed_run_count_every_segment(tmp_path):
   workdir = str(tmp_path / 'run')
   part = loop.train_and_evaluate(tiny_config(num_train_steps=4, checkpoint_every_steps=2),

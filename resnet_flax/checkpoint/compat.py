@@ -13,6 +13,7 @@ import json
 import ml_collections
 
 from resnet_flax import config as config_lib
+from resnet_flax import rundir
 
 # Fields that must match for a run to resume from a checkpoint (prefix match on 'model.').
 # Others (the length of the run, the lr, logging, parallelism, device count) may change.
@@ -62,6 +63,7 @@ def recipe_differences(saved: dict, config) -> list[str]:
   defaults = config_lib.flatten(config_to_dict(config_lib.base_config()))
   a = {**defaults, **config_lib.flatten(saved)}
   b = config_lib.flatten(config_to_dict(config))
+  b['data.dir'] = rundir.anchored(b.get('data.dir'))   # saved so (rundir.write_config)
   skip = BOOKKEEPING_FIELDS + LAYOUT_FIELDS
   return [f'{field} ({a.get(field)!r} -> {b.get(field)!r})' for field in sorted(set(a) | set(b))
           if field in b and a.get(field) != b.get(field) and not any(
