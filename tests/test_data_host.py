@@ -44,18 +44,26 @@ def test_imagenet_windows_follow_the_inception_distribution():
   assert 0 < len(flipped) < 8                          # the flip is random
 
 
-def test_eval_preprocessing_is_what_inference_does():
+@pytest.mark.parametrize('library', [
+    'pillow', pytest.param('opencv', marks=pytest.mark.skipif(
+        not HAVE_OPENCV, reason='needs OpenCV (opencv-python-headless)'))])
+def test_eval_preprocessing_is_what_inference_does(library, tmp_path):
+  """Prediction prepares an image (bytes, or its file) as the run's host back end evaluated it,
+  with the run's image library."""
   from resnet_flax.inference.predictor import prepare_image
   config = tiny_config().data
+  config.image_library = library
   rng = np.random.default_rng(1)
   for preset, size in (('imagenet', 24), ('mnist', 32), ('cifar', 16), ('none', 20)):
     config.preprocess = preset
-    fn = host.make(preset, size=size, train=False)
-    for shape in ((37, 53, 3), (61, 29, 3), (24, 24, 3)):
+    fn = host.make(preset, size=size, train=False, library=library)
+    for shape in ((37, 53, 3), (61, 29, 3), (24, 24, 3), (60, 45, 3)):
       encoded = _png(rng.integers(0, 256, shape, dtype=np.uint8))
       ours = fn(encoded, ())
-      reference = prepare_image(encoded, config, DataInfo((size, size, 3), True))
-      assert ours.tobytes() == reference.tobytes(), (preset, shape)
+      (tmp_path / 'image.png').write_bytes(encoded)
+      for image in (encoded, str(tmp_path / 'image.png')):
+        reference = prepare_image(image, config, DataInfo((size, size, 3), True))
+        assert ours.tobytes() == reference.tobytes(), (preset, shape)
 
 
 def test_cifar_and_mnist_presets():

@@ -185,7 +185,7 @@ def open_image(image, need: Optional[int] = None) -> Image.Image:
   """A loaded PIL image of a path, encoded bytes, file object, PIL image or uint8 array.
 
   `need`: the shorter side the preprocessing needs. A JPEG much larger than that is decoded at
-  a reduced scale (Pillow's `draft`: 1/2, 1/4 or 1/8, keeping the shorter side at least
+  a reduced scale (Pillow's `draft`: 1/2, 1/4 or 1/8, keeping the shorter side above
   2 x `need`), so prediction memory is bounded by the model's input, not the file's size."""
   if isinstance(image, Image.Image):
     return image
@@ -199,7 +199,9 @@ def open_image(image, need: Optional[int] = None) -> Image.Image:
   try:
     opened = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
     if need and opened.format == 'JPEG':
-      opened.draft(None, (REDUCE_TO * need, REDUCE_TO * need))
+      # draft keeps at least the size asked for: one more pixel leaves an image of exactly
+      # 2 x REDUCE_TO x `need` whole, as `_reduced` does
+      opened.draft(None, (REDUCE_TO * need + 1, REDUCE_TO * need + 1))
     opened.load()   # Pillow closes a file it opened itself once the image is loaded
     return opened
   except FileNotFoundError:
@@ -214,9 +216,9 @@ def open_image(image, need: Optional[int] = None) -> Image.Image:
 
 
 def _reduced(image: Image.Image, need: int) -> Image.Image:
-  """`image` box-reduced by an integer factor while its shorter side stays >= 2 x `need`
-  (an image whose shorter side is under 4 x `need` is left exactly as it is)."""
-  factor = min(image.size) // (REDUCE_TO * need)
+  """`image` box-reduced by an integer factor while its shorter side stays > 2 x `need`
+  (an image whose shorter side is at most 4 x `need` is left exactly as it is)."""
+  factor = (min(image.size) - 1) // (REDUCE_TO * need)
   if factor < 2:
     return image
   if image.mode not in ('RGB', 'L', 'RGBA', 'I', 'F'):
@@ -248,11 +250,15 @@ def _resize_pil(image: Image.Image, height: int, width: int) -> Image.Image:
 def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
   """uint8 `data.image_shape` of one image: the host part of the eval preprocessing.
 
-  An image far larger than the model needs is first reduced (`open_image`, `_reduced`) to at
-  least twice what the preprocessing keeps; images up to 4x that go through unchanged."""
+  An image far larger than the model needs is first reduced (`open_image`, `_reduced`) to more
+  than twice what the preprocessing keeps; images up to 4x that go through unchanged. A run
+  whose host back end decoded and resized with OpenCV (`data.image_library`) is prepared with
+  OpenCV too, unreduced."""
   height, width, channels = data.image_shape
   preset = data_cfg.preprocess
   fraction = data_cfg.get('eval_crop_fraction', None) or augment.CENTER_CROP_FRACTION
+  if data.host_preprocess and data_cfg.get('image_library', 'pillow') == 'opencv':
+    return host.eval_image(_opencv_array(image), preset, height, fraction, host.opencv_resize)
   need = (max(height, int(round(height / fraction))) if data.host_preprocess and
           preset == 'imagenet' else max(height, width))
   pil = _reduced(open_image(image, need), need)
@@ -260,6 +266,23 @@ def prepare_image(image, data_cfg, data: DataInfo) -> np.ndarray:
     return to_array(_resize_pil(pil, height, width), channels)
   # the eval branch of the host presets (tf.data, Grain) decode with channels=3
   return host.eval_image(to_array(pil, 3), preset, height, fraction)
+
+
+def _opencv_array(image) -> np.ndarray:
+  """uint8 (H, W, 3) RGB of an image as OpenCV decodes its file (a path or encoded bytes);
+  other inputs (PIL images, arrays) are already decoded."""
+  if not isinstance(image, (str, os.PathLike, bytes, bytearray)):
+    return to_array(open_image(image), 3)
+  name = image if isinstance(image, (str, os.PathLike)) else 'image'
+  try:
+    if name != 'image':
+      with open(image, 'rb') as f:
+        image = f.read()
+    return host.opencv_decode(bytes(image))
+  except FileNotFoundError:
+    raise DataError(f'{name}: no such file') from None
+  except host.BadImage as e:
+    raise DataError(f'{name}: {e}') from None
 
 
 # --- reporting ------------------------------------------------------------------------------
