@@ -259,9 +259,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
   _check_loss_and_mixing(config)
   if not 0.0 <= config.ema_decay < 1.0:
     _fail('ema_decay', config.ema_decay, 'must be in [0, 1) (0 disables the EMA)')
-  for field in ('shuffle_buffer', 'threadpool_size'):
+  for field in ('shuffle_buffer', 'threadpool_size', 'image_size', 'channels'):
     if config.data[field] < 0:
-      _fail(f'data.{field}', config.data[field], 'must be >= 0')
+      _fail(f'data.{field}', config.data[field], 'must be >= 0 (0: the data\'s own)'
+            if field in ('image_size', 'channels') else 'must be >= 0')
+  for field in ('synthetic_train_size', 'synthetic_eval_size', 'synthetic_num_classes'):
+    if config.data[field] < 1:
+      _fail(f'data.{field}', config.data[field], 'must be at least 1')
   if config.data.worker_count < -1:
     _fail('data.worker_count', config.data.worker_count,
           'must be 0 (in this process), a number of worker processes, or -1 (one per core)')

@@ -49,6 +49,11 @@ def test_arrayrecord_round_trip_and_refusal(tree, tmp_path):
   assert over.returncode == 0, over.stderr[-2000:]
   assert arrayrecord.read_metadata(dest)['splits']['train']['shard_lengths'] == [27]
   assert len(arrayrecord.existing_shards(dest, 'train')) == 1
+  negative = run_command(command('make_arrayrecord', '--in', tree, '--out',
+                                 str(tmp_path / 'neg'), '--shards', -2))
+  assert negative.returncode == 2 and negative.stderr.count('\n') == 1, negative.stderr
+  assert '--shards -2: give a positive number' in negative.stderr
+  assert not (tmp_path / 'neg').exists()
 
 
 def test_arrayrecord_missing_or_empty_shards_are_one_line(tree, tmp_path):

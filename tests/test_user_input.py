@@ -82,6 +82,16 @@ def test_config_file_problems_are_one_line(tmp_path, content, args, needle):
   assert lines[0].startswith('config error: ') and needle in lines[0], lines[0]
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('image_size', -1, 'must be >= 0'), ('channels', -3, 'must be >= 0'),
+    ('synthetic_train_size', -5, 'must be at least 1'),
+    ('synthetic_num_classes', 0, 'must be at least 1')])
+def test_negative_sizes_and_counts_of_the_data_are_refused(field, value, message):
+  """They stopped in NumPy or XLA tracebacks (negative dimensions, high <= 0)."""
+  with pytest.raises(ConfigError, match=rf'data.{field}={value}: {message}'):
+    config_lib.validate(tiny_config(**{f'data.{field}': value}))
+
+
 @pytest.mark.parametrize('seed', [-1, 2**32])
 def test_a_seed_outside_32_bits_is_refused(seed):
   """-1 stopped in a NumPy traceback; 2**32 trained as seed 0 (the key keeps 32 bits)."""

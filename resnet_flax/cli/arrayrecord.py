@@ -15,7 +15,7 @@ import sys
 import time
 
 from resnet_flax.cli import common
-from resnet_flax.errors import UserError
+from resnet_flax.errors import ConfigError, UserError
 
 
 class Progress:
@@ -63,6 +63,9 @@ def make_arrayrecord(argv=None) -> int:
                       help='replace the shards and metadata already in --out')
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
   from resnet_flax.data import arrayrecord_writer as writer
+  if args.shards < 0:
+    return common.report_error(ConfigError(f'--shards {args.shards}: give a positive number of '
+                                           f'shards per split, or 0 (one per 10,000 images)'))
   options = dict(shards=args.shards, on_bad=args.on_bad_image, overwrite=args.overwrite,
                  progress=Progress())
   try:
