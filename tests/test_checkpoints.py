@@ -435,7 +435,8 @@ def test_evaluate_script(tmp_path):
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '2',
             '--config.data.eval_split=train[:16]', '--config.eval_batch_size=8'])
   assert p.returncode == 0, p.stderr[-3000:]
-  assert json.load(open(workdir / 'eval_2.json'))['eval_split'] == 'train[:16]'
+  saved = json.load(open(workdir / 'eval_2.json'))
+  assert saved['eval_split'] == 'train[:16]' and saved['data']['source'] == 'synthetic'
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '3'])
   assert p.returncode == 2 and 'no checkpoint at step 3' in p.stderr.strip().splitlines()[-1]
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint=latest'])

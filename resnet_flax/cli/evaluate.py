@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from resnet_flax import rundir
 from resnet_flax.cli import common
 from resnet_flax.errors import UserError, first_line
 
@@ -27,7 +28,6 @@ def _argv_value(argv, name: str):
 
 def _run_config(workdir: str, step: str):
   """The config dict the run in `workdir` was trained with."""
-  from resnet_flax import rundir
   from resnet_flax.checkpoint.pretrained import load_checkpoint
   saved = rundir.read_config(workdir)
   if saved is not None:
@@ -70,7 +70,9 @@ def main(argv=None) -> None:
       step, metrics = loop.evaluate_checkpoint(cfg, workdir, flags.FLAGS.checkpoint)
     except UserError as e:
       return common.report_error(e)
-    result = {'step': step, 'eval_split': cfg.data.eval_split, **metrics}
+    result = {'step': step, 'eval_split': cfg.data.eval_split,
+              'data': {'source': cfg.data.source, 'name': cfg.data.name,
+                       'dir': rundir.anchored(cfg.data.dir)}, **metrics}
     path = os.path.join(workdir, f'eval_{step}.json')
     print(f'checkpoint {step}, split {cfg.data.eval_split}: top-1 {metrics["eval_top1"]:.4f} '
           f'top-5 {metrics["eval_top5"]:.4f} loss {metrics["eval_loss"]:.4f}', flush=True)
