@@ -266,6 +266,42 @@ def test_lars_builds_and_steps():
     assert 0 < step < 0.5 * 0.01
 
 
+def test_lars_is_optax_lars_on_unrolled_parameters():
+  grads_list = [_grads(i) for i in range(3)]
+  for exclude, mask in (('none', True), ('bn_and_bias', MASK)):
+    cfg = _opt_cfg(name='lars', weight_decay=0.01, weight_decay_mode='decoupled',
+                   weight_decay_exclude=exclude, lars_trust_coefficient=0.002)
+    reference = optax.lars(0.3, weight_decay=0.01, weight_decay_mask=mask,
+                           trust_coefficient=0.002, trust_ratio_mask=mask, momentum=0.9)
+    _assert_trees_close(_steps(optim.build_optimizer(cfg, 0.3), _params(), grads_list),
+                        _steps(reference, _params(), grads_list), rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'lars', 'lamb'])
+def test_scanned_units_are_decayed_and_trust_scaled_as_unrolled_ones(name):
+  """A scanned run stacks its units' parameters: BatchNorm scales get 2 dimensions and the
+  stack one norm. The mask and the trust ratios must see each unit, as unrolled."""
+  from resnet_flax.models import create_model, model_fields, scan
+  fields = {**model_fields('resnet20'), 'width': 4}
+  scanned = create_model({**fields, 'scan_units': 'on'})
+  unrolled = create_model({**fields, 'scan_units': 'off'})
+  x = jnp.zeros((1, 16, 16, 3))
+  params = jax.device_get(scanned.init(jax.random.PRNGKey(0), x, train=False)['params'])
+  rng = np.random.default_rng(1)
+  grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  shapes = jax.eval_shape(lambda: unrolled.init(jax.random.PRNGKey(0), x, train=False))['params']
+  flat_params, flat_grads = scan.restack(params, shapes), scan.restack(grads, shapes)
+  mask = optim.weight_decay_mask(params, 'bn_and_bias')
+  assert not mask['stage1_units2to3']['norm1']['scale']          # (2, 4): one scale per unit
+  assert mask['stage1_units2to3']['conv1']['kernel']
+  cfg = _opt_cfg(name=name, weight_decay=0.05, weight_decay_mode='decoupled',
+                 weight_decay_exclude='bn_and_bias', lars_trust_coefficient=0.01)
+  tx = optim.build_optimizer(cfg, 0.1)
+  stacked = _steps(tx, params, [grads, grads])
+  unstacked = _steps(tx, flat_params, [flat_grads, flat_grads])
+  _assert_trees_close(scan.restack(stacked, shapes), unstacked, rtol=1e-6, atol=1e-7)
+
+
 def test_lamb_step_by_hand():
   """One LAMB step: Adam's first update g / (|g| + eps) plus wd * w, times the leaf's trust
   ratio ||w|| / ||update||; the excluded leaves (BN, biases) take Adam's step alone."""

@@ -5,7 +5,9 @@ Weight decay has two modes. 'l2': the optimizer applies no decay, and the train 
 ResNet recipe: SGD with momentum on the gradient of loss + L2). 'decoupled': the decay is
 applied inside the optimizer, outside the momentum / adaptive statistics (SGDW, AdamW, LARS's
 and LAMB's own decay). With `weight_decay_exclude='bn_and_bias'` every parameter of ndim <= 1
-(BatchNorm scales and biases, dense biases) is not decayed, in both modes.
+(BatchNorm scales and biases, dense biases) is not decayed, in both modes. A scanned run of
+units (`models.scan`) stacks its units' parameters along a leading axis: the mask and the
+trust ratios of LARS and LAMB see each unit's slice, as in the unrolled network.
 """
 
 import functools
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from resnet_flax import fields
+from resnet_flax.models import scan
 
 OPTIMIZER_DEFAULTS = {
     'name': 'sgd',             # 'sgd', 'adamw', 'lars' or 'lamb'
@@ -47,7 +50,35 @@ def weight_decay_mask(params: Any, exclude: str) -> Any:
                 WEIGHT_DECAY_EXCLUDES)
   if exclude == 'none':
     return jax.tree.map(lambda _: True, params)
-  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: jnp.ndim(p) - _stacked(path) > 1, params)
+
+
+def _stacked(path) -> int:
+  """1 for a leaf of a scanned run of units (its leading axis counts the units), else 0."""
+  return int(any(isinstance(getattr(k, 'key', None), str) and scan.is_scanned_name(k.key)
+                 for k in path))
+
+
+def scale_by_trust_ratio(trust_coefficient: float = 1.0,
+                         eps: float = 0.0) -> optax.GradientTransformation:
+  """optax.scale_by_trust_ratio (`update * c * ||w|| / (||update|| + eps)`, 1 where a norm is
+  0) with one ratio per unit of a scanned run (norms over all axes but the leading one)."""
+  def update_fn(updates, state, params):
+    if params is None:
+      raise ValueError('the trust ratio needs the parameters')
+
+    def scale(path, update, param):
+      axes = tuple(range(_stacked(path), jnp.ndim(param)))
+      param_norm = jnp.sqrt(jnp.sum(jnp.square(param), axis=axes, keepdims=True))
+      update_norm = jnp.sqrt(jnp.sum(jnp.square(update), axis=axes, keepdims=True))
+      ratio = trust_coefficient * param_norm / (update_norm + eps)
+      ratio = jnp.where((param_norm == 0.0) | (update_norm == 0.0),
+                        jnp.ones_like(ratio), ratio)
+      return update * ratio.astype(update.dtype)
+    return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def l2_penalty(params: Any, mask: Any = None) -> jax.Array:
@@ -126,20 +157,21 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule: optax.ScalarOrSc
     tx = optax.adamw(schedule, b1=float(cfg['b1']), b2=float(cfg['b2']), eps=float(cfg['eps']),
                      weight_decay=wd, mask=mask if wd > 0 else None)
   elif name == 'lamb':
-    trust_ratio = optax.scale_by_trust_ratio()
+    trust_ratio = scale_by_trust_ratio()
     parts = [optax.scale_by_adam(b1=float(cfg['b1']), b2=float(cfg['b2']), eps=float(cfg['eps']))]
     if wd > 0:
       parts.append(optax.add_decayed_weights(wd, mask=mask))
     parts.append(trust_ratio if mask is None else optax.masked(trust_ratio, mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     tx = optax.chain(*parts)
-  else:
-    tx = optax.lars(schedule, weight_decay=wd,
-                    weight_decay_mask=True if mask is None else mask,
-                    trust_coefficient=float(cfg['lars_trust_coefficient']),
-                    eps=float(cfg['lars_eps']),
-                    trust_ratio_mask=True if mask is None else mask,
-                    momentum=momentum, nesterov=nesterov)
+  else:   # optax.lars's chain, with the trust ratio per unit
+    trust_ratio = scale_by_trust_ratio(float(cfg['lars_trust_coefficient']),
+                                       float(cfg['lars_eps']))
+    tx = optax.chain(
+        optax.add_decayed_weights(wd, mask=True if mask is None else mask),
+        optax.masked(trust_ratio, True if mask is None else mask),
+        optax.scale_by_learning_rate(schedule),
+        optax.trace(decay=momentum, nesterov=nesterov))
 
   clip = float(cfg['grad_clip_norm'])
   if clip > 0:
