@@ -27,6 +27,7 @@ import jax
 import optax
 
 from resnet_flax import tree
+from resnet_flax.models import scan
 from resnet_flax.errors import ConfigError
 
 FREEZE_BACKBONE = 'backbone'
@@ -54,7 +55,7 @@ def frozen_mask(params: Any, freeze: str, head_modules=('head',)) -> Any:
       raise ConfigError(f'config.freeze={freeze!r} is not a valid regular expression ({e}); '
                         "use '', 'backbone' or a regex over parameter paths such as "
                         "'stem|stage1'") from None
-    mask = jax.tree.map(lambda p: regex.search(p) is not None, paths)
+    mask = jax.tree.map(lambda p: _matches(regex, p, freeze), paths)
     what = f'freeze={freeze!r}'
   flags = jax.tree.leaves(mask)
   if not any(flags):
@@ -69,6 +70,25 @@ def frozen_mask(params: Any, freeze: str, head_modules=('head',)) -> Any:
     raise ConfigError(f'config.{what} freezes every parameter, so nothing would train; leave '
                       'some parameters out of the pattern')
   return mask
+
+
+def _matches(regex, path: str, freeze: str) -> bool:
+  """Whether `regex` freezes the parameter at `path`. A scanned run of units (one array per
+  layer for all its units) is matched by its own name or by every unit's unrolled name; a
+  pattern that names some of its units only is a ConfigError (the run trains as one array)."""
+  if regex.search(path) is not None:
+    return True
+  module, _, rest = path.partition('/')
+  units = scan.unit_names(module)
+  hits = [regex.search(f'{unit}/{rest}') is not None for unit in units]
+  if hits and all(hits):
+    return True
+  if any(hits):
+    raise ConfigError(
+        f'config.freeze={freeze!r} names {sum(hits)} of the {len(units)} units of {module}, a '
+        f'scanned run whose units share one array per layer: freeze all of them or none, or '
+        f'set --config.model.scan_units=off to freeze units one by one')
+  return False
 
 
 def frozen_norm_paths(frozen: Any, batch_stats: Any) -> frozenset:

@@ -254,3 +254,27 @@ def test_transfer_mnist_runs_from_a_backbone(source, tmp_path):
   results = loop.train_and_evaluate(c, str(tmp_path), devices=jax.devices()[:1])
   assert results['steps'] == 4 and np.isfinite(results['eval_loss'])
   assert results['init_from']['loaded'] == len(saved_params) - 2 + len(source[2])
+
+
+def test_a_unit_pattern_freezes_a_scanned_run_as_its_unrolled_units():
+  """A scanned run keeps one array per layer for all its units: a pattern over unit names
+  freezes it when it names every unit (as the unrolled network's units), and is refused when
+  it names some of them only (they would have trained silently)."""
+  x = jnp.zeros((1, 16, 16, 3))
+
+  def shapes(scan_units):
+    model = create_model({**model_fields('resnet20'), 'width': 4, 'scan_units': scan_units})
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))['params']
+
+  def frozen_values(params, pattern):
+    mask = transfer.frozen_mask(params, pattern)
+    return sum(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(params),
+                                                       jax.tree.leaves(mask)) if m)
+  scanned, unrolled = shapes('on'), shapes('off')
+  assert 'stage2_units2to3' in scanned
+  for pattern in ('stem|stage1_unit[1-3]/', 'stage2_unit[23]/', 'stage2'):
+    assert frozen_values(scanned, pattern) == frozen_values(unrolled, pattern) > 0, pattern
+  with pytest.raises(ConfigError, match=r"freeze='stage2_unit2/' names 1 of the 2 units of "
+                                        r'stage2_units2to3, a scanned run'):
+    transfer.frozen_mask(scanned, 'stage2_unit2/')
+  assert frozen_values(unrolled, 'stage2_unit2/') > 0

@@ -144,7 +144,7 @@ def is_scanned_name(name: str) -> bool:
   return _SCANNED.fullmatch(name) is not None
 
 
-def _unit_names(name: str) -> list[str]:
+def unit_names(name: str) -> list[str]:
   """The unrolled names of a scanned module's units ([] for any other name)."""
   m = _SCANNED.fullmatch(name)
   if m is None:
@@ -158,7 +158,7 @@ def unstack(tree: Mapping[str, Any]) -> dict:
   'stage1_units2to5' -> 'stage1_unit2' ... 'stage1_unit5'."""
   out = {}
   for name, sub in tree.items():
-    units = _unit_names(name)
+    units = unit_names(name)
     if not units:
       out[name] = sub
       continue
@@ -173,7 +173,7 @@ def restack(tree: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
   flat = unstack(tree)
   out = {}
   for name in like:
-    names = _unit_names(name)
+    names = unit_names(name)
     if not names:
       if name in flat:
         out[name] = flat[name]
@@ -182,7 +182,7 @@ def restack(tree: Mapping[str, Any], like: Mapping[str, Any]) -> dict:
     if any(u is None for u in units):
       continue        # not in `tree`: the caller reports it as missing
     out[name] = jax.tree.map(lambda *leaves: np.stack([np.asarray(a) for a in leaves]), *units)
-  used = {unit for n in like for unit in _unit_names(n)}
+  used = {unit for n in like for unit in unit_names(n)}
   for name, sub in flat.items():
     if name not in out and name not in used and name not in like:
       out[name] = sub
