@@ -278,3 +278,23 @@ def test_a_unit_pattern_freezes_a_scanned_run_as_its_unrolled_units():
                                         r'stage2_units2to3, a scanned run'):
     transfer.frozen_mask(scanned, 'stage2_unit2/')
   assert frozen_values(unrolled, 'stage2_unit2/') > 0
+
+
+def test_init_from_refuses_frozen_arrays_it_does_not_load_and_names_other_architectures(
+    tmp_path, capsys):
+  """A depth-8 source under a deeper frozen backbone: the extra units would stay random and
+  frozen, refused. A plain network from a residual source: the arrays fit by name and shape,
+  and the log says that they compute something else here."""
+  source = str(tmp_path / 'source')
+  loop.train_and_evaluate(tiny_config(num_train_steps=1), source, devices=jax.devices()[:1])
+  deeper = tiny_config(num_train_steps=1, init_from=source, freeze='backbone',
+                       **{'model.depth': 14})
+  with pytest.raises(ConfigError, match=r"config.freeze='backbone' freezes \d+ arrays that "
+                                        r'init_from .* does not provide \(params/stage1_unit2/'):
+    loop.train_and_evaluate(deeper, str(tmp_path / 'deeper'), devices=jax.devices()[:1])
+  capsys.readouterr()
+  plain = tiny_config(num_train_steps=1, init_from=source, **{'model.residual': False})
+  loop.train_and_evaluate(plain, str(tmp_path / 'plain'), devices=jax.devices()[:1])
+  out = capsys.readouterr().out
+  assert ('warning: the init_from model differs from this one (model.residual=True there, '
+          'False here)') in out

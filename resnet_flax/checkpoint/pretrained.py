@@ -54,6 +54,7 @@ class InitReport:
   new: list = dataclasses.field(default_factory=list)             # names absent in the source
   dropped: list = dataclasses.field(default_factory=list)         # names absent in the model
   loaded_values: int = 0
+  source_model: dict = dataclasses.field(default_factory=dict)    # the source's model fields
 
   def lines(self) -> list[str]:
     out = [f'init_from {self.source} (step {self.step}): loaded {len(self.loaded)} arrays '
@@ -99,8 +100,9 @@ def merge_pretrained(target: dict, source: dict, report: InitReport, collection:
 def load_pretrained(path: str, step: int, params: Any, batch_stats: Any):
   """(params, batch_stats, InitReport): `params` / `batch_stats` (host nested dicts) with the
   arrays of a saved checkpoint whose names and shapes match."""
-  chosen, saved, _, _ = load_checkpoint(path, step)
-  report = InitReport(source=path, step=chosen)
+  chosen, saved, _, saved_config = load_checkpoint(path, step)
+  report = InitReport(source=path, step=chosen,
+                      source_model=dict((saved_config or {}).get('model') or {}))
   params, batch_stats = tree.to_dict(params), tree.to_dict(batch_stats)
   # a source with scanned stages and a target without them (or the other way round): the
   # source's arrays are put into the target's layout first, so names match unit by unit

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from resnet_flax import rundir
+from resnet_flax import rundir, tree
 from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.models import create_model, scan
@@ -33,6 +33,33 @@ def init_from_checkpoint(run: Run, path: str, step: int = -1):
       ema_params=jax.tree.map(np.copy, params) if host.ema_params is not None else None,
       ema_batch_stats=jax.tree.map(np.copy, stats) if host.ema_params is not None else None)
   return run.par.put_state(host), report
+
+
+# model fields that change what loaded arrays compute (shapes do not show them)
+ARCHITECTURE_FIELDS = ('family', 'version', 'residual', 'block', 'shortcut', 'flavour', 'stem',
+                       'stem_pool', 'shortcut_downsample', 'pooling')
+
+
+def check_init_from(config, run: Run, report) -> list[str]:
+  """ConfigError when `freeze` keeps arrays that init_from did not load (they would stay
+  random); warnings for model fields that differ from the source's (the arrays fit, but meet
+  another computation)."""
+  if run.freeze is not None:
+    frozen = {f'params/{p}' for p, f in zip(jax.tree.leaves(tree.leaf_paths(run.freeze.mask)),
+                                            jax.tree.leaves(run.freeze.mask)) if f}
+    fresh = [e.split(' ')[0] for e in report.new + report.reinitialised
+             if e.split(' ')[0] in frozen]
+    if fresh:
+      raise ConfigError(
+          f'config.freeze={config.freeze!r} freezes {len(fresh)} arrays that init_from '
+          f'{config.init_from} does not provide ({", ".join(fresh[:3])}'
+          f'{" ..." if len(fresh) > 3 else ""}): they would keep their random initialisation; '
+          f'freeze only what the checkpoint holds, or start from a checkpoint of this model')
+  source = report.source_model
+  changed = [f'model.{f}={source[f]!r} there, {config.model[f]!r} here'
+             for f in ARCHITECTURE_FIELDS if f in source and source[f] != config.model[f]]
+  return ([f'warning: the init_from model differs from this one ({"; ".join(changed)}): its '
+           f'arrays fit by name and shape, but compute something else here'] if changed else [])
 
 
 def _template_for(saved_config: dict, config, run: Run, template):
@@ -135,7 +162,7 @@ def resume_or_start(config, workdir: str, run: Run, ckpts):
   state, loop_state = run.state, LoopState()
   if config.init_from:
     state, report = init_from_checkpoint(run, config.init_from, config.init_from_step)
-    messages.extend(report.lines())
+    messages.extend(report.lines() + check_init_from(config, run, report))
     loop_state.init_report = report.to_dict()
   elif config.freeze:
     messages.append(f'warning: freeze={config.freeze!r} without init_from: the frozen '
