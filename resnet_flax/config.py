@@ -41,19 +41,27 @@ def flatten(config_dict: dict) -> dict:
 # on the command line keeps the config's values of these
 TASK_MODEL_FIELDS = ('num_classes', 'include_top', 'pooling', 'head_hidden', 'dtype',
                      'param_dtype', 'drop_path_rate')
+# model fields of the training recipe or of how it runs: they stay too, unless the name itself
+# sets them
+RECIPE_MODEL_FIELDS = ('zero_init_residual', 'bn_momentum', 'bn_one_pass', 'bn_group_size',
+                       'scan_units', 'eval_loop', 'remat', 'conv_impl')
 
 
 def select_model_name(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
   """`--config.model.name=NAME` on the command line (`overrides`: the flattened command-line
   values) selects that registry name's model fields; the config's task fields
-  (`TASK_MODEL_FIELDS`) stay, and the other model fields given on the command line override the
-  name's ('resnet56 with version=v2'). An unknown name is a ConfigError with the closest names."""
+  (`TASK_MODEL_FIELDS`) stay, so do its recipe fields (`RECIPE_MODEL_FIELDS`, e.g. a recipe's
+  zero-init of the last BatchNorm) unless the name sets them, and the other model fields given
+  on the command line override the name's ('resnet56 with version=v2'). An unknown name is a
+  ConfigError with the closest names."""
   if 'model.name' not in overrides:
     return
   fields = registry.model_fields(config.model.name)
+  own = registry.NAMES[config.model.name]
   given = {key.split('.', 1)[1] for key in overrides if key.startswith('model.')}
   for key, value in fields.items():
-    if key not in given and key not in TASK_MODEL_FIELDS:
+    keep = key in TASK_MODEL_FIELDS or (key in RECIPE_MODEL_FIELDS and key not in own)
+    if key not in given and not keep:
       config.model[key] = value
 
 

@@ -40,6 +40,12 @@ def test_model_name_on_the_command_line_selects_that_models_fields():
   config, _ = common.load_config(['train', '--config', 'imagenet', '--config.model=resnet152'])
   assert tuple(create_model(config.model).stage_sizes) == (3, 8, 36, 3)
   assert config.model.name == 'resnet152'
+  # a recipe's model fields of training (RSB A3: the residual branches' last BatchNorm starts
+  # at zero) stay with another network
+  config, _ = common.load_config(['train', '--config', 'paper/imagenet_rsb_a3',
+                                  '--config.model=resnet101'])
+  assert config.model.depth == 101 and config.model.zero_init_residual
+  assert describe(config.model).startswith('resnet101')
 
 
 def test_mean_and_std_on_the_0_to_1_scale_are_refused():
