@@ -332,3 +332,19 @@ def test_train_figures_and_tables_average_the_last_epoch_not_the_last_window(tmp
   assert plotting.final_error(record, 'eval') == pytest.approx(60.0)
   row = sweep.point_row(str(run), {'model.depth': '20'})
   assert row['train_loss'] == 1.2 and row['train_error'] == 45.0
+
+
+def test_a_depth_axis_over_fixed_stage_sizes_is_refused(tmp_path):
+  """model.stage_sizes fixes the units whatever the depth: every point would train one network
+  (and the log named it by the swept depth)."""
+  from resnet_flax.models.registry import describe
+  from resnet_flax.experiments.sweep import check_point_config
+  from resnet_flax.errors import SweepError
+  from resnet_flax.config import base_config
+  config = base_config()
+  config.model.stage_sizes = (1, 1, 1)
+  config.model.depth = 56
+  assert describe(config.model) == 'resnet20 with depth=56, stage_sizes=(1, 1, 1)'
+  with pytest.raises(SweepError, match=r'--sweep model.depth with model.stage_sizes=\(1, 1, 1\)'):
+    check_point_config(config, {'model.depth': '56'})
+  check_point_config(config, {'model.depth': '56', 'model.stage_sizes': '(1,1,1)'})

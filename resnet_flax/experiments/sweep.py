@@ -6,11 +6,12 @@ overrides (`depth=20,version=v1`; the full field path where the last parts would
 `scripts/train.py` in a subprocess, so a crashed point does not take the sweep down and every
 point starts from a clean JAX. A point is finished when its `results.json` exists (the trainer
 writes it last); an interrupted point resumes from its checkpoints when the sweep runs again.
-A point's folder records the train arguments it ran with (`POINT_FILE`): a sweep run again with
+A point's folder (`sweep_point`) records the train arguments it ran with: a sweep run again with
 other arguments for a point already run (another `--config.num_epochs`, another config file),
 or with a config that computes something else than the point's `config.json` (the file was
-edited), is refused before anything runs, so that one table never mixes two recipes. Points share no
-checkpoint folder: a `checkpoint_dir` that is not swept is refused.
+edited), is refused before anything runs, so that one table never mixes two recipes. Points
+share no checkpoint folder (a `checkpoint_dir` that is not swept is refused), and a depth axis
+needs the stage sizes to follow the depth.
 
 `collect` reads every point's `results.json` and `metrics.jsonl` into rows; `write_tables`
 writes `results.csv` and `results.md` in the sweep directory.
@@ -18,7 +19,6 @@ writes `results.csv` and `results.md` in the sweep directory.
 
 import csv
 import itertools
-import json
 import os
 import re
 import shlex
@@ -31,11 +31,12 @@ from typing import Any, Callable, Optional, Sequence
 
 from resnet_flax import config as config_lib
 from resnet_flax import rundir
-from resnet_flax.checkpoint import compat
+from resnet_flax.experiments.sweep_point import (check_same_args, check_same_recipe,
+                                                  point_status, read_point_file,
+                                                  record_failure, write_point_file)
 from resnet_flax.errors import SweepError, UserError
 
 TRAIN_COMMAND = ('-m', 'resnet_flax', 'train')   # after the interpreter: the train command
-POINT_FILE = 'sweep_point.json'   # the point's overrides and the wall time spent on it
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
@@ -101,68 +102,6 @@ def train_command(config_path: str, workdir: str, point: dict[str, str],
   return [python, *TRAIN_COMMAND, *train_args(config_path, workdir, point, extra)]
 
 
-def point_status(workdir: str) -> str:
-  """'finished' (results.json), 'failed' (its last training exited with an error),
-  'interrupted' (has checkpoints or metrics) or 'pending'."""
-  if os.path.isfile(rundir.path(workdir, rundir.RESULTS_FILE)):
-    return 'finished'
-  if _read_point_file(workdir).get('exit_code') not in (None, 0):
-    return 'failed'
-  if os.path.isdir(rundir.path(workdir, rundir.CHECKPOINTS)) or os.path.isfile(
-      rundir.path(workdir, rundir.METRICS_FILE)):
-    return 'interrupted'
-  return 'pending'
-
-
-def recorded_args(workdir: str) -> Optional[list[str]]:
-  """The train arguments a point last ran with (None: never run by a sweep)."""
-  record = _read_point_file(workdir)
-  if 'args' in record:
-    return list(record['args'])
-  if 'command' in record:      # records written before 'args': the arguments from --config on
-    words = shlex.split(record['command'])
-    return words[words.index('--config'):] if '--config' in words else None
-  return None
-
-
-def _same_paths(args: Sequence[str]) -> list[str]:
-  """The arguments with the --config and --workdir paths resolved (one folder, one spelling)."""
-  out = list(args)
-  for i, arg in enumerate(out[:-1]):
-    if arg in ('--config', '--workdir') and os.path.exists(out[i + 1]):
-      out[i + 1] = os.path.realpath(out[i + 1])
-  return sorted(out)
-
-
-def check_same_args(workdir: str, point_args: Sequence[str]) -> None:
-  """SweepError when the point in `workdir` ran with other train arguments than `point_args`."""
-  then = recorded_args(workdir)
-  if then is None or _same_paths(then) == _same_paths(point_args):
-    return
-  only_then = [a for a in then if a not in point_args]
-  only_now = [a for a in point_args if a not in then]
-  raise SweepError(
-      f'{workdir} was run with other arguments ({" ".join(only_then) or "-"} then, '
-      f'{" ".join(only_now) or "-"} now): run the sweep with the arguments it was run with, '
-      f'or use another --workdir for the new ones')
-
-
-def _read_point_file(workdir: str) -> dict:
-  try:
-    with open(os.path.join(workdir, POINT_FILE)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
-def _write_point_file(workdir: str, record: dict) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise SweepError(f'{workdir}: cannot be made a folder ({e.strerror})') from None
-  rundir.write_atomic(os.path.join(workdir, POINT_FILE), json.dumps(record, indent=2))
-
-
 def _relay(stream, last_line: list) -> None:
   """Copies the child's stderr to ours, keeping its last non-empty line (the one-line error)."""
   for line in iter(stream.readline, ''):
@@ -173,22 +112,15 @@ def _relay(stream, last_line: list) -> None:
   stream.close()
 
 
-def record_failure(workdir: str, point: dict[str, str], error: str) -> None:
-  """Marks a point failed without running it (its config does not validate)."""
-  record = _read_point_file(workdir)
-  record.update({'point': point, 'exit_code': 2, 'error': error})
-  _write_point_file(workdir, record)
-
-
 def run_point(command: list[str], workdir: str, point: dict[str, str], *,
               log=print) -> int:
   """Runs one point's training in a subprocess; returns its exit code. SIGINT/SIGTERM to the
   sweep are passed on as SIGTERM, so the point saves a checkpoint and can be resumed."""
-  record = _read_point_file(workdir)
+  record = read_point_file(workdir)
   record.update({'point': point, 'command': shlex.join(command),
                  'args': list(command[1 + len(TRAIN_COMMAND):])})
   record.pop('error', None)
-  _write_point_file(workdir, record)
+  write_point_file(workdir, record)
   start = time.time()
   # in a session of its own: a Ctrl-C in the terminal reaches the sweep only, which passes it on
   # as SIGTERM (the point checkpoints), not the child as well (a KeyboardInterrupt mid-step)
@@ -215,7 +147,7 @@ def run_point(command: list[str], workdir: str, point: dict[str, str], *,
   record['exit_code'] = code
   if code != 0:
     record['error'] = last_line[-1] if last_line else f'exit code {code}'
-  _write_point_file(workdir, record)
+  write_point_file(workdir, record)
   if forwarded:
     log(f'sweep: stopped by signal {forwarded["signal"]}; run the same command to resume')
     raise KeyboardInterrupt
@@ -249,7 +181,7 @@ def point_row(workdir: str, point: dict[str, str]) -> dict:
   row = dict(point)
   status = point_status(workdir)
   results = (rundir.read_results(workdir) or {}) if status == 'finished' else {}
-  record = _read_point_file(workdir)
+  record = read_point_file(workdir)
   metrics = rundir.read_metrics(workdir)
   evals = [m for m in metrics if m.get('eval_top1') is not None]
   trains = [m for m in metrics if m.get('train_loss') is not None]
@@ -278,7 +210,7 @@ def collect(sweep_dir: str, points: Optional[list[dict]] = None) -> list[dict]:
   if points is None:
     points = []
     for name in sorted(os.listdir(sweep_dir)):
-      record = _read_point_file(os.path.join(sweep_dir, name))
+      record = read_point_file(os.path.join(sweep_dir, name))
       if record.get('point'):
         points.append(record['point'])
   return [point_row(os.path.join(sweep_dir, point_name(p)), p) for p in points]
@@ -320,20 +252,14 @@ def write_tables(sweep_dir: str, rows: list[dict]) -> tuple[str, str]:
   return csv_path, md_path
 
 
-def check_same_recipe(workdir: str, config) -> None:
-  """SweepError when the point in `workdir` was trained with a config that computes something
-  else than `config` (the config file was edited since): one table, one recipe."""
-  saved = rundir.read_config(workdir)
-  differences = compat.recipe_differences(saved, config) if saved is not None else []
-  if differences:
-    raise SweepError(
-        f'{workdir} was trained with another config ({", ".join(differences[:4])}'
-        f'{" ..." if len(differences) > 4 else ""}; the config file or the arguments changed '
-        f'since): restore them, or use another --workdir for the new recipe')
-
-
-def check_own_checkpoints(config, point: dict[str, str]) -> None:
-  """SweepError for a point config whose checkpoint_dir every point would share (not swept)."""
+def check_point_config(config, point: dict[str, str]) -> None:
+  """SweepError for a point config whose checkpoint_dir every point would share (not swept), or
+  whose model.stage_sizes makes a model.depth axis train one network at every point."""
+  if (tuple(config.model.stage_sizes or ()) and 'model.depth' in point
+      and 'model.stage_sizes' not in point):
+    raise SweepError(f'--sweep model.depth with model.stage_sizes='
+                     f'{tuple(config.model.stage_sizes)}: the units are those stage sizes at '
+                     f'every depth; drop stage_sizes (--config.model.stage_sizes=()) or sweep it')
   if config.checkpoint_dir and 'checkpoint_dir' not in point:
     raise SweepError(f'checkpoint_dir={config.checkpoint_dir!r}: every point of the sweep would '
                      f'share that folder; drop it (--config.checkpoint_dir= , or leave it out '
@@ -349,7 +275,7 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
   point's config before anything runs and returns it, or raises a UserError for one that cannot
   work: such a point is recorded as failed with that line, and the others run; a config whose
   checkpoint folder every point would share, or one that computes something else than a point
-  already trained, stops the sweep (`check_own_checkpoints`, `check_same_recipe`).
+  already trained, stops the sweep (`check_point_config`, `check_same_recipe`).
   `dry_run` checks every point, prints one command per line, runs nothing, and returns the
   number of points that do not check."""
   if not os.path.isfile(config_path):
@@ -365,7 +291,7 @@ def run_sweep(config_path: str, sweep_dir: str, axes: Sequence[tuple[str, list[s
       problems[point_name(point)] = f'{e.kind}: {e}'
       continue
     if config is not None:
-      check_own_checkpoints(config, point)
+      check_point_config(config, point)
       configs[workdir] = config
   for workdir, point_args in zip(workdirs, args):
     check_same_args(workdir, point_args)

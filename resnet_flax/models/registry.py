@@ -26,7 +26,8 @@ MODEL_DEFAULTS = {
     'family': 'imagenet',    # 'imagenet' (7x7 stem, 4 stages) or 'cifar' (3x3 stem, 3 stages)
     'depth': 50,
     'block': 'auto',         # 'auto', 'basic' or 'bottleneck'
-    'stage_sizes': (),       # units per stage; () derives them from depth
+    'stage_sizes': (),       # units per stage; () derives them from depth (when set, depth
+                             # only picks the block type of block='auto')
     'version': 'v1.5',       # 'v1', 'v1.5', 'v2'
     'shortcut': 'B',         # 'A', 'B', 'C'
     'residual': True,        # False: the plain network of the same depth
@@ -142,6 +143,9 @@ def describe(cfg: Mapping[str, Any]) -> str:
                                        'flavour', 'stem', 'stem_pool', 'shortcut_downsample',
                                        'se_ratio', 'drop_path_rate') if k in cfg and k in named and
              cfg[k] != named[k]]
+  if tuple(cfg.get('stage_sizes') or ()) != tuple(named.get('stage_sizes') or ()):
+    changed.append(f'stage_sizes={tuple(cfg["stage_sizes"] or ())}')   # depth then picks
+    # only the block type: the units are these
   return f'{name} with {", ".join(changed)}' if changed else name
 
 
