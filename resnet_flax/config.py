@@ -302,3 +302,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
           'uint8 images (ImageNet: 123.675, 116.28, 103.53 / 58.395, 57.12, 57.375); multiply '
           'both by 255 (a run trained with these values normalised its inputs 255 times too '
           'strongly: train it again)')
+  if not config.model.include_top:
+    _fail('model.include_top', False, 'training needs the classification head (the loss takes '
+          'its logits); keep it, and use the backbone alone through init_from or export')

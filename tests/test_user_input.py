@@ -98,6 +98,22 @@ def test_negative_sizes_and_counts_of_the_data_are_refused(field, value, message
     config_lib.validate(tiny_config(**{f'data.{field}': value}))
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.width': -16}, 'model.width=-16 must be 0'),
+    ({'model.stage_sizes': (1, 1, 1.5)}, 'model.stage_sizes=1.5 must be an integer'),
+    ({'model.block': 'bottleneck', 'model.depth': 11, 'model.width_per_group': 8},
+     'gives bottleneck units of 0 channels'),
+    ({'model.stem': 'deep', 'model.width': 1}, "the 'deep' stem's first convs"),
+    ({'model.bn_momentum': 1.5}, r'model.bn_momentum=1.5 must be in \[0.0, 1.0\)'),
+    ({'model.bn_epsilon': -1.0}, r'model.bn_epsilon=-1.0 must be in \(0.0, inf\)'),
+    ({'model.include_top': False}, 'training needs the classification head')])
+def test_model_fields_that_cannot_build_or_train_are_refused(overrides, message):
+  """They stopped in tracebacks (negative or zero widths, float unit counts, a loss without
+  logits) or trained silently wrong (a BatchNorm momentum of 1.5, a negative epsilon)."""
+  with pytest.raises(ConfigError, match=message):
+    config_lib.validate(tiny_config(**overrides))
+
+
 @pytest.mark.parametrize('seed', [-1, 2**32])
 def test_a_seed_outside_32_bits_is_refused(seed):
   """-1 stopped in a NumPy traceback; 2**32 trained as seed 0 (the key keeps 32 bits)."""

@@ -170,7 +170,7 @@ def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
   family = fields.choice(cfg, 'model', 'family', FAMILIES)
   block = fields.choice(cfg, 'model', 'block', BLOCKS)
   depth = cfg['depth']
-  stage_sizes = tuple(cfg['stage_sizes'] or ())
+  stage_sizes = tuple(fields.integer(n, 'model.stage_sizes') for n in cfg['stage_sizes'] or ())
   num_stages = 4 if family == 'imagenet' else 3
   if stage_sizes:
     if len(stage_sizes) != num_stages or min(stage_sizes) < 1:
@@ -269,7 +269,9 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
                       'positive.')
   stem = _check_variants(cfg)
   num_stages = len(stage_sizes)
-  width = int(cfg['width']) or (64 if cfg['family'] == 'imagenet' else 16)
+  width = _check_widths(cfg, block, stem)
+  fields.number(cfg, 'model', 'bn_momentum', low=0.0, high=1.0, high_open=True)
+  fields.number(cfg, 'model', 'bn_epsilon', low=0.0, low_open=True)
   return ResNet(
       stage_sizes=stage_sizes,
       block_cls=BasicBlock if block == 'basic' else BottleneckBlock,
@@ -302,6 +304,25 @@ def create_model(cfg: Mapping[str, Any], *, bn_axis_name: Optional[str] = None) 
       se_ratio=float(cfg['se_ratio']),
       drop_path_rate=float(cfg['drop_path_rate']),
   )
+
+
+def _check_widths(cfg: Mapping[str, Any], block: str, stem: str) -> int:
+  """The first stage's width (`model.width`, 0: the family's), checked to give every layer at
+  least one channel; ConfigError otherwise."""
+  width = fields.integer(cfg['width'], 'model.width')
+  if width < 0:
+    raise ConfigError(f'model.width={width} must be 0 (the family\'s: 64, or 16 for cifar) or '
+                      'positive.')
+  width = width or (64 if cfg['family'] == 'imagenet' else 16)
+  inner = int(width * (int(cfg['width_per_group']) / 64.0)) * int(cfg['groups'])
+  if block == 'bottleneck' and inner < 1:
+    raise ConfigError(f"model.width={width} with width_per_group={cfg['width_per_group']} gives "
+                      f'bottleneck units of {inner} channels (width * width_per_group / 64 * '
+                      f'groups); raise one of them')
+  if stem == 'deep' and width < 2:
+    raise ConfigError(f"model.width={width}: the 'deep' stem's first convs have width / 2 "
+                      'channels; use a width of at least 2')
+  return width
 
 
 def abstract_variables(cfg: Mapping[str, Any], image_size: Optional[int] = None,
