@@ -293,6 +293,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1) -> Non
           "top: the head reads the flattened feature map, whose size follows the image's (or "
           "pool it: 'avg' / 'max')")
   policies.check_fields(config.data)
+  for field in ('mean', 'std'):
+    values = config.data[field]
+    if (not isinstance(values, (tuple, list)) or not values or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)):
+      _fail(f'data.{field}', values, 'must be a tuple of finite numbers on the 0..255 scale, '
+            'one, or one per channel, e.g. (125.3, 123.0, 113.9)')
   if len(config.data.mean) != len(config.data.std) or min(config.data.std) <= 0:
     _fail('data.std', config.data.std,
           'data.mean and data.std need the same length (1 or one per channel) and std > 0')

@@ -443,6 +443,8 @@ def test_evaluate_script(tmp_path):
   assert saved['eval_split'] == 'train[:16]' and saved['data']['source'] == 'synthetic'
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '3'])
   assert p.returncode == 2 and 'no checkpoint at step 3' in p.stderr.strip().splitlines()[-1]
+  p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint', '-5'])
+  assert p.returncode == 2 and '--checkpoint -5: give a saved step number' in p.stderr
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint=latest'])
   assert p.returncode == 2 and p.stderr.strip().splitlines() == [
       'error: --checkpoint latest: give a step number (or leave it out for the latest readable '

@@ -114,6 +114,29 @@ def test_model_fields_that_cannot_build_or_train_are_refused(overrides, message)
     config_lib.validate(tiny_config(**overrides))
 
 
+@pytest.mark.parametrize('field, value', [('mean', None), ('mean', ('a',)), ('std', None),
+                                          ('std', ())])
+def test_mean_and_std_must_be_numbers(field, value):
+  config = tiny_config()
+  config.data[field] = value
+  with pytest.raises(ConfigError, match=rf'data.{field}=.*must be a tuple of finite numbers'):
+    config_lib.validate(config)
+
+
+def test_odd_stage_sizes_coordinators_and_summary_sizes_are_one_line(capsys):
+  from resnet_flax.train import distributed
+  with pytest.raises(ConfigError, match=r'model.stage_sizes=3 must be a tuple of unit counts'):
+    create_model({**tiny_config().model, 'stage_sizes': 3})
+  dist = {**config_lib.base_config().distributed, 'coordinator': 'nohost', 'num_processes': 1,
+          'process_id': 0}
+  with pytest.raises(ConfigError, match=r"coordinator='nohost' must be HOST:PORT"):
+    distributed.maybe_initialize(dist)
+  from resnet_flax.cli import tools as cli_tools
+  with pytest.raises(SystemExit) as e:
+    cli_tools.summary(['summary', 'resnet20', '--image-size', '-3'])
+  assert e.value.code == 2 and '--image-size -3: give a positive side' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('seed', [-1, 2**32])
 def test_a_seed_outside_32_bits_is_refused(seed):
   """-1 stopped in a NumPy traceback; 2**32 trained as seed 0 (the key keeps 32 bits)."""

@@ -46,9 +46,9 @@ def main(argv=None) -> None:
     print(f'error: --workdir {workdir_arg}: no such directory', file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
   step_arg = _argv_value(argv, 'checkpoint') or None     # '' as absent: the latest
-  if step_arg is not None and not step_arg.lstrip('-').isdigit():
-    print(f'error: --checkpoint {step_arg}: give a step number (or leave it out for the latest '
-          f'readable checkpoint)', file=sys.stderr)
+  if step_arg is not None and not (step_arg.isdigit() or step_arg == '-1'):
+    print(f'error: --checkpoint {step_arg}: give a saved step number (or -1, or leave it out, '
+          f'for the latest readable checkpoint)', file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
   from absl import app, flags
   from resnet_flax.checkpoint import compat

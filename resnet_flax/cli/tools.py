@@ -95,6 +95,8 @@ def summary(argv=None) -> int:
                       help='override a model config field (repeatable), e.g. depth=101')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args((sys.argv if argv is None else argv)[1:])
+  if args.image_size is not None and args.image_size < 1:
+    parser.error(f'--image-size {args.image_size}: give a positive side in pixels')
   from resnet_flax import fields
   from resnet_flax.models import model_fields
   from resnet_flax.tools import model_stats

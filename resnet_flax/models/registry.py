@@ -170,7 +170,11 @@ def resolve_stages(cfg: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
   family = fields.choice(cfg, 'model', 'family', FAMILIES)
   block = fields.choice(cfg, 'model', 'block', BLOCKS)
   depth = cfg['depth']
-  stage_sizes = tuple(fields.integer(n, 'model.stage_sizes') for n in cfg['stage_sizes'] or ())
+  sizes = cfg['stage_sizes'] or ()
+  if not isinstance(sizes, (tuple, list)):
+    raise ConfigError(f'model.stage_sizes={sizes!r} must be a tuple of unit counts per stage, '
+                      f'e.g. (3, 4, 6, 3), or () to take them from model.depth')
+  stage_sizes = tuple(fields.integer(n, 'model.stage_sizes') for n in sizes)
   num_stages = 4 if family == 'imagenet' else 3
   if stage_sizes:
     if len(stage_sizes) != num_stages or min(stage_sizes) < 1:

@@ -46,6 +46,10 @@ def maybe_initialize(dist_cfg) -> bool:
     if dist_cfg['num_processes'] < 1 or dist_cfg['process_id'] < 0:
       raise ConfigError('config.distributed.coordinator is set: also set '
                         'config.distributed.num_processes (>= 1) and config.distributed.process_id')
+    host, _, port = str(dist_cfg['coordinator']).rpartition(':')
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ConfigError(f"config.distributed.coordinator={dist_cfg['coordinator']!r} must be "
+                        f"HOST:PORT, e.g. 10.0.0.1:1234 (process 0's address and a free port)")
     if dist_cfg['process_id'] >= dist_cfg['num_processes']:
       raise ConfigError(f"config.distributed.process_id={dist_cfg['process_id']} must be below "
                         f"num_processes={dist_cfg['num_processes']}")
