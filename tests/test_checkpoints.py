@@ -447,5 +447,5 @@ def test_evaluate_script(tmp_path):
   assert p.returncode == 2 and '--checkpoint -5: give a saved step number' in p.stderr
   p = run_command([sys.executable, script, '--workdir', str(workdir), '--checkpoint=latest'])
   assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-      'error: --checkpoint latest: give a step number (or leave it out for the latest readable '
-      'checkpoint)']
+      'error: --checkpoint latest: give a saved step number (or -1, or leave it out, for the '
+      'latest readable checkpoint)']
