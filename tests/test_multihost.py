@@ -223,3 +223,15 @@ def test_sigterm_to_one_process_stops_all_at_the_same_checkpoint(runs, tmp_path)
   assert p.returncode == 0, p.stdout[-3000:]
   assert f'resuming from checkpoint {saved[0]}' in p.stdout
   assert json.load(open(workdir / 'results.json'))['steps'] == STEPS
+
+
+def test_pmap_on_several_processes_is_refused(monkeypatch):
+  """pmap over each process's own devices would reduce gradients within a process only: every
+  process would train a model of its own."""
+  import jax
+  from resnet_flax.errors import ConfigError
+  from resnet_flax.train import parallel
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(ConfigError, match=r'parallelism=pmap runs on the devices of one process; '
+                                        r'with 2 processes use config.parallelism=jit'):
+    parallel.create('pmap')

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_flax import compiler
+from resnet_flax.errors import ConfigError
 
 BATCH_AXIS = 'data'
 
@@ -97,6 +98,10 @@ class PmapParallel:
   block = compiler.DEFAULT_BLOCK   # unused, as compiler_options
 
   def __init__(self, devices=None, compiler_options: str = compiler.DEFAULT):
+    if jax.process_count() > 1:   # its collectives would stay within each process
+      raise ConfigError('config.parallelism=pmap runs on the devices of one process; with '
+                        f'{jax.process_count()} processes use config.parallelism=jit (the '
+                        'default), which shards over every process')
     self.compiler_options = compiler_options   # unused: jax.pmap takes none
     self.devices = jax.local_devices() if devices is None else devices
     self.num_local = len(self.devices)
