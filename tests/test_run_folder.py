@@ -105,6 +105,23 @@ def test_rerunning_a_finished_run_keeps_its_results(tmp_path, capsys):
     assert open(os.path.join(workdir, name), 'rb').read() == content, name
 
 
+def test_a_run_shortened_to_its_checkpoint_reports_that_steps_evaluation(tmp_path):
+  """Checkpoint 4 carries the evaluation of step 3; a rerun that ends the run at step 4 must
+  evaluate step 4 for results.json (and log it), not report step 3's numbers."""
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=8, eval_every_steps=3, checkpoint_every_steps=4)
+  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))
+  os.remove(os.path.join(workdir, rundir.RESULTS_FILE))
+  shorter = tiny_config(num_train_steps=4, eval_every_steps=3, checkpoint_every_steps=4)
+  results = loop.train_and_evaluate(shorter, workdir, devices=jax.devices()[:1])
+  _, at_4 = loop.evaluate_checkpoint(shorter, workdir, 4, devices=jax.devices()[:1])
+  assert results['steps'] == 4 and results['eval_loss'] == pytest.approx(at_4['eval_loss'])
+  evals = [e for e in metrics_events(workdir) if 'eval_loss' in e]
+  assert [e['step'] for e in evals] == [3, 4]
+  assert evals[-1]['eval_loss'] == pytest.approx(at_4['eval_loss'])
+
+
 def test_a_finished_run_is_not_replaced_or_relabelled_by_a_rerun_that_cannot_resume_it(tmp_path):
   """Its checkpoint folder emptied, or its length lowered below its last checkpoint: a rerun
   refuses in one line and leaves results, metrics and config as they were; `restart` starts

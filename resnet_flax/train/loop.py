@@ -132,8 +132,10 @@ class TrainingLoop:
     window = self.window
     host_window = ({k: float(v) for k, v in par.host_metrics(window).items()}
                    if window is not None else None)
-    saved = LoopState(host_window, loop.window_steps, loop.eval_metrics, loop.init_report,
-                      self.timing(), loop.skipped_steps)
+    saved = LoopState(window=host_window, window_steps=loop.window_steps,
+                      eval_metrics=loop.eval_metrics, eval_step=loop.eval_step,
+                      init_report=loop.init_report, timing=self.timing(),
+                      skipped_steps=loop.skipped_steps)
     self.ckpts.save(self.step, _host_copy(par, state), config=self.config,
                     metrics=loop.eval_metrics if at_eval else None,
                     meta=saved.to_meta(total_steps=self.run.plan.total_steps,
@@ -145,7 +147,7 @@ class TrainingLoop:
     again; the sentence for the error message."""
     if jax.process_count() > 1 or self.ckpts.latest_step() == self.step:
       return ''
-    self.loop.eval_metrics = {}
+    self.loop.eval_metrics, self.loop.eval_step = {}, -1
     self._check_saves(lambda: self.save(state, at_eval=False))
     self.ckpts.wait()
     return (f' (checkpoint {self.step} saved in {self.ckpts.directory}, without this '
@@ -185,6 +187,7 @@ class TrainingLoop:
       try:
         self.loop.eval_metrics = evaluate(state, run.p_eval, run.par, run.eval_ds,
                                           self.config.eval_batch_size or self.config.batch_size)
+        self.loop.eval_step = step
       except UserError as e:   # e.g. an eval image that cannot be decoded (streamed splits)
         raise type(e)(f'{e}{self.keep_before_stopping(state)}') from None
       # with the run's wall time so far (all its segments, evaluations included): the
@@ -337,9 +340,12 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
       if complete:
         log.info(f'the run was already complete at step {first_step} (its results were '
                  f'missing: written again)')
-        if not loop_state.eval_metrics:
+        if not loop_state.eval_metrics or loop_state.eval_step != first_step:
+          # the saved metrics are an earlier step's (the run was shortened): evaluate this one
           loop_state.eval_metrics = evaluate(state, run.p_eval, par, run.eval_ds,
                                              config.eval_batch_size or config.batch_size)
+          loop_state.eval_step = first_step
+          log.write(first_step, first_step / plan.steps_per_epoch, loop_state.eval_metrics)
       ckpts.wait()
       failed = False
     finally:
