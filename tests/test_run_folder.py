@@ -122,6 +122,43 @@ def test_a_run_shortened_to_its_checkpoint_reports_that_steps_evaluation(tmp_pat
   assert evals[-1]['eval_loss'] == pytest.approx(at_4['eval_loss'])
 
 
+def _tensorboard_events(workdir):
+  """Every event of the run's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""
+  from tensorboardX.proto import event_pb2
+  folder = os.path.join(workdir, rundir.TENSORBOARD)
+  events = []
+  for name in sorted(os.listdir(folder)):
+    data = open(os.path.join(folder, name), 'rb').read()
+    at = 0
+    while at + 12 <= len(data):
+      length = int.from_bytes(data[at:at + 8], 'little')
+      event = event_pb2.Event()
+      event.ParseFromString(data[at + 12:at + 12 + length])
+      events.append(event)
+      at += 12 + length + 4
+  return events
+
+
+def test_tensorboard_events_follow_a_resume_and_a_restart(tmp_path):
+  """A resumed run marks the events after its checkpoint as superseded (TensorBoard drops
+  them, as metrics.jsonl is cut there); a restart starts the folder afresh."""
+  pytest.importorskip('tensorboardX')
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=8, log_every_steps=2, checkpoint_every_steps=4,
+                       log_tensorboard=True)
+  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))
+  os.remove(os.path.join(workdir, rundir.RESULTS_FILE))
+  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  starts = [e.step for e in _tensorboard_events(workdir) if e.HasField('session_log')]
+  assert 5 in starts      # SessionLog START at step 5: the events from step 5 on are purged
+  restarted = tiny_config(num_train_steps=2, log_every_steps=2, log_tensorboard=True,
+                          on_existing_run='restart')
+  loop.train_and_evaluate(restarted, workdir, devices=jax.devices()[:1])
+  steps = {e.step for e in _tensorboard_events(workdir) if e.HasField('summary')}
+  assert steps == {2}
+
+
 def test_a_finished_run_is_not_replaced_or_relabelled_by_a_rerun_that_cannot_resume_it(tmp_path):
   """Its checkpoint folder emptied, or its length lowered below its last checkpoint: a rerun
   refuses in one line and leaves results, metrics and config as they were; `restart` starts

@@ -322,7 +322,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         rundir.truncate_metrics(workdir, first_step)
         rundir.remove_results(workdir)
       log = MetricsLog(workdir, enabled=is_main, tensorboard=config.log_tensorboard,
-                       progress_bar=config.progress_bar, total_steps=plan.total_steps)
+                       progress_bar=config.progress_bar, total_steps=plan.total_steps,
+                       first_step=first_step)
       log.info(f'{describe_model(config.model) or "model"}: {run.num_params:,} parameters; '
                f'{plan.total_steps} steps ({plan.steps_per_epoch} per epoch) of batch '
                f'{config.batch_size} on {par.num_devices} device(s) [{par.mode}]')

@@ -10,6 +10,7 @@ prints one plain line, which suits cluster log files.
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Optional
@@ -18,10 +19,15 @@ from resnet_flax import rundir
 from resnet_flax.errors import WorkdirError, first_line
 
 
-def _tensorboard_writer(logdir: str):
+def _tensorboard_writer(logdir: str, first_step: int = 0):
+  """A writer for `logdir`. A run from step 0 starts the folder afresh (a restart's old events
+  would mix with its own); a resumed one marks the events after `first_step` as superseded
+  (tensorboardX's `purge_step`: TensorBoard drops them), as metrics.jsonl is cut there."""
+  if first_step == 0:
+    shutil.rmtree(logdir, ignore_errors=True)
   try:
     from tensorboardX import SummaryWriter  # pytype: disable=import-error
-    return SummaryWriter(logdir)
+    return SummaryWriter(logdir, purge_step=first_step + 1 if first_step else None)
   except ImportError:
     pass
   try:
@@ -41,7 +47,8 @@ class MetricsLog:
   """Writes events of a run. `enabled=False` (non-main processes) makes every call a no-op."""
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
-               progress_bar: bool = True, total_steps: int = 0, stream=None):
+               progress_bar: bool = True, total_steps: int = 0, first_step: int = 0,
+               stream=None):
     self.enabled = enabled
     self.total_steps = total_steps
     self.stream = stream or sys.stdout
@@ -57,7 +64,7 @@ class MetricsLog:
       except OSError as e:
         raise self._write_error(e) from None
       if tensorboard:
-        self._tb = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
+        self._tb = _tensorboard_writer(os.path.join(workdir, rundir.TENSORBOARD), first_step)
 
   def write(self, step: int, epoch: float, metrics: dict) -> None:
     if not self.enabled:
