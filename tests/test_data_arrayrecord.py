@@ -156,5 +156,6 @@ def test_labels_outside_the_classes_stop_training_and_evaluation(tmp_path):
     loop.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
   config.data.train_split, config.data.eval_split = 'unlabelled', 'train'
   config.batch_size = 4
-  with pytest.raises(DataError, match=r"the training split 'unlabelled': label -1 is outside \[0, 3\)"):
+  with pytest.raises(DataError,
+                     match=r"the training split 'unlabelled': label -1 is outside \[0, 3\)"):
     loop.train_and_evaluate(config, str(tmp_path / 'run2'), devices=jax.devices()[:1])
