@@ -2,6 +2,7 @@
 results, a failed checkpoint write stops the run with one line (tracebacks to errors.log), and
 evaluation falls back past an unreadable checkpoint and survives a folder it cannot write."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -122,9 +123,20 @@ def test_a_run_shortened_to_its_checkpoint_reports_that_steps_evaluation(tmp_pat
   assert evals[-1]['eval_loss'] == pytest.approx(at_4['eval_loss'])
 
 
+def _varint(data, at):
+  value, shift = 0, 0
+  while True:
+    byte = data[at]
+    value |= (byte & 0x7F) << shift
+    at, shift = at + 1, shift + 7
+    if byte < 0x80:
+      return value, at
+
+
 def _tensorboard_events(workdir):
-  """Every event of the run's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""
-  from tensorboardX.proto import event_pb2
+  """(step, kind) of every event in the run's TensorBoard files, kind 'summary' or
+  'session_log' (TFRecord framing, and the Event protobuf's fields 2, 5 and 7 read by hand:
+  tensorboardX would import torch into this process, which other tests check it does not)."""
   folder = os.path.join(workdir, rundir.TENSORBOARD)
   events = []
   for name in sorted(os.listdir(folder)):
@@ -132,31 +144,51 @@ def _tensorboard_events(workdir):
     at = 0
     while at + 12 <= len(data):
       length = int.from_bytes(data[at:at + 8], 'little')
-      event = event_pb2.Event()
-      event.ParseFromString(data[at + 12:at + 12 + length])
-      events.append(event)
-      at += 12 + length + 4
+      record, at = data[at + 12:at + 12 + length], at + 12 + length + 4
+      pos, step, kind = 0, 0, None
+      while pos < len(record):
+        key, pos = _varint(record, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+          value, pos = _varint(record, pos)
+          step = value if field == 2 else step
+        elif wire == 1:
+          pos += 8
+        elif wire == 5:
+          pos += 4
+        else:
+          size, pos = _varint(record, pos)
+          pos += size
+          kind = {5: 'summary', 7: 'session_log'}.get(field, kind)
+      events.append((step, kind))
   return events
 
 
 def test_tensorboard_events_follow_a_resume_and_a_restart(tmp_path):
   """A resumed run marks the events after its checkpoint as superseded (TensorBoard drops
-  them, as metrics.jsonl is cut there); a restart starts the folder afresh."""
-  pytest.importorskip('tensorboardX')
-  workdir = str(tmp_path / 'run')
-  config = tiny_config(num_train_steps=8, log_every_steps=2, checkpoint_every_steps=4,
-                       log_tensorboard=True)
-  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))
-  os.remove(os.path.join(workdir, rundir.RESULTS_FILE))
-  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
-  starts = [e.step for e in _tensorboard_events(workdir) if e.HasField('session_log')]
-  assert 5 in starts      # SessionLog START at step 5: the events from step 5 on are purged
-  restarted = tiny_config(num_train_steps=2, log_every_steps=2, log_tensorboard=True,
-                          on_existing_run='restart')
-  loop.train_and_evaluate(restarted, workdir, devices=jax.devices()[:1])
-  steps = {e.step for e in _tensorboard_events(workdir) if e.HasField('summary')}
-  assert steps == {2}
+  them, as metrics.jsonl is cut there); a restart starts the folder afresh. (Training runs in
+  subprocesses: tensorboardX imports torch.)"""
+  if importlib.util.find_spec('tensorboardX') is None:
+    pytest.skip('tensorboardX is not installed (requirements.txt)')
+  config_path = tmp_path / 'tiny.py'
+  config_path.write_text(config_text('memory', str(tmp_path)))
+  workdir = tmp_path / 'run'
+  args = ['--config.num_train_steps=8', '--config.log_every_steps=2',
+          '--config.checkpoint_every_steps=4', '--config.log_tensorboard=True']
+  p = run_command(train_cmd(config_path, workdir, *args))
+  assert p.returncode == 0, p.stderr[-2000:]
+  shutil.rmtree(workdir / 'checkpoints' / '8')
+  os.remove(workdir / rundir.RESULTS_FILE)
+  p = run_command(train_cmd(config_path, workdir, *args))
+  assert p.returncode == 0 and 'resuming from checkpoint 4' in p.stdout, p.stderr[-2000:]
+  # SessionLog START at step 5: TensorBoard purges the first segment's events from step 5 on
+  assert (5, 'session_log') in _tensorboard_events(workdir)
+  p = run_command(train_cmd(config_path, workdir, '--config.num_train_steps=6',
+                            '--config.log_every_steps=2', '--config.log_tensorboard=True',
+                            '--config.on_existing_run=restart'))
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert {step for step, kind in _tensorboard_events(workdir) if kind == 'summary'} == {2, 4, 6}
+  assert len(os.listdir(workdir / rundir.TENSORBOARD)) == 1
 
 
 def test_a_finished_run_is_not_replaced_or_relabelled_by_a_rerun_that_cannot_resume_it(tmp_path):
