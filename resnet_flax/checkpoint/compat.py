@@ -29,17 +29,25 @@ def config_to_dict(config) -> dict:
   return json.loads(config.to_json())
 
 
-def incompatible_fields(saved: dict, config) -> list[str]:
-  """'field (saved -> now)' for each field that must match to resume and does not.
-
-  A field the saved config lacks (saved before the field existed) counts as its default."""
+def _flat_pair(saved: dict, config) -> tuple[dict, dict]:
+  """The saved config and `config` as flat dicts; a field the saved config lacks (saved before
+  the field existed) counts as its default."""
   defaults = config_lib.flatten(config_to_dict(config_lib.base_config()))
-  a = {**defaults, **config_lib.flatten(saved)}
-  b = config_lib.flatten(config_to_dict(config))
+  return ({**defaults, **config_lib.flatten(saved)},
+          config_lib.flatten(config_to_dict(config)))
+
+
+def _listed(field: str, fields) -> bool:
+  """Whether `field` is one of `fields` (an entry ending in '.' names a whole section)."""
+  return any(field == f or (f.endswith('.') and field.startswith(f)) for f in fields)
+
+
+def incompatible_fields(saved: dict, config) -> list[str]:
+  """'field (saved -> now)' for each field that must match to resume and does not."""
+  a, b = _flat_pair(saved, config)
   diffs = []
   for field in sorted(set(a) | set(b)):
-    if field in LAYOUT_FIELDS or not any(
-        field == f or (f.endswith('.') and field.startswith(f)) for f in RESUME_FIELDS):
+    if field in LAYOUT_FIELDS or not _listed(field, RESUME_FIELDS):
       continue
     if a.get(field) != b.get(field):
       diffs.append(f'{field} ({a.get(field)!r} -> {b.get(field)!r})')
@@ -60,14 +68,10 @@ def recipe_differences(saved: dict, config) -> list[str]:
   """'field (saved -> now)' for each field that changes what a run computes (all but
   BOOKKEEPING_FIELDS and LAYOUT_FIELDS) and differs; a field the saved config lacks counts as
   its default."""
-  defaults = config_lib.flatten(config_to_dict(config_lib.base_config()))
-  a = {**defaults, **config_lib.flatten(saved)}
-  b = config_lib.flatten(config_to_dict(config))
+  a, b = _flat_pair(saved, config)
   b['data.dir'] = rundir.anchored(b.get('data.dir'))   # saved so (rundir.write_config)
-  skip = BOOKKEEPING_FIELDS + LAYOUT_FIELDS
-  return [f'{field} ({a.get(field)!r} -> {b.get(field)!r})' for field in sorted(set(a) | set(b))
-          if field in b and a.get(field) != b.get(field) and not any(
-              field == f or (f.endswith('.') and field.startswith(f)) for f in skip)]
+  return [f'{field} ({a.get(field)!r} -> {b.get(field)!r})' for field in sorted(b)
+          if a.get(field) != b[field] and not _listed(field, BOOKKEEPING_FIELDS + LAYOUT_FIELDS)]
 
 
 def changed_fields(saved: dict, config) -> list[str]:

@@ -116,8 +116,8 @@ def local_batch(global_batch_size: int, process_index: int, process_count: int) 
 
 def check_labels(batch: dict, num_classes: int, where: str) -> None:
   """DataError for a host batch (a streamed source's) with a label outside [0, num_classes):
-  the loss would ignore it, or score it as wrong, without a word. Device batches (in-memory
-  sources, checked when loaded) are left alone."""
+  the loss would ignore it, or score it as wrong, without a word. (In-memory sources check
+  their labels when they load: the loop calls this for streamed batches only.)"""
   labels = batch.get('label')
   if not isinstance(labels, np.ndarray) or not labels.size:
     return

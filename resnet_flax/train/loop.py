@@ -66,7 +66,8 @@ def evaluate(state, p_eval, par, eval_ds, eval_batch_size: int) -> dict:
   total = None
   for host_batch in eval_ds.eval_batches(eval_batch_size, jax.process_index(),
                                          jax.process_count()):
-    check_labels(host_batch, eval_ds.num_classes, 'the eval split')
+    if eval_ds.augmented_on_host:   # streamed (in-memory labels were checked when loaded)
+      check_labels(host_batch, eval_ds.num_classes, 'the eval split')
     total = _add(total, p_eval(state, par.put_batch(host_batch)))
   sums = par.host_metrics(total)
   if int(round(float(sums['count']))) != eval_ds.num_examples:
@@ -204,11 +205,13 @@ class TrainingLoop:
     """Steps until the end of the run; raises Preempted after saving on SIGTERM."""
     run, config, plan = self.run, self.config, self.run.plan
     self.window = self.loop.window
+    streamed = run.data_info.host_preprocess   # batches of a host back end (tf.data, Grain)
     while self.step < plan.total_steps:
       wait_start = time.perf_counter()
       host_batch = run.train_batches.batch(self.step)
-      check_labels(host_batch, config.model.num_classes,
-                   f'the training split {config.data.train_split!r}')
+      if streamed:   # in-memory labels were checked when loaded
+        check_labels(host_batch, config.model.num_classes,
+                     f'the training split {config.data.train_split!r}')
       device_batch = run.par.put_batch(host_batch)
       self.data_wait += time.perf_counter() - wait_start
       state, metrics = run.p_train(state, device_batch)
