@@ -125,6 +125,11 @@ def norms_in_inference_mode(norm_paths) -> contextlib.AbstractContextManager:
   return nn.intercept_methods(interceptor)
 
 
+def frozen_paths(mask: Any) -> set:
+  """The '/'-joined paths of the frozen leaves of a `frozen_mask`."""
+  return {p for p, f in zip(jax.tree.leaves(tree.leaf_paths(mask)), jax.tree.leaves(mask)) if f}
+
+
 def freeze_optimizer(tx: optax.GradientTransformation,
                      frozen: Any) -> optax.GradientTransformation:
   """`tx` for the trainable leaves and a zero update (no state, no decay) for the frozen ones.
@@ -132,11 +137,10 @@ def freeze_optimizer(tx: optax.GradientTransformation,
   `frozen` is a pytree of bools like the params (see `frozen_mask`); the labels are matched by
   path, so the optimizer accepts any container type of the same tree.
   """
-  frozen_paths = {p for p, f in zip(jax.tree.leaves(tree.leaf_paths(frozen)),
-                                    jax.tree.leaves(frozen)) if f}
+  paths = frozen_paths(frozen)
 
   def labels(params):
-    return jax.tree.map(lambda p: 'frozen' if p in frozen_paths else 'trainable',
+    return jax.tree.map(lambda p: 'frozen' if p in paths else 'trainable',
                         tree.leaf_paths(params))
 
   return optax.multi_transform({'trainable': tx, 'frozen': optax.set_to_zero()}, labels)

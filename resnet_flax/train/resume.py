@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from resnet_flax import rundir, tree
+from resnet_flax import rundir, transfer
 from resnet_flax.checkpoint import compat, pretrained, store
 from resnet_flax.errors import CheckpointError, ConfigError, WorkdirError
 from resnet_flax.models import create_model, scan
@@ -45,8 +45,7 @@ def check_init_from(config, run: Run, report) -> list[str]:
   random); warnings for model fields that differ from the source's (the arrays fit, but meet
   another computation)."""
   if run.freeze is not None:
-    frozen = {f'params/{p}' for p, f in zip(jax.tree.leaves(tree.leaf_paths(run.freeze.mask)),
-                                            jax.tree.leaves(run.freeze.mask)) if f}
+    frozen = {f'params/{p}' for p in transfer.frozen_paths(run.freeze.mask)}
     fresh = [e.split(' ')[0] for e in report.new + report.reinitialised
              if e.split(' ')[0] in frozen]
     if fresh:
