@@ -2,6 +2,8 @@
 
 `config.distributed.coordinator/num_processes/process_id` start `jax.distributed` explicitly;
 `config.distributed.auto=True` lets JAX detect SLURM, Open MPI or Cloud TPU environments.
+With an explicit coordinator every process first checks in with process 0 (`rendezvous`), so a
+wrong address, a busy port or a process that never starts is one line, not JAX's abort.
 
 A lost process: every process sends heartbeats to the coordination service (run by process 0).
 When one stops (it crashed, was killed, its host went away) for `heartbeat_timeout_s` seconds,
@@ -19,6 +21,7 @@ import jax
 import numpy as np
 
 from resnet_flax.errors import ConfigError
+from resnet_flax.train import rendezvous
 
 
 def _initialize(**kwargs) -> None:
@@ -53,9 +56,13 @@ def maybe_initialize(dist_cfg) -> bool:
     if dist_cfg['process_id'] >= dist_cfg['num_processes']:
       raise ConfigError(f"config.distributed.process_id={dist_cfg['process_id']} must be below "
                         f"num_processes={dist_cfg['num_processes']}")
+    timeouts = _timeouts(dist_cfg)
+    rendezvous.check_in(str(dist_cfg['coordinator']), dist_cfg['num_processes'],
+                        dist_cfg['process_id'], timeouts['initialization_timeout'] or
+                        rendezvous.DEFAULT_TIMEOUT_S)
     _initialize(coordinator_address=dist_cfg['coordinator'],
                 num_processes=dist_cfg['num_processes'],
-                process_id=dist_cfg['process_id'], **_timeouts(dist_cfg))
+                process_id=dist_cfg['process_id'], **timeouts)
   elif dist_cfg['auto']:
     _initialize(**_timeouts(dist_cfg))
   else:
