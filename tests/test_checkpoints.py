@@ -268,6 +268,30 @@ def test_nan_skip_step_policy_keeps_training(tmp_path, monkeypatch, capsys):
   assert 'warning: 1 of the last 1 steps had a non-finite loss' in capsys.readouterr().out
 
 
+def test_a_window_with_a_dropped_step_averages_the_steps_that_were_applied(tmp_path,
+                                                                          monkeypatch):
+  """Logged every 4 steps, a window with the dropped step 2 gives the mean loss and the RMS
+  gradient norm of steps 1, 3 and 4 as the same run logged every step has them (the dropped
+  step's NaN made the whole window's loss and gradient norm null)."""
+  runs = {}
+  for every in (1, 4):
+    config = _resume_config(num_train_steps=4, nan_policy='skip_step', log_every_steps=every)
+    _nan_loss_at_step(monkeypatch, config, 2)
+    workdir = tmp_path / f'every{every}'
+    loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+    runs[every] = {e['step']: e for e in metrics_events(workdir) if 'train_loss' in e}
+    monkeypatch.undo()
+  applied = [runs[1][s] for s in (1, 3, 4)]
+  assert runs[1][2]['train_loss'] is None and runs[1][2]['grad_norm'] is None
+  window = runs[4][4]
+  np.testing.assert_allclose(window['train_loss'], np.mean([e['train_loss'] for e in applied]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(window['train_top1'], np.mean([e['train_top1'] for e in applied]),
+                             rtol=1e-5)
+  np.testing.assert_allclose(window['grad_norm'],
+                             np.sqrt(np.mean([e['grad_norm'] ** 2 for e in applied])), rtol=1e-5)
+
+
 def test_incompatible_config_is_refused_in_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(_resume_config(num_train_steps=2), workdir,

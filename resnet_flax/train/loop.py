@@ -41,12 +41,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 def mean_metrics(sums: dict, prefix: str) -> dict:
+  """Loss, top-1 (and top-5) means of summed metrics; None where nothing was counted (a
+  window whose every step was dropped by nan_policy=skip_step)."""
   count = float(sums['count'])
-  out = {f'{prefix}_loss': float(sums['loss_sum']) / count,
-         f'{prefix}_top1': float(sums['top1_sum']) / count}
-  if 'top5_sum' in sums:
-    out[f'{prefix}_top5'] = float(sums['top5_sum']) / count
-  return out
+  names = {'loss': 'loss_sum', 'top1': 'top1_sum', 'top5': 'top5_sum'}
+  return {f'{prefix}_{name}': float(sums[key]) / count if count else None
+          for name, key in names.items() if key in sums}
 
 
 def _add(acc: Optional[dict], metrics: dict) -> dict:
@@ -55,9 +55,11 @@ def _add(acc: Optional[dict], metrics: dict) -> dict:
 
 
 def _grad_norms(sums: dict, window_steps: int) -> dict:
-  """RMS over the window of the global gradient norm and, with config.log_grad_norms, of each
-  stage's ('grad_norm_stage1', ...)."""
-  return {name[:-len('_sq')]: math.sqrt(float(value) / window_steps)
+  """RMS over the window's applied steps (`finite`: all but those nan_policy=skip_step
+  dropped) of the global gradient norm and, with config.log_grad_norms, of each stage's
+  ('grad_norm_stage1', ...)."""
+  applied = float(sums.get('finite', window_steps))   # a window saved before it was summed
+  return {name[:-len('_sq')]: math.sqrt(float(value) / applied) if applied else None
           for name, value in sums.items() if name.startswith('grad_norm') and name.endswith('_sq')}
 
 
@@ -215,7 +217,7 @@ class TrainingLoop:
       device_batch = run.par.put_batch(host_batch)
       self.data_wait += time.perf_counter() - wait_start
       state, metrics = run.p_train(state, device_batch)
-      self.window = _add(self.window, {k: v for k, v in metrics.items() if k != 'finite'})
+      self.window = _add(self.window, metrics)
       self.pending_flags.append(metrics['finite'])
       self.loop.window_steps += 1
       self.step += 1

@@ -158,6 +158,9 @@ def make_train_step(model, tx: optax.GradientTransformation, preprocess: Callabl
     finite = jnp.isfinite(metrics['loss_sum']) & _finite(grads)
     metrics['finite'] = finite.astype(jnp.float32)
     if nan_policy == 'skip_step':
+      # a dropped step adds nothing to the window's means (its NaN would make the whole window's
+      # loss null); `finite` counts the steps that did
+      metrics = {k: jnp.where(finite, v, 0.0) if k != 'finite' else v for k, v in metrics.items()}
       # keep the old state (but advance the step, so the data stream moves on)
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                                state.replace(step=state.step + 1))
