@@ -109,6 +109,36 @@ def test_the_fast_conv_falls_back_to_lax_outside_its_cases():
       jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', rhs_dilation=(2, 2)))
 
 
+X_TRANSPOSE = 'dimensions={3,1,2,0}'    # NHWC -> CHWN: the input's transpose of a weight gradient
+
+
+def _input_transposes(compiled_text: str) -> tuple[int, int]:
+  """(fused computations that transpose a weight gradient's input and compute a ReLU on the
+  way, all such transposes in the module)."""
+  bodies = compiled_text.split('\n\n')
+  return (sum(1 for b in bodies if X_TRANSPOSE in b and ' maximum(' in b),
+          compiled_text.count(X_TRANSPOSE))
+
+
+def test_the_weight_gradient_transposes_the_stored_input_instead_of_recomputing_it():
+  """A 3x3 weight gradient transposes the conv's input; left to itself, XLA's CPU fusion
+  recomputes the element-wise chain that produced that input (BatchNorm, ReLU, the residual
+  adds of the units before) inside the transpose, in transposed order: 22 % of a ResNet-20
+  train step (docs/BENCHMARKS.md). With 'fast' convs no such transpose computes a ReLU (every
+  one of them did before)."""
+  model = create_model({**model_fields('resnet20'), 'depth': 8, 'conv_impl': 'fast'})
+  x = jnp.ones((8, 16, 16, 3))
+  variables = init_variables(model, x)
+
+  def loss(params):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(out ** 2)
+
+  recomputing, transposes = _input_transposes(
+      jax.jit(jax.grad(loss)).lower(variables['params']).compile().as_text())
+  assert transposes >= 4 and recomputing == 0     # one per 3x3 stride-1 conv of the units
+
+
 def test_auto_is_fast_on_cpu_only():
   assert conv.resolve('auto', 'cpu') == 'fast'
   assert conv.resolve('auto', 'gpu') == conv.resolve('auto', 'tpu') == 'xla'

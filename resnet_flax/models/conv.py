@@ -10,7 +10,8 @@
     transposed kernel over the output gradient; the kernel gradient: the transposed input with
     the output gradient as the window). XLA derives these itself for a conv outside a loop,
     but not inside the `while` loop of a scanned stage, where its own gradients are 10-30x
-    slower;
+    slower. The kernel gradient transposes the stored input (`_materialized`), not a
+    recomputation of the element-wise chain that produced it;
   - a strided or grouped kxk conv (smaller than the 7x7 stem) keeps XLA's forward; its input
     gradient is the transpose of the im2col formulation (one dot with the kernel, then the
     k*k strided slices added back) and its kernel gradient patches^T . dy (an einsum over the
@@ -98,6 +99,16 @@ def _kernel_grad_im2col(x, kernel_shape, strides, pads, groups, dy):
                     dy.reshape(n, ho, wo, groups, cout // groups)).reshape(kernel_shape)
 
 
+def _materialized(x):
+  """`x`, through a `while` loop of no iterations whose trip count XLA cannot know: its consumers
+  read the stored value instead of fusing (and so recomputing) its element-wise producers. The
+  weight gradients' transposes otherwise recompute a unit's whole residual stream in transposed
+  order. (`lax.optimization_barrier` does not reach XLA's CPU fusion passes.) The loop would run
+  only for a NaN at x's first element, where the step is not finite anyway."""
+  trips = jnp.isnan(x[(0,) * x.ndim]).astype(jnp.int32)
+  return lax.while_loop(lambda c: c[1] < trips, lambda c: (c[0] * 2, c[1] + 1), (x, 0))[0]
+
+
 # --- stride 1, no groups: XLA's forward, gradients as canonical convolutions ----------------
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -111,6 +122,7 @@ def _conv_s1_fwd(x, kernel, pads):
 
 def _conv_s1_bwd(pads, residuals, dy):
   x, kernel = residuals
+  x = _materialized(x)
   kh, kw = kernel.shape[:2]
   (pt, pb), (pl, pr) = pads
   flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))         # (kh, kw, O, I)
