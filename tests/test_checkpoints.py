@@ -292,6 +292,19 @@ def test_a_window_with_a_dropped_step_averages_the_steps_that_were_applied(tmp_p
                              np.sqrt(np.mean([e['grad_norm'] ** 2 for e in applied])), rtol=1e-5)
 
 
+def test_a_window_saved_before_it_counted_applied_steps_counts_all_of_them():
+  """A checkpoint's open window from before the count existed: all its steps were applied, so
+  the RMS gradient norm of the resumed window divides by every step (it divided by the steps
+  since the resume: 1.414 for four steps of norm 1, two of them before the checkpoint)."""
+  from resnet_flax.train.loop_state import LoopState
+  old = {'window': {'loss_sum': 8.0, 'top1_sum': 4.0, 'count': 8.0, 'grad_norm_sq': 2.0},
+         'window_steps': 2}
+  restored = LoopState.from_meta(old)
+  assert restored.window['finite'] == 2
+  later = LoopState.from_meta({**old, 'window': {**old['window'], 'finite': 1.0}})
+  assert later.window['finite'] == 1          # a window that has the count keeps it
+
+
 def test_incompatible_config_is_refused_in_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(_resume_config(num_train_steps=2), workdir,

@@ -139,6 +139,25 @@ def test_the_weight_gradient_transposes_the_stored_input_instead_of_recomputing_
   assert transposes >= 4 and recomputing == 0     # one per 3x3 stride-1 conv of the units
 
 
+def test_gradients_of_gradients_equal_lax():
+  """A gradient penalty differentiates the backward pass of the fast convs too."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 4)), jnp.float32)
+  k1, k2 = (jnp.asarray(rng.standard_normal((3, 3, 4, 4)) * 0.3, jnp.float32) for _ in range(2))
+
+  def penalty(ks, conv_fn):
+    def loss(ks):
+      h = jax.nn.relu(conv_fn(x, ks[0], (1, 1), 'SAME', dimension_numbers=conv.DIMENSION_NUMBERS))
+      return jnp.sum(jnp.tanh(conv_fn(h, ks[1], (1, 1), 'SAME',
+                                      dimension_numbers=conv.DIMENSION_NUMBERS)))
+    return sum(jnp.sum(g ** 2) for g in jax.grad(loss)(ks))
+
+  got = jax.grad(penalty)((k1, k2), conv.conv)
+  ref = jax.grad(penalty)((k1, k2), jax.lax.conv_general_dilated)
+  for a, b in zip(got, ref):
+    assert _rel(a, b) < 1e-5
+
+
 def test_auto_is_fast_on_cpu_only():
   assert conv.resolve('auto', 'cpu') == 'fast'
   assert conv.resolve('auto', 'gpu') == conv.resolve('auto', 'tpu') == 'xla'

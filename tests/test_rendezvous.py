@@ -34,7 +34,8 @@ def _start(address, num_processes, process_id, timeout_s=PATIENT_S):
 
 
 def _outcome(thread, result):
-  thread.join()
+  thread.join(timeout=3 * PATIENT_S)
+  assert not thread.is_alive(), 'the check-in did not return'
   return result['outcome']
 
 
@@ -43,7 +44,7 @@ def test_three_processes_check_in_and_leave_the_port_free():
   address = f'127.0.0.1:{port}'
   started = [_start(address, 3, pid) for pid in (2, 1, 0)]    # the others before process 0
   assert [_outcome(*s) for s in started] == ['ok', 'ok', 'ok']
-  socket.create_server(('', port)).close()    # JAX binds the same port next
+  socket.create_server(('', port)).close()    # not left listening: JAX binds the port next
 
 
 def test_a_process_that_cannot_reach_process_0_says_so():
@@ -79,12 +80,46 @@ def test_differing_process_counts_and_a_doubled_id_are_refused():
     assert 'was given to two processes' in str(_outcome(*twin))
 
 
+def test_stray_and_silent_connections_are_dropped_and_the_wait_goes_on(monkeypatch):
+  """A port probe (connects and closes), a stranger's message and a silent connection are not
+  processes: process 0 drops each and still gathers the real ones."""
+  monkeypatch.setattr(rendezvous, 'HELLO_S', 0.5)
+  address = f'127.0.0.1:{free_port()}'
+  port = int(address.rsplit(':', 1)[1])
+  coordinator = _start(address, 3, 0)
+
+  def connect():
+    while True:
+      try:
+        return socket.create_connection(('127.0.0.1', port))
+      except ConnectionRefusedError:
+        threading.Event().wait(0.05)
+  connect().close()                                     # a probe
+  stranger = connect()
+  stranger.sendall(b'[1]\n')                          # JSON, not a hello
+  silent = connect()                                    # says nothing
+  joined = [_start(address, 3, pid) for pid in (1, 2)]
+  assert [_outcome(*t) for t in (coordinator, *joined)] == ['ok', 'ok', 'ok']
+  stranger.close()
+  silent.close()
+
+
 def test_a_busy_port_is_named():
   with socket.create_server(('', 0)) as busy:
     port = busy.getsockname()[1]
     with pytest.raises(ConfigError, match=rf'process 0 cannot listen on port {port} \(.*\); '
                                           r'choose a free port'):
       rendezvous.check_in(f'127.0.0.1:{port}', 2, 0, PATIENT_S)
+
+
+@pytest.mark.parametrize('wait_s', [0, -1])
+def test_the_check_in_needs_a_positive_timeout(wait_s):
+  from resnet_flax.config import base_config
+  from resnet_flax.train import distributed
+  dist = {**base_config().distributed, 'coordinator': f'127.0.0.1:{free_port()}',
+          'num_processes': 2, 'process_id': 1, 'initialization_timeout_s': wait_s}
+  with pytest.raises(ConfigError, match=rf'initialization_timeout_s={wait_s}: give the seconds'):
+    distributed.maybe_initialize(dist)
 
 
 def test_training_with_an_unreachable_coordinator_is_one_line_and_exit_code_2(tmp_path):

@@ -99,14 +99,24 @@ def _kernel_grad_im2col(x, kernel_shape, strides, pads, groups, dy):
                     dy.reshape(n, ho, wo, groups, cout // groups)).reshape(kernel_shape)
 
 
+@jax.custom_jvp
 def _materialized(x):
-  """`x`, through a `while` loop of no iterations whose trip count XLA cannot know: its consumers
-  read the stored value instead of fusing (and so recomputing) its element-wise producers. The
-  weight gradients' transposes otherwise recompute a unit's whole residual stream in transposed
-  order. (`lax.optimization_barrier` does not reach XLA's CPU fusion passes.) The loop would run
-  only for a NaN at x's first element, where the step is not finite anyway."""
+  """`x`, on the CPU through a `while` loop of no iterations whose trip count XLA cannot know:
+  its consumers read the stored value instead of fusing (and so recomputing) its element-wise
+  producers. The weight gradients' transposes otherwise recompute a unit's whole residual
+  stream in transposed order. (`lax.optimization_barrier` does not reach XLA's CPU fusion
+  passes.) The loop would run only for a NaN at x's first element, where the step is not finite
+  anyway. Its derivative is the identity (JAX cannot reverse-differentiate a loop), so
+  gradients of gradients pass through it. Other back ends get `x` as it is."""
+  if jax.default_backend() != 'cpu' or x.size == 0:
+    return x
   trips = jnp.isnan(x[(0,) * x.ndim]).astype(jnp.int32)
   return lax.while_loop(lambda c: c[1] < trips, lambda c: (c[0] * 2, c[1] + 1), (x, 0))[0]
+
+
+@_materialized.defjvp
+def _materialized_jvp(primals, tangents):
+  return _materialized(primals[0]), tangents[0]
 
 
 # --- stride 1, no groups: XLA's forward, gradients as canonical convolutions ----------------

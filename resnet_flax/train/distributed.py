@@ -15,6 +15,7 @@ docs/MULTIHOST.md.
 """
 
 import inspect
+import math
 import sys
 
 import jax
@@ -38,7 +39,7 @@ def _timeouts(dist_cfg) -> dict:
       value = dist_cfg[name]
     except (KeyError, AttributeError):
       return default
-    return int(value) if value and value > 0 else default
+    return math.ceil(value) if value and value > 0 else default   # JAX takes whole seconds
   return {'heartbeat_timeout_seconds': get('heartbeat_timeout_s', None),
           'initialization_timeout': get('initialization_timeout_s', None)}
 
@@ -56,10 +57,13 @@ def maybe_initialize(dist_cfg) -> bool:
     if dist_cfg['process_id'] >= dist_cfg['num_processes']:
       raise ConfigError(f"config.distributed.process_id={dist_cfg['process_id']} must be below "
                         f"num_processes={dist_cfg['num_processes']}")
-    timeouts = _timeouts(dist_cfg)
+    wait_s = dist_cfg['initialization_timeout_s']
+    if not wait_s or wait_s <= 0:
+      raise ConfigError(f'config.distributed.initialization_timeout_s={wait_s!r}: give the '
+                        f'seconds every process may take to join (e.g. 300)')
     rendezvous.check_in(str(dist_cfg['coordinator']), dist_cfg['num_processes'],
-                        dist_cfg['process_id'], timeouts['initialization_timeout'] or
-                        rendezvous.DEFAULT_TIMEOUT_S)
+                        dist_cfg['process_id'], float(wait_s))
+    timeouts = _timeouts(dist_cfg)
     _initialize(coordinator_address=dist_cfg['coordinator'],
                 num_processes=dist_cfg['num_processes'],
                 process_id=dist_cfg['process_id'], **timeouts)

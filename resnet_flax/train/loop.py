@@ -54,11 +54,11 @@ def _add(acc: Optional[dict], metrics: dict) -> dict:
   return metrics if acc is None else {k: acc[k] + v if k in acc else v for k, v in metrics.items()}
 
 
-def _grad_norms(sums: dict, window_steps: int) -> dict:
+def _grad_norms(sums: dict) -> dict:
   """RMS over the window's applied steps (`finite`: all but those nan_policy=skip_step
   dropped) of the global gradient norm and, with config.log_grad_norms, of each stage's
   ('grad_norm_stage1', ...)."""
-  applied = float(sums.get('finite', window_steps))   # a window saved before it was summed
+  applied = float(sums['finite'])
   return {name[:-len('_sq')]: math.sqrt(float(value) / applied) if applied else None
           for name, value in sums.items() if name.startswith('grad_norm') and name.endswith('_sq')}
 
@@ -181,7 +181,7 @@ class TrainingLoop:
     self.total_wait += self.data_wait if throughput.images else 0.0
     train = mean_metrics(sums, 'train')
     record = {**train, 'lr': float(run.schedule(step - 1)), 'images_per_sec': ips,
-              'data_wait_fraction': wait_fraction, **_grad_norms(sums, self.loop.window_steps)}
+              'data_wait_fraction': wait_fraction, **_grad_norms(sums)}
     self.log.write(step, step / plan.steps_per_epoch, record)
     self.log.progress(step, {'loss': train['train_loss'], 'lr': record['lr'],
                              'img/s': round(ips) if ips else None})

@@ -37,9 +37,14 @@ class LoopState:
 
   @classmethod
   def from_meta(cls, meta: dict) -> 'LoopState':
-    window = meta.get('window')
+    window, window_steps = meta.get('window'), int(meta.get('window_steps', 0))
+    if window and 'finite' not in window:
+      # saved before the window counted its applied steps: every step of it was applied (under
+      # nan_policy=stop only finite windows are saved; under skip_step a window with a dropped
+      # step summed a NaN)
+      window = {**window, 'finite': window_steps}
     return cls(window={k: np.float32(v) for k, v in window.items()} if window else None,
-               window_steps=int(meta.get('window_steps', 0)),
+               window_steps=window_steps,
                eval_metrics=dict(meta.get('eval_metrics') or {}),
                eval_step=int(meta.get('eval_step', -1)),
                init_report=meta.get('init_from'), timing=dict(meta.get('timing') or {}),

@@ -25,7 +25,8 @@ import time
 from resnet_flax.errors import ConfigError
 
 RETRY_S = 0.25          # between connection attempts of a process that waits for process 0
-DEFAULT_TIMEOUT_S = 300  # JAX's own default initialization timeout
+HELLO_S = 10.0          # for a connection's first message; a silent one is dropped after it
+GOODBYE_S = 5.0         # for the peers to close their connections after the answer
 
 
 def _split(address: str):
@@ -65,6 +66,18 @@ def _listen(port: int):
                       f'({os.strerror(e.errno) if e.errno else e}); choose a free port') from None
 
 
+def _hello(conn, deadline: float, num_processes: int):
+  """(process_id, num_processes) of a process's first message, or None for a connection that
+  is not one of ours (a port probe, a scanner): it is closed and the wait goes on."""
+  hello = _receive(conn, min(deadline, time.monotonic() + HELLO_S))
+  if (isinstance(hello, dict) and all(isinstance(hello.get(k), int) and not isinstance(
+      hello.get(k), bool) for k in ('process_id', 'num_processes'))
+      and 0 < hello['process_id'] < max(num_processes, hello['num_processes'])):
+    return hello['process_id'], hello['num_processes']
+  conn.close()
+  return None
+
+
 def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
   """Process 0: waits for processes 1 .. num_processes - 1, then answers every one."""
   _, port = _split(address)
@@ -78,8 +91,10 @@ def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
         conn, _ = server.accept()
       except (socket.timeout, OSError):
         break
-      hello = _receive(conn, deadline) or {}
-      pid, count = hello.get('process_id'), hello.get('num_processes')
+      hello = _hello(conn, deadline, num_processes)
+      if hello is None:
+        continue
+      pid, count = hello
       if count != num_processes:
         problems.append(f'process {pid} has num_processes={count}, process 0 has '
                         f'{num_processes}; give every process the same value')
@@ -99,8 +114,9 @@ def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
         _send(conn, answer)
       except OSError:
         pass
-    for conn in conns:            # the peers close first, so this port is free for JAX at once
-      _receive(conn, time.monotonic() + 5)
+    goodbye = time.monotonic() + GOODBYE_S
+    for conn in conns:            # the peers close first (no TIME_WAIT left on this side)
+      _receive(conn, goodbye)
       conn.close()
   finally:
     server.close()
@@ -129,7 +145,8 @@ def _join(address: str, num_processes: int, process_id: int, timeout_s: float) -
     answer = _receive(conn, time.monotonic() + timeout_s + 60)
   if answer is None:
     raise ConfigError(f'config.distributed.coordinator={address}: process 0 closed the '
-                      f'connection without an answer (did it stop?); see its log')
+                      f'connection without an answer: it stopped (see its log), or it had every '
+                      f'process already (is process_id={process_id} given to two processes?)')
   if not answer.get('ok'):
     raise ConfigError(f'config.distributed (from process 0): {answer.get("error")}')
 
