@@ -50,10 +50,7 @@ def maybe_initialize(dist_cfg) -> bool:
     if dist_cfg['num_processes'] < 1 or dist_cfg['process_id'] < 0:
       raise ConfigError('config.distributed.coordinator is set: also set '
                         'config.distributed.num_processes (>= 1) and config.distributed.process_id')
-    host, _, port = str(dist_cfg['coordinator']).rpartition(':')
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-      raise ConfigError(f"config.distributed.coordinator={dist_cfg['coordinator']!r} must be "
-                        f"HOST:PORT, e.g. 10.0.0.1:1234 (process 0's address and a free port)")
+    rendezvous.split_address(dist_cfg['coordinator'])
     if dist_cfg['process_id'] >= dist_cfg['num_processes']:
       raise ConfigError(f"config.distributed.process_id={dist_cfg['process_id']} must be below "
                         f"num_processes={dist_cfg['num_processes']}")
@@ -63,10 +60,9 @@ def maybe_initialize(dist_cfg) -> bool:
                         f'seconds every process may take to join (e.g. 300)')
     rendezvous.check_in(str(dist_cfg['coordinator']), dist_cfg['num_processes'],
                         dist_cfg['process_id'], float(wait_s))
-    timeouts = _timeouts(dist_cfg)
     _initialize(coordinator_address=dist_cfg['coordinator'],
                 num_processes=dist_cfg['num_processes'],
-                process_id=dist_cfg['process_id'], **timeouts)
+                process_id=dist_cfg['process_id'], **_timeouts(dist_cfg))
   elif dist_cfg['auto']:
     _initialize(**_timeouts(dist_cfg))
   else:

@@ -29,8 +29,12 @@ HELLO_S = 10.0          # for a connection's first message; a silent one is drop
 GOODBYE_S = 5.0         # for the peers to close their connections after the answer
 
 
-def _split(address: str):
-  host, _, port = address.rpartition(':')
+def split_address(address: str) -> tuple[str, int]:
+  """(host, port) of a `config.distributed.coordinator` value; ConfigError unless HOST:PORT."""
+  host, _, port = str(address).rpartition(':')
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ConfigError(f'config.distributed.coordinator={address!r} must be HOST:PORT, e.g. '
+                      f"10.0.0.1:1234 (process 0's address and a free port)")
   return host.strip('[]'), int(port)
 
 
@@ -80,12 +84,12 @@ def _hello(conn, deadline: float, num_processes: int):
 
 def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
   """Process 0: waits for processes 1 .. num_processes - 1, then answers every one."""
-  _, port = _split(address)
+  _, port = split_address(address)
   server = _listen(port)
   deadline = time.monotonic() + timeout_s
-  joined, problems = {}, []
+  joined, problem = {}, ''
   try:
-    while len(joined) < num_processes - 1 and not problems and time.monotonic() < deadline:
+    while len(joined) < num_processes - 1 and not problem and time.monotonic() < deadline:
       server.settimeout(max(deadline - time.monotonic(), 0.01))
       try:
         conn, _ = server.accept()
@@ -96,18 +100,18 @@ def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
         continue
       pid, count = hello
       if count != num_processes:
-        problems.append(f'process {pid} has num_processes={count}, process 0 has '
-                        f'{num_processes}; give every process the same value')
+        problem = (f'process {pid} has num_processes={count}, process 0 has {num_processes}; '
+                   f'give every process the same value')
       elif pid in joined:
-        problems.append(f'process_id={pid} was given to two processes; give each process its '
-                        f'own id in 0 .. {num_processes - 1}')
+        problem = (f'process_id={pid} was given to two processes; give each process its own '
+                   f'id in 0 .. {num_processes - 1}')
       joined.setdefault(pid, []).append(conn)
     missing = sorted(set(range(1, num_processes)) - set(joined))
-    if not problems and missing:
-      problems.append(f'process(es) {", ".join(map(str, missing))} of {num_processes} did not '
-                      f'reach {address} within initialization_timeout_s={timeout_s:g} s; start '
-                      f'them with the same config.distributed.coordinator, or fix num_processes')
-    answer = {'ok': not problems, 'error': problems[0] if problems else ''}
+    if not problem and missing:
+      problem = (f'process(es) {", ".join(map(str, missing))} of {num_processes} did not reach '
+                 f'{address} within initialization_timeout_s={timeout_s:g} s; start them with '
+                 f'the same config.distributed.coordinator, or fix num_processes')
+    answer = {'ok': not problem, 'error': problem}
     conns = [c for cs in joined.values() for c in cs]
     for conn in conns:
       try:
@@ -120,13 +124,13 @@ def _coordinate(address: str, num_processes: int, timeout_s: float) -> None:
       conn.close()
   finally:
     server.close()
-  if problems:
-    raise ConfigError(f'config.distributed: {problems[0]}')
+  if problem:
+    raise ConfigError(f'config.distributed: {problem}')
 
 
 def _join(address: str, num_processes: int, process_id: int, timeout_s: float) -> None:
   """Process 1 ..: reaches process 0 within `timeout_s` and waits for its answer."""
-  host, port = _split(address)
+  host, port = split_address(address)
   deadline = time.monotonic() + timeout_s
   while True:
     try:
